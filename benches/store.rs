@@ -1,0 +1,139 @@
+//! Store-level costs, each against its baseline in the same run:
+//!
+//! - `memory_get/*`: `Store::get` on `MemoryStore` as the named `Ready` future vs. the same
+//!   call boxed (what a `BoxFuture` per hit would cost), vs. a raw moka lookup of the typed
+//!   value, vs. the typed `Cache::get` (decoded fast path) and a JSON decode per hit.
+//! - `redis_get/*`: a hand-written redis-rs GET on a `ConnectionManager` vs. `RedisStore::get`
+//!   (boxed future, command timeout) vs. `Cache::get` (frame + JSON decode).
+//!
+//! Run: `cargo bench --bench store` (spawns its own redis-server).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::Pin;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde::{Deserialize, Serialize};
+use tower_caching::codec::{Codec, Json};
+use tower_caching::key::Key;
+use tower_caching::store::{MemoryStore, RedisConfig, RedisStore, Store, StoreError, StoreValue};
+use tower_caching::Cache;
+
+/// About 200 bytes of JSON, like the original service's entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Entry {
+    id: String,
+    key: String,
+    key_type: String,
+    ispb: String,
+    owner_name: String,
+    created_at: String,
+    status: String,
+}
+
+fn entry() -> Entry {
+    Entry {
+        id: "0b9d6b0e-6f1c-4a51-9d0e-3a0c2c7a1f42".into(),
+        key: "+5511987654321".into(),
+        key_type: "PHONE".into(),
+        ispb: "12345678".into(),
+        owner_name: "Ana Beatriz de Souza Oliveira".into(),
+        created_at: "2025-10-27T12:00:00Z".into(),
+        status: "ACTIVE".into(),
+    }
+}
+
+type BoxedGet = Pin<Box<dyn Future<Output = Result<Option<StoreValue>, StoreError>> + Send>>;
+
+fn memory(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = Key::new("entry:0b9d6b0e").unwrap();
+    let store = MemoryStore::new();
+    let cache: Cache<Entry> = Cache::new(store.clone());
+    rt.block_on(cache.set(&key, &entry(), None)).unwrap();
+    let raw: moka::sync::Cache<String, Entry> = moka::sync::Cache::new(10_000);
+    raw.insert(key.as_str().to_owned(), entry());
+    let bytes_only = MemoryStore::new();
+    let mut framed = Vec::new();
+    Json.encode_into(&entry(), &mut framed).unwrap();
+    rt.block_on(bytes_only.set(&key, StoreValue::from(framed), None))
+        .unwrap();
+
+    let mut group = c.benchmark_group("memory_get");
+    group.bench_function("raw_moka_typed", |b| {
+        b.iter(|| black_box(raw.get(black_box(key.as_str()))))
+    });
+    group.bench_function("store_get_named_future", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(store.get(black_box(&key)).await) })
+    });
+    group.bench_function("store_get_boxed_future", |b| {
+        b.to_async(&rt).iter(|| async {
+            let boxed: BoxedGet = Box::pin(store.get(black_box(&key)));
+            black_box(boxed.await)
+        })
+    });
+    group.bench_function("cache_get_typed", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(cache.get(black_box(&key)).await) })
+    });
+    group.bench_function("store_get_then_json_decode", |b| {
+        b.to_async(&rt).iter(|| async {
+            let value = bytes_only.get(black_box(&key)).await.unwrap().unwrap();
+            black_box(Json.decode::<Entry>(value.bytes()).unwrap())
+        })
+    });
+    group.finish();
+}
+
+fn redis(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = support::shared_redis();
+    let key = Key::new("entry:0b9d6b0e").unwrap();
+    let store = rt
+        .block_on(RedisStore::connect(RedisConfig::new(url)))
+        .unwrap();
+    let cache: Cache<Entry, RedisStore> = Cache::new(store.clone());
+    rt.block_on(cache.set(&key, &entry(), None)).unwrap();
+    let raw = rt.block_on(async {
+        redis::Client::open(url)
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .unwrap()
+    });
+
+    let mut group = c.benchmark_group("redis_get");
+    group.bench_function("raw_redis_get", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut connection = raw.clone();
+            let value: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(key.as_str())
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            black_box(value)
+        })
+    });
+    group.bench_function("store_get", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(store.get(black_box(&key)).await.unwrap()) })
+    });
+    group.bench_function("cache_get", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(cache.get(black_box(&key)).await.unwrap()) })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, memory, redis);
+criterion_main!(benches);

@@ -1,0 +1,89 @@
+//! Request coalescing: concurrent loads of one key share one load.
+//!
+//! The load runs on its own Tokio task, so it finishes (and fills the cache) even when every
+//! caller that waits for it is cancelled, and no waiter depends on another caller's future
+//! being polled (moka#240 is that bug).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::{FutureExt, Shared};
+
+use crate::key::Key;
+
+/// A load's outcome as every waiter sees it; `Err(Panicked)` when the load panicked.
+pub(crate) type Outcome<V, E> = Result<Result<V, E>, Panicked>;
+
+type SharedLoad<V, E> = Shared<Pin<Box<dyn Future<Output = Outcome<V, E>> + Send>>>;
+
+/// The load of a coalesced key panicked; every waiter re-raises it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Panicked;
+
+/// A load in flight: its id, and its `SharedLoad<V, E>` behind `Any`, since `E` is chosen
+/// per call.
+type Flight = (u64, Arc<dyn Any + Send + Sync>);
+
+/// The loads in flight, by key.
+#[derive(Default)]
+pub(crate) struct Flights {
+    loads: Mutex<HashMap<Key, Flight>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Flights {
+    /// Joins the load of `key` in flight, or starts `start()` as the load and registers it.
+    /// The started future must call [`Flights::finish`] with the id it is given once its
+    /// value is in the cache.
+    pub(crate) fn join_or_start<V, E, F>(
+        &self,
+        key: &Key,
+        start: impl FnOnce(u64) -> F,
+    ) -> SharedLoad<V, E>
+    where
+        V: Clone + Send + Sync + 'static,
+        E: Clone + Send + Sync + 'static,
+        F: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, load)) = loads.get(key) {
+            if let Some(load) = load.downcast_ref::<SharedLoad<V, E>>() {
+                return load.clone();
+            }
+        }
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let task = tokio::spawn(start(id));
+        let load: Pin<Box<dyn Future<Output = Outcome<V, E>> + Send>> =
+            Box::pin(task.map(|joined| joined.map_err(|_| Panicked)));
+        let load = load.shared();
+        loads.insert(key.clone(), (id, Arc::new(load.clone())));
+        load
+    }
+
+    /// Forgets the load `id` of `key`, so that the next miss starts a new one.
+    pub(crate) fn finish(&self, key: &Key, id: u64) {
+        let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        if loads.get(key).is_some_and(|(current, _)| *current == id) {
+            loads.remove(key);
+        }
+    }
+
+    /// How many keys are being loaded.
+    #[allow(dead_code)]
+    pub(crate) fn len(&self) -> usize {
+        self.loads.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Re-raises a coalesced load's panic in a waiter.
+pub(crate) fn unwrap_outcome<V, E>(outcome: Outcome<V, E>) -> Result<V, E> {
+    match outcome {
+        Ok(result) => result,
+        Err(Panicked) => panic!("the coalesced load of a cache key panicked"),
+    }
+}

@@ -1,0 +1,125 @@
+//! The frame around every cached value: a header that lets any instance tell how old a
+//! value is and until when it is fresh, followed by the codec's bytes.
+//!
+//! ```text
+//! offset  size  field
+//! 0       1     magic 0xCA
+//! 1       1     format version (1)
+//! 2       1     flags (reserved, 0)
+//! 3       8     stored at, Unix milliseconds, little endian
+//! 11      8     fresh until, Unix milliseconds, little endian (0: no expiry)
+//! 19      …     payload: the value as the codec encodes it
+//! ```
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::CacheError;
+use crate::codec::Codec;
+
+const MAGIC: u8 = 0xCA;
+const VERSION: u8 = 1;
+pub(crate) const HEADER_LEN: usize = 19;
+
+/// When a cached value was stored and until when it is fresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) stored_at_ms: u64,
+    pub(crate) fresh_until_ms: Option<u64>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Header {
+    pub(crate) fn new(ttl: Option<Duration>) -> Self {
+        let stored_at_ms = now_ms();
+        Header {
+            stored_at_ms,
+            fresh_until_ms: ttl.map(|ttl| stored_at_ms.saturating_add(millis(ttl)).max(1)),
+        }
+    }
+
+    /// How long the value has left, `None` when it never expires.
+    #[allow(dead_code)]
+    pub(crate) fn remaining(&self, now_ms: u64) -> Option<Duration> {
+        self.fresh_until_ms
+            .map(|until| Duration::from_millis(until.saturating_sub(now_ms)))
+    }
+}
+
+/// Frames `value` with `header`.
+pub(crate) fn encode<V: serde::Serialize, C: Codec>(
+    codec: &C,
+    header: Header,
+    value: &V,
+) -> Result<Bytes, CacheError> {
+    let mut buf = Vec::with_capacity(HEADER_LEN + 128);
+    buf.extend_from_slice(&[MAGIC, VERSION, 0]);
+    buf.extend_from_slice(&header.stored_at_ms.to_le_bytes());
+    buf.extend_from_slice(&header.fresh_until_ms.unwrap_or(0).to_le_bytes());
+    codec
+        .encode_into(value, &mut buf)
+        .map_err(CacheError::Encode)?;
+    Ok(Bytes::from(buf))
+}
+
+/// Splits a framed value into its header and payload.
+pub(crate) fn split(bytes: &[u8]) -> Result<(Header, &[u8]), CacheError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(CacheError::Corrupt {
+            reason: "shorter than the frame header",
+        });
+    }
+    if bytes[0] != MAGIC {
+        return Err(CacheError::Corrupt {
+            reason: "not written by tower-caching (bad magic byte)",
+        });
+    }
+    if bytes[1] != VERSION {
+        return Err(CacheError::Corrupt {
+            reason: "written by an unknown format version",
+        });
+    }
+    let word = |at: usize| {
+        let mut le = [0u8; 8];
+        le.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(le)
+    };
+    let fresh_until = word(11);
+    Ok((
+        Header {
+            stored_at_ms: word(3),
+            fresh_until_ms: (fresh_until != 0).then_some(fresh_until),
+        },
+        &bytes[HEADER_LEN..],
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Json;
+
+    #[test]
+    fn round_trips_and_rejects_foreign_bytes() {
+        let header = Header::new(Some(Duration::from_secs(5)));
+        let bytes = encode(&Json, header, &"v").unwrap();
+        let (back, payload) = split(&bytes).unwrap();
+        assert_eq!(back, header);
+        assert_eq!(payload, b"\"v\"");
+        assert!(split(b"\"v\"").is_err());
+        assert!(split(&[]).is_err());
+        let mut other_version = bytes.to_vec();
+        other_version[1] = 9;
+        assert!(split(&other_version).is_err());
+    }
+}

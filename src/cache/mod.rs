@@ -1,0 +1,667 @@
+//! The typed [`Cache`] handle: get, set, delete, pattern delete, exists, the imperative
+//! cache-aside [`Cache::get_or_load`], and the lifecycle calls
+//! [`flush_pending_writes`](Cache::flush_pending_writes) and [`close`](Cache::close).
+//!
+//! A `Cache<V>` stores values of one type `V` in a [`Store`], framed with a small header
+//! (when stored, until when fresh) and encoded with a [`Codec`]. It is cheap to clone; clones
+//! share everything. Several caches of different value types may share one store.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use serde::{Deserialize, Serialize};
+//! use tower_caching::{key::KeyBuilder, Cache};
+//!
+//! #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+//! struct Entry { id: String, owner_name: String }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache: Cache<Entry> = Cache::in_memory();
+//! let key = KeyBuilder::new().entry("e1");
+//!
+//! let entry = cache
+//!     .get_or_load(&key, Some(Duration::from_secs(300)), || async {
+//!         // The database, on a miss only.
+//!         Ok::<_, std::convert::Infallible>(Entry { id: "e1".into(), owner_name: "Ana".into() })
+//!     })
+//!     .await?;
+//! assert_eq!(cache.get(&key).await?, Some(entry));
+//! assert!(cache.delete(&key).await?);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project::pin_project;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::codec::{Codec, CodecError, Json};
+use crate::key::{Key, KeyError, Pattern};
+use crate::store::{MemoryStore, Store, StoreError, StoreValue};
+
+mod flight;
+pub(crate) mod frame;
+
+pub(crate) use self::flight::{unwrap_outcome, Flights};
+use self::frame::Header;
+
+/// What a [`Cache`] can hold: serde round-trippable, cloneable, shareable across threads.
+/// Implemented for every such type.
+pub trait Cacheable: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+
+impl<V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Cacheable for V {}
+
+/// The default limit on an encoded value: 1 MiB.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
+
+/// A typed handle on a store. See the [module docs](self).
+pub struct Cache<V, S = MemoryStore, C = Json> {
+    shared: Arc<Shared<S, C>>,
+    _value: PhantomData<fn() -> V>,
+}
+
+pub(crate) struct Shared<S, C> {
+    store: S,
+    codec: C,
+    max_value_size: usize,
+    closed: AtomicBool,
+    pub(crate) flights: Flights,
+    pending: Mutex<Vec<Weak<dyn PendingWrites>>>,
+}
+
+/// A write-behind queue, as the cache that owns its values sees it.
+pub(crate) trait PendingWrites: Send + Sync {
+    /// Writes everything queued now; how many writes were written.
+    fn flush(&self) -> Pin<Box<dyn Future<Output = Result<u64, CacheError>> + Send + '_>>;
+    /// Stops the queue after a last flush.
+    fn close(&self) -> Pin<Box<dyn Future<Output = Result<u64, CacheError>> + Send + '_>>;
+}
+
+impl<V, S, C> Clone for Cache<V, S, C> {
+    fn clone(&self) -> Self {
+        Cache {
+            shared: self.shared.clone(),
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<V, S: fmt::Debug, C: fmt::Debug> fmt::Debug for Cache<V, S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("value", &std::any::type_name::<V>())
+            .field("store", &self.shared.store)
+            .field("codec", &self.shared.codec)
+            .field("max_value_size", &self.shared.max_value_size)
+            .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Builds a [`Cache`]: choose the codec and the value size limit.
+///
+/// ```
+/// use tower_caching::{store::MemoryStore, Cache};
+///
+/// let cache: Cache<String> = Cache::builder(MemoryStore::new())
+///     .max_value_size(64 * 1024)
+///     .build();
+/// # let _ = cache;
+/// ```
+#[derive(Debug, Clone)]
+pub struct CacheBuilder<S, C = Json> {
+    store: S,
+    codec: C,
+    max_value_size: usize,
+}
+
+impl<S: Store, C: Codec> CacheBuilder<S, C> {
+    /// Encodes values with `codec` instead of JSON.
+    pub fn codec<C2: Codec>(self, codec: C2) -> CacheBuilder<S, C2> {
+        CacheBuilder {
+            store: self.store,
+            codec,
+            max_value_size: self.max_value_size,
+        }
+    }
+
+    /// Refuses to cache values whose encoding is larger than `bytes` (default
+    /// [`DEFAULT_MAX_VALUE_SIZE`]). [`Cache::set`] returns [`CacheError::ValueTooLarge`]; the
+    /// layers skip caching such a value and serve it.
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes;
+        self
+    }
+
+    /// The cache.
+    pub fn build<V: Cacheable>(self) -> Cache<V, S, C> {
+        Cache {
+            shared: Arc::new(Shared {
+                store: self.store,
+                codec: self.codec,
+                max_value_size: self.max_value_size,
+                closed: AtomicBool::new(false),
+                flights: Flights::default(),
+                pending: Mutex::new(Vec::new()),
+            }),
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<V: Cacheable> Cache<V> {
+    /// A cache on a new [`MemoryStore`] with the default bound, encoding with JSON.
+    pub fn in_memory() -> Self {
+        Cache::builder(MemoryStore::new()).build()
+    }
+}
+
+impl<V: Cacheable, S: Store> Cache<V, S> {
+    /// A cache on `store`, encoding with JSON.
+    ///
+    /// ```
+    /// use tower_caching::{store::MemoryStore, Cache};
+    /// let store = MemoryStore::new();
+    /// let names: Cache<String> = Cache::new(store.clone());
+    /// let counts: Cache<u64> = Cache::new(store); // same store, another type
+    /// # let _ = (names, counts);
+    /// ```
+    pub fn new(store: S) -> Self {
+        Cache::builder(store).build()
+    }
+}
+
+impl<S: Store> Cache<(), S> {
+    /// A builder for a cache on `store`.
+    pub fn builder(store: S) -> CacheBuilder<S> {
+        CacheBuilder {
+            store,
+            codec: Json,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+        }
+    }
+}
+
+/// A value found in the cache, with its age.
+#[derive(Clone, Debug)]
+pub(crate) struct Hit<V> {
+    pub(crate) value: V,
+    #[allow(dead_code)]
+    pub(crate) header: Header,
+}
+
+impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.shared.store
+    }
+
+    fn check_open(&self) -> Result<(), CacheError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            Err(CacheError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Looks `key` up without allocating beyond the store's lookup: the layers' hit path.
+    pub(crate) fn lookup(&self, key: &Key) -> Lookup<V, S, C> {
+        Lookup {
+            get: (!self.shared.closed.load(Ordering::Acquire)).then(|| self.shared.store.get(key)),
+            codec: self.shared.codec.clone(),
+            _value: PhantomData,
+        }
+    }
+
+    /// The value under `key`, `None` when absent or expired.
+    ///
+    /// A value that does not decode (written by other software, or by an incompatible
+    /// version of `V`) is [`CacheError::Decode`] or [`CacheError::Corrupt`];
+    /// [`Cache::get_or_load`] and the layers treat it as a miss.
+    ///
+    /// ```
+    /// # use tower_caching::{key::Key, Cache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u32> = Cache::in_memory();
+    /// let key = Key::new("answer")?;
+    /// assert_eq!(cache.get(&key).await?, None);
+    /// cache.set(&key, &42, None).await?;
+    /// assert_eq!(cache.get(&key).await?, Some(42));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get(&self, key: &Key) -> Result<Option<V>, CacheError> {
+        self.check_open()?;
+        Ok(self.lookup(key).await?.map(|hit| hit.value))
+    }
+
+    /// The values under `keys`, in order, in one round trip. A value that does not decode is
+    /// `None` here (and logged), so one bad entry does not fail the batch.
+    ///
+    /// ```
+    /// # use tower_caching::{key::Key, Cache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u32> = Cache::in_memory();
+    /// let (a, b) = (Key::new("a")?, Key::new("b")?);
+    /// cache.set(&a, &1, None).await?;
+    /// assert_eq!(cache.get_many(&[a, b]).await?, vec![Some(1), None]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<V>>, CacheError> {
+        self.check_open()?;
+        let values = self.shared.store.get_many(keys).await?;
+        Ok(values
+            .into_iter()
+            .zip(keys)
+            .map(|(value, key)| {
+                let value = value?;
+                decode::<V, C>(&self.shared.codec, &value)
+                    .map_err(|error| tracing::warn!(%key, %error, "undecodable cache value"))
+                    .ok()
+                    .map(|hit| hit.value)
+            })
+            .collect())
+    }
+
+    /// Frames and encodes `value` for `key` and `ttl`.
+    pub(crate) fn encode(
+        &self,
+        value: &V,
+        ttl: Option<Duration>,
+    ) -> Result<StoreValue, CacheError> {
+        let bytes = frame::encode(&self.shared.codec, Header::new(ttl), value)?;
+        if bytes.len() > self.shared.max_value_size {
+            return Err(CacheError::ValueTooLarge {
+                size: bytes.len(),
+                max: self.shared.max_value_size,
+            });
+        }
+        let stored = StoreValue::new(bytes);
+        Ok(if self.shared.store.keeps_decoded() {
+            stored.with_decoded(Arc::new(value.clone()))
+        } else {
+            stored
+        })
+    }
+
+    /// Stores `value` under `key`; `ttl` of `None` never expires.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_caching::{key::Key, Cache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<String> = Cache::in_memory();
+    /// cache.set(&Key::new("k")?, &"v".to_string(), Some(Duration::from_secs(60))).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn set(&self, key: &Key, value: &V, ttl: Option<Duration>) -> Result<(), CacheError> {
+        self.check_open()?;
+        let stored = self.encode(value, ttl)?;
+        self.shared.store.set(key, stored, ttl).await?;
+        Ok(())
+    }
+
+    /// Stores every `(key, value)` with one `ttl`, in one round trip.
+    ///
+    /// ```
+    /// # use tower_caching::{key::Key, Cache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u8> = Cache::in_memory();
+    /// cache.set_many(&[(Key::new("a")?, 1), (Key::new("b")?, 2)], None).await?;
+    /// assert_eq!(cache.get(&Key::new("b")?).await?, Some(2));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn set_many(
+        &self,
+        entries: &[(Key, V)],
+        ttl: Option<Duration>,
+    ) -> Result<(), CacheError> {
+        self.check_open()?;
+        let entries = entries
+            .iter()
+            .map(|(key, value)| Ok((key.clone(), self.encode(value, ttl)?, ttl)))
+            .collect::<Result<Vec<_>, CacheError>>()?;
+        self.shared.store.set_many(entries).await?;
+        Ok(())
+    }
+
+    /// Removes `key`; whether it was there.
+    ///
+    /// ```
+    /// # use tower_caching::{key::Key, Cache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u8> = Cache::in_memory();
+    /// assert!(!cache.delete(&Key::new("nothing")?).await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete(&self, key: &Key) -> Result<bool, CacheError> {
+        self.check_open()?;
+        Ok(self.shared.store.delete(key).await?)
+    }
+
+    /// Removes every key matching `pattern` (in the store, whatever its value type); how
+    /// many were removed. Build patterns with [`Pattern::prefix`] or
+    /// [`KeyBuilder::pattern`](crate::key::KeyBuilder::pattern) so that user input is
+    /// matched literally.
+    ///
+    /// ```
+    /// # use tower_caching::{key::{KeyBuilder, Pattern}, Cache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u8> = Cache::in_memory();
+    /// let keys = KeyBuilder::new();
+    /// cache.set(&keys.vsync("1"), &1, None).await?;
+    /// cache.set(&keys.vsync("2"), &2, None).await?;
+    /// assert_eq!(cache.delete_pattern(&keys.vsyncs()).await?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete_pattern(&self, pattern: &Pattern) -> Result<u64, CacheError> {
+        self.check_open()?;
+        Ok(self.shared.store.delete_pattern(pattern).await?)
+    }
+
+    /// Whether `key` holds a value.
+    ///
+    /// ```
+    /// # use tower_caching::{key::Key, Cache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u8> = Cache::in_memory();
+    /// let key = Key::new("k")?;
+    /// cache.set(&key, &1, None).await?;
+    /// assert!(cache.exists(&key).await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn exists(&self, key: &Key) -> Result<bool, CacheError> {
+        self.check_open()?;
+        Ok(self.shared.store.exists(key).await?)
+    }
+
+    /// Cache-aside, imperatively: the cached value of `key`, or the value `loader` produces,
+    /// which is then cached for `ttl`.
+    ///
+    /// - Concurrent calls for one key while it loads share **one** call of a loader (the
+    ///   first caller's); the others wait for its value or its error, so the error type is
+    ///   `Clone` (wrap non-cloneable errors in an `Arc`).
+    /// - The load runs on its own Tokio task: a caller that is cancelled does not cancel
+    ///   it, and the value is still cached for the next caller.
+    /// - A store that fails, times out or holds an undecodable value counts as a miss; a
+    ///   value that cannot be cached (too large, store down) is still returned. Only the
+    ///   loader's error is an error.
+    ///
+    /// # Panics
+    ///
+    /// When the loader panics, every caller waiting for it panics too.
+    ///
+    /// ```
+    /// # use std::{sync::atomic::{AtomicU32, Ordering}, sync::Arc};
+    /// # use tower_caching::{key::Key, Cache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<String> = Cache::in_memory();
+    /// let key = Key::new("config:default")?;
+    /// let loads = Arc::new(AtomicU32::new(0));
+    /// for _ in 0..3 {
+    ///     let loads = loads.clone();
+    ///     let value = cache.get_or_load(&key, None, move || async move {
+    ///         loads.fetch_add(1, Ordering::SeqCst);
+    ///         Ok::<_, String>("from the database".to_string())
+    ///     }).await?;
+    ///     assert_eq!(value, "from the database");
+    /// }
+    /// assert_eq!(loads.load(Ordering::SeqCst), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: &Key,
+        ttl: Option<Duration>,
+        loader: F,
+    ) -> Result<V, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Clone + Send + Sync + 'static,
+    {
+        match self.lookup(key).await {
+            Ok(Some(hit)) => return Ok(hit.value),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%key, %error, "cache lookup failed, loading"),
+        }
+        let load = loader();
+        self.load_coalesced(key, move |_| ttl, load).await
+    }
+
+    /// Runs `load` as the one load of `key`, or joins the one in flight, then caches the
+    /// value for `ttl(&value)` (best effort).
+    pub(crate) async fn load_coalesced<Fut, E>(
+        &self,
+        key: &Key,
+        ttl: impl FnOnce(&V) -> Option<Duration> + Send + 'static,
+        load: Fut,
+    ) -> Result<V, E>
+    where
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Clone + Send + Sync + 'static,
+    {
+        let cache = self.clone();
+        let owned_key = key.clone();
+        let joined = self
+            .shared
+            .flights
+            .join_or_start(key, move |id| async move {
+                let result = load.await;
+                if let Ok(value) = &result {
+                    cache.store_best_effort(&owned_key, value, ttl(value)).await;
+                }
+                cache.shared.flights.finish(&owned_key, id);
+                result
+            });
+        unwrap_outcome(joined.await)
+    }
+
+    /// Caches `value`, logging instead of failing: for paths where caching is an
+    /// optimisation.
+    pub(crate) async fn store_best_effort(&self, key: &Key, value: &V, ttl: Option<Duration>) {
+        if self.is_closed() {
+            return;
+        }
+        let result = match self.encode(value, ttl) {
+            Ok(stored) => self
+                .shared
+                .store
+                .set(key, stored, ttl)
+                .await
+                .map_err(CacheError::from),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = result {
+            tracing::warn!(%key, %error, "value not cached");
+        }
+    }
+
+    /// Registers a write-behind queue, so that [`Cache::flush_pending_writes`] and
+    /// [`Cache::close`] reach it.
+    #[allow(dead_code)]
+    pub(crate) fn register_pending(&self, queue: Weak<dyn PendingWrites>) {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending.retain(|queue| queue.strong_count() > 0);
+        pending.push(queue);
+    }
+
+    fn pending_queues(&self) -> Vec<Arc<dyn PendingWrites>> {
+        let pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Writes every write queued by the write-behind layers built on this cache now, instead
+    /// of at their next batch; how many writes were written. Without write-behind layers
+    /// there is nothing to write and this returns 0.
+    ///
+    /// ```
+    /// # use tower_caching::Cache;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u8> = Cache::in_memory();
+    /// assert_eq!(cache.flush_pending_writes().await?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn flush_pending_writes(&self) -> Result<u64, CacheError> {
+        let mut written = 0;
+        for queue in self.pending_queues() {
+            written += queue.flush().await?;
+        }
+        Ok(written)
+    }
+
+    /// Flushes and stops every write-behind queue, then closes the cache: later calls return
+    /// [`CacheError::Closed`] and the layers pass requests straight to their inner service.
+    /// Closing twice is harmless. Returns how many queued writes the final flush wrote.
+    ///
+    /// ```
+    /// # use tower_caching::{key::Key, Cache, CacheError};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u8> = Cache::in_memory();
+    /// cache.close().await?;
+    /// assert!(matches!(cache.get(&Key::new("k")?).await, Err(CacheError::Closed)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn close(&self) -> Result<u64, CacheError> {
+        let mut written = 0;
+        for queue in self.pending_queues() {
+            written += queue.close().await?;
+        }
+        self.shared.closed.store(true, Ordering::Release);
+        Ok(written)
+    }
+
+    /// Whether [`Cache::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Decodes a framed value, from its attached decoded form when the store kept one.
+fn decode<V: Cacheable, C: Codec>(codec: &C, stored: &StoreValue) -> Result<Hit<V>, CacheError> {
+    let (header, payload) = frame::split(stored.bytes())?;
+    if let Some(value) = stored.decoded().and_then(|d| d.downcast_ref::<V>()) {
+        return Ok(Hit {
+            value: value.clone(),
+            header,
+        });
+    }
+    let value = codec.decode(payload).map_err(CacheError::Decode)?;
+    Ok(Hit { value, header })
+}
+
+/// The future of a cache lookup: the store's get, then the decode.
+#[pin_project]
+pub(crate) struct Lookup<V, S: Store, C> {
+    #[pin]
+    get: Option<S::GetFuture>,
+    codec: C,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V: Cacheable, S: Store, C: Codec> Future for Lookup<V, S, C> {
+    type Output = Result<Option<Hit<V>>, CacheError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(get) = this.get.as_pin_mut() else {
+            return Poll::Ready(Err(CacheError::Closed));
+        };
+        let stored = match std::task::ready!(get.poll(cx)) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Poll::Ready(Ok(None)),
+            Err(error) => return Poll::Ready(Err(error.into())),
+        };
+        Poll::Ready(decode(this.codec, &stored).map(Some))
+    }
+}
+
+/// A cache operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// A key did not validate.
+    #[error(transparent)]
+    InvalidKey(#[from] KeyError),
+    /// The store failed, timed out or could not be reached.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A value could not be encoded.
+    #[error("cannot encode the value")]
+    Encode(#[source] CodecError),
+    /// A stored value could not be decoded as the cache's value type.
+    #[error("cannot decode the cached value")]
+    Decode(#[source] CodecError),
+    /// A stored value is not a frame this crate wrote.
+    #[error("corrupt cached value: {reason}")]
+    Corrupt {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An encoded value is larger than the cache's limit.
+    #[error("encoded value is {size} bytes, the limit is {max}")]
+    ValueTooLarge {
+        /// The encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The cache was closed.
+    #[error("the cache is closed")]
+    Closed,
+}
+
+impl CacheError {
+    /// A short stable name for metrics labels.
+    ///
+    /// ```
+    /// assert_eq!(tower_caching::CacheError::Closed.kind(), "closed");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CacheError::InvalidKey(_) => "invalid_key",
+            CacheError::Store(error) => error.kind(),
+            CacheError::Encode(_) => "encode",
+            CacheError::Decode(_) | CacheError::Corrupt { .. } => "decode",
+            CacheError::ValueTooLarge { .. } => "too_large",
+            CacheError::Closed => "closed",
+        }
+    }
+}

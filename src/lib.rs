@@ -1,0 +1,86 @@
+//! Caching as a tower layer: cache-aside, read-through, write-through, write-behind and
+//! write-around around an inner loader or writer service, on Redis or in process.
+//!
+//! This crate's foundation:
+//!
+//! - [`store`]: where bytes live — [`MemoryStore`] (moka, the embedded
+//!   default) and `RedisStore` (feature `redis`).
+//! - [`codec`]: how values become bytes — JSON by default, MessagePack (feature `msgpack`).
+//! - [`key`]: validated keys, glob-safe patterns, the key builder, key extractors.
+//! - [`ttl`]: TTL policies, with jitter.
+//! - [`Cache`]: the typed handle over a store.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_caching::{key::KeyBuilder, ttl, Cache};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache: Cache<String> = Cache::in_memory();
+//! let key = KeyBuilder::new().config("default");
+//! let value = cache
+//!     .get_or_load(&key, Some(ttl::CONFIG), || async { Ok::<_, String>("v1".to_string()) })
+//!     .await?;
+//! assert_eq!(value, "v1");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `redis` (default) | [`store::RedisStore`] |
+//! | `tls` | `rediss://` URLs for the Redis store (rustls) |
+//! | `msgpack` | [`codec::MsgPack`] |
+//! | `full` | all of the above |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+pub mod cache;
+pub mod codec;
+pub mod key;
+pub mod store;
+pub mod ttl;
+
+pub use crate::cache::{Cache, CacheBuilder, CacheError, Cacheable};
+pub use crate::key::{Key, KeyBuilder, KeyExtractor, Pattern};
+pub use crate::store::{MemoryStore, Store, StoreError};
+
+/// A type-erased error, as tower uses.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Parses a duration as written in configuration: `250ms`, `10s`, `5m`, `1h`, `1d`, or a
+/// bare number of seconds.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_caching::parse_duration;
+///
+/// assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+/// assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+/// assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
+/// assert_eq!(parse_duration("soon"), None);
+/// ```
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        "d" => number * 86400.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(seconds).ok()
+}

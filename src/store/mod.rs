@@ -1,0 +1,248 @@
+//! Stores: where cached bytes live.
+//!
+//! [`Store`] is one trait over raw bytes. [`MemoryStore`] (moka, in process) is the embedded
+//! default; [`RedisStore`] (feature `redis`) keeps values in Redis behind one auto-reconnecting
+//! multiplexed connection.
+//!
+//! A store never interprets values. The typed [`Cache`](crate::Cache) handle frames and
+//! encodes them, and may attach the decoded value to a [`StoreValue`] so that an in-process
+//! store can hand it back without decoding (the in-memory fast path).
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_caching::key::{Key, Pattern};
+//! use tower_caching::store::{MemoryStore, Store, StoreValue};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new();
+//! let key = Key::new("entry:1")?;
+//! store.set(&key, StoreValue::from_static(b"bytes"), Some(Duration::from_secs(60))).await?;
+//! assert_eq!(store.get(&key).await?.unwrap().bytes().as_ref(), b"bytes");
+//! assert_eq!(store.delete_pattern(&Pattern::prefix("entry:")).await?, 1);
+//! assert!(!store.exists(&key).await?);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::key::{Key, Pattern};
+
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+pub use self::memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{ConfigError, RedisConfig, RedisStore};
+
+/// A value as a store keeps it: bytes, plus an optional decoded form that only in-process
+/// stores keep.
+///
+/// Cloning is cheap (reference counts).
+///
+/// ```
+/// use tower_caching::store::StoreValue;
+/// let value = StoreValue::from(vec![1, 2, 3]);
+/// assert_eq!(value.bytes().as_ref(), &[1, 2, 3]);
+/// assert_eq!(value.len(), 3);
+/// ```
+#[derive(Clone)]
+pub struct StoreValue {
+    bytes: Bytes,
+    decoded: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl StoreValue {
+    /// A value of `bytes` only.
+    pub fn new(bytes: Bytes) -> Self {
+        StoreValue {
+            bytes,
+            decoded: None,
+        }
+    }
+
+    /// A value from a static byte string.
+    ///
+    /// ```
+    /// # use tower_caching::store::StoreValue;
+    /// assert!(StoreValue::from_static(b"").is_empty());
+    /// ```
+    pub fn from_static(bytes: &'static [u8]) -> Self {
+        StoreValue::new(Bytes::from_static(bytes))
+    }
+
+    /// Attaches the decoded form of `bytes`. It must be what decoding `bytes` gives; stores
+    /// that keep values out of process drop it.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tower_caching::store::StoreValue;
+    /// let value = StoreValue::from(b"7".to_vec()).with_decoded(Arc::new(7u32));
+    /// assert_eq!(value.decoded().and_then(|d| d.downcast_ref::<u32>()), Some(&7));
+    /// ```
+    pub fn with_decoded(mut self, decoded: Arc<dyn Any + Send + Sync>) -> Self {
+        self.decoded = Some(decoded);
+        self
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The bytes, consuming the value.
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
+    /// The decoded form, when the store kept one.
+    pub fn decoded(&self) -> Option<&Arc<dyn Any + Send + Sync>> {
+        self.decoded.as_ref()
+    }
+
+    /// The length of the bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the bytes are empty.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl From<Bytes> for StoreValue {
+    fn from(bytes: Bytes) -> Self {
+        StoreValue::new(bytes)
+    }
+}
+
+impl From<Vec<u8>> for StoreValue {
+    fn from(bytes: Vec<u8>) -> Self {
+        StoreValue::new(Bytes::from(bytes))
+    }
+}
+
+impl fmt::Debug for StoreValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreValue")
+            .field("len", &self.bytes.len())
+            .field("decoded", &self.decoded.is_some())
+            .finish()
+    }
+}
+
+/// A key-value store of bytes with per-entry TTLs.
+///
+/// Implementations are cheap to clone and every clone shares the same data. [`Store::get`]
+/// returns a named `'static` future, so the cache layers' response futures can hold it
+/// without boxing; the other operations are off the hit path and may borrow.
+///
+/// A TTL of `None` never expires. TTLs are kept with millisecond precision; a TTL that rounds
+/// to zero is one millisecond.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// The future of [`Store::get`].
+    type GetFuture: Future<Output = Result<Option<StoreValue>, StoreError>> + Send + 'static;
+
+    /// The value under `key`, or `None` when absent or expired.
+    fn get(&self, key: &Key) -> Self::GetFuture;
+
+    /// The values under `keys`, in order, in one round trip where the backend allows.
+    fn get_many(
+        &self,
+        keys: &[Key],
+    ) -> impl Future<Output = Result<Vec<Option<StoreValue>>, StoreError>> + Send;
+
+    /// Stores `value` under `key` for `ttl`.
+    fn set(
+        &self,
+        key: &Key,
+        value: StoreValue,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stores every `(key, value, ttl)`, in one round trip where the backend allows.
+    fn set_many(
+        &self,
+        entries: Vec<(Key, StoreValue, Option<Duration>)>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes `key`; whether it was there.
+    fn delete(&self, key: &Key) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Removes every key matching `pattern`; how many were removed.
+    fn delete_pattern(
+        &self,
+        pattern: &Pattern,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Whether `key` holds a live value.
+    fn exists(&self, key: &Key) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Whether the store keeps the decoded form attached to a [`StoreValue`] (in-process
+    /// stores). When `false`, the cache does not build one. Default `false`.
+    fn keeps_decoded(&self) -> bool {
+        false
+    }
+}
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No connection could be made within the connect timeout, or the server refused it.
+    #[error("cannot connect to the cache store: {message}")]
+    Connect {
+        /// What went wrong.
+        message: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The operation did not finish within the command timeout.
+    #[error("cache store operation `{operation}` timed out after {timeout:?}")]
+    Timeout {
+        /// The operation, e.g. `get`.
+        operation: &'static str,
+        /// The timeout that elapsed.
+        timeout: Duration,
+    },
+    /// The backend answered with an error.
+    #[error("cache store operation `{operation}` failed")]
+    Backend {
+        /// The operation, e.g. `get`.
+        operation: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    /// A short stable name for metrics labels: `connect`, `timeout` or `backend`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_caching::store::StoreError;
+    /// let e = StoreError::Timeout { operation: "get", timeout: Duration::from_millis(5) };
+    /// assert_eq!(e.kind(), "timeout");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Connect { .. } => "connect",
+            StoreError::Timeout { .. } => "timeout",
+            StoreError::Backend { .. } => "backend",
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The typed `Cache` handle on both stores: round trips, bad bytes, size limits,
+//! coalescing, cancellation, close.
+
+mod support;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tower_caching::key::{Key, KeyBuilder};
+use tower_caching::store::{MemoryStore, Store, StoreValue};
+use tower_caching::{Cache, CacheError};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Entry {
+    id: String,
+    key: String,
+    key_type: String,
+    ispb: String,
+    owner_name: String,
+}
+
+fn entry(id: &str) -> Entry {
+    Entry {
+        id: id.into(),
+        key: format!("+55119{id}"),
+        key_type: "PHONE".into(),
+        ispb: "12345678".into(),
+        owner_name: "Ana Souza".into(),
+    }
+}
+
+async fn typed_round_trip<S: Store>(store: S, prefix: &str) {
+    let cache: Cache<Entry, S> = Cache::new(store);
+    let keys = KeyBuilder::new().prefix(prefix);
+    let key = keys.entry("e1");
+    assert_eq!(cache.get(&key).await.unwrap(), None);
+    cache
+        .set(&key, &entry("e1"), Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(cache.get(&key).await.unwrap(), Some(entry("e1")));
+    assert!(cache.exists(&key).await.unwrap());
+    cache
+        .set_many(
+            &[
+                (keys.entry("e2"), entry("e2")),
+                (keys.entry("e3"), entry("e3")),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    let many = cache
+        .get_many(&[keys.entry("e2"), keys.entry("nope"), keys.entry("e3")])
+        .await
+        .unwrap();
+    assert_eq!(many, vec![Some(entry("e2")), None, Some(entry("e3"))]);
+    assert_eq!(cache.delete_pattern(&keys.entries()).await.unwrap(), 3);
+    assert!(!cache.delete(&key).await.unwrap());
+}
+
+async fn undecodable_values_are_typed_errors_and_misses<S: Store>(store: S, prefix: &str) {
+    let cache: Cache<Entry, S> = Cache::new(store.clone());
+    let keys = KeyBuilder::new().prefix(prefix);
+
+    let foreign = keys.entry("foreign");
+    store
+        .set(&foreign, StoreValue::from_static(b"{\"id\":\"x\"}"), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        cache.get(&foreign).await,
+        Err(CacheError::Corrupt { .. })
+    ));
+
+    let truncated = keys.entry("truncated");
+    let other: Cache<String, S> = Cache::new(store.clone());
+    other
+        .set(&truncated, &"a string, not an entry".to_string(), None)
+        .await
+        .unwrap();
+    let error = cache.get(&truncated).await.unwrap_err();
+    assert!(matches!(error, CacheError::Decode(_)), "{error:?}");
+    assert_eq!(error.kind(), "decode");
+
+    // The read path treats both as misses, loads and repairs the entry.
+    for key in [&foreign, &truncated] {
+        let loaded = cache
+            .get_or_load(key, None, || async { Ok::<_, String>(entry("fresh")) })
+            .await
+            .unwrap();
+        assert_eq!(loaded, entry("fresh"));
+        assert_eq!(cache.get(key).await.unwrap(), Some(entry("fresh")));
+    }
+    // A batch read skips the bad value instead of failing.
+    store
+        .set(&foreign, StoreValue::from_static(b"\xCA\x01garbage"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache
+            .get_many(&[foreign.clone(), truncated.clone()])
+            .await
+            .unwrap(),
+        vec![None, Some(entry("fresh"))]
+    );
+}
+
+async fn oversized_values_are_refused_but_served<S: Store>(store: S, prefix: &str) {
+    let cache: Cache<String, S> = Cache::builder(store).max_value_size(64).build();
+    let key = KeyBuilder::new().prefix(prefix).config("big");
+    let big = "x".repeat(100);
+    let error = cache.set(&key, &big, None).await.unwrap_err();
+    assert!(
+        matches!(error, CacheError::ValueTooLarge { max: 64, .. }),
+        "{error:?}"
+    );
+    let loaded = cache
+        .get_or_load(&key, None, {
+            let big = big.clone();
+            || async move { Ok::<_, String>(big) }
+        })
+        .await
+        .unwrap();
+    assert_eq!(loaded, big);
+    assert_eq!(cache.get(&key).await.unwrap(), None);
+}
+
+async fn concurrent_misses_share_one_load<S: Store>(store: S, prefix: &str) {
+    let cache: Cache<Entry, S> = Cache::new(store);
+    let keys = KeyBuilder::new().prefix(prefix);
+    let calls = Arc::new(AtomicU32::new(0));
+
+    let ok = keys.entry("hot");
+    let mut waiters = Vec::new();
+    for _ in 0..200 {
+        let (cache, key, calls) = (cache.clone(), ok.clone(), calls.clone());
+        waiters.push(tokio::spawn(async move {
+            cache
+                .get_or_load(&key, None, move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, String>(entry("hot"))
+                })
+                .await
+        }));
+    }
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap(), Ok(entry("hot")));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    calls.store(0, Ordering::SeqCst);
+    let failing = keys.entry("failing");
+    let mut waiters = Vec::new();
+    for _ in 0..200 {
+        let (cache, key, calls) = (cache.clone(), failing.clone(), calls.clone());
+        waiters.push(tokio::spawn(async move {
+            cache
+                .get_or_load(&key, None, move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err::<Entry, _>("database down".to_string())
+                })
+                .await
+        }));
+    }
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap(), Err("database down".to_string()));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // A failed load is not cached, and the next miss loads again.
+    assert_eq!(cache.get(&failing).await.unwrap(), None);
+    let again = cache
+        .get_or_load(&failing, None, || async { Ok::<_, String>(entry("back")) })
+        .await;
+    assert_eq!(again, Ok(entry("back")));
+}
+
+async fn cancelled_leader_does_not_stall_waiters<S: Store>(store: S, prefix: &str) {
+    let cache: Cache<Entry, S> = Cache::new(store);
+    let key = KeyBuilder::new().prefix(prefix).entry("slow");
+    let leader = tokio::spawn({
+        let (cache, key) = (cache.clone(), key.clone());
+        async move {
+            cache
+                .get_or_load(&key, None, || async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok::<_, String>(entry("slow"))
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let follower = tokio::spawn({
+        let (cache, key) = (cache.clone(), key.clone());
+        async move {
+            cache
+                .get_or_load(&key, None, || async {
+                    Err::<Entry, _>("the follower must not load".to_string())
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    leader.abort();
+    let followed = tokio::time::timeout(Duration::from_secs(2), follower)
+        .await
+        .expect("the follower stalled")
+        .unwrap();
+    assert_eq!(followed, Ok(entry("slow")));
+    assert_eq!(cache.get(&key).await.unwrap(), Some(entry("slow")));
+}
+
+async fn close_refuses_later_calls<S: Store>(store: S, prefix: &str) {
+    let cache: Cache<Entry, S> = Cache::new(store);
+    let key = KeyBuilder::new().prefix(prefix).entry("k");
+    assert_eq!(cache.close().await.unwrap(), 0);
+    assert!(cache.is_closed());
+    assert!(matches!(cache.get(&key).await, Err(CacheError::Closed)));
+    assert!(matches!(
+        cache.set(&key, &entry("k"), None).await,
+        Err(CacheError::Closed)
+    ));
+    // get_or_load still serves from the loader.
+    let loaded = cache
+        .get_or_load(&key, None, || async { Ok::<_, String>(entry("k")) })
+        .await;
+    assert_eq!(loaded, Ok(entry("k")));
+    assert_eq!(cache.close().await.unwrap(), 0);
+}
+
+async fn ttl_expiration<S: Store>(store: S, prefix: &str) {
+    let cache: Cache<Entry, S> = Cache::new(store);
+    let key = KeyBuilder::new().prefix(prefix).entry("ttl");
+    cache
+        .set(&key, &entry("ttl"), Some(Duration::from_millis(150)))
+        .await
+        .unwrap();
+    assert!(cache.get(&key).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cache.get(&key).await.unwrap(), None);
+    assert!(!cache.exists(&key).await.unwrap());
+}
+
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let prefix = super::support::unique_prefix(stringify!($test));
+                    super::$test(super::MemoryStore::new(), &prefix).await;
+                }
+            )*
+        }
+        #[cfg(feature = "redis")]
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let prefix = super::support::unique_prefix(stringify!($test));
+                    super::$test(super::support::shared_redis_store().await, &prefix).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    typed_round_trip,
+    undecodable_values_are_typed_errors_and_misses,
+    oversized_values_are_refused_but_served,
+    concurrent_misses_share_one_load,
+    cancelled_leader_does_not_stall_waiters,
+    close_refuses_later_calls,
+    ttl_expiration,
+);
+
+#[tokio::test]
+async fn memory_hit_reuses_the_decoded_value_and_other_types_decode_bytes() {
+    let store = MemoryStore::new();
+    let small: Cache<u32> = Cache::new(store.clone());
+    let wide: Cache<u64> = Cache::new(store.clone());
+    let key = Key::new("n").unwrap();
+    small.set(&key, &7, None).await.unwrap();
+    let stored = store.get(&key).await.unwrap().unwrap();
+    assert_eq!(
+        stored.decoded().and_then(|d| d.downcast_ref::<u32>()),
+        Some(&7)
+    );
+    // Another value type does not see the u32 and decodes the bytes instead.
+    assert_eq!(wide.get(&key).await.unwrap(), Some(7));
+}
+
+#[cfg(feature = "msgpack")]
+#[tokio::test]
+async fn msgpack_codec_round_trips_on_redis() {
+    let cache: Cache<Entry, _, _> = Cache::builder(support::shared_redis_store().await)
+        .codec(tower_caching::codec::MsgPack)
+        .build();
+    let key = KeyBuilder::new()
+        .prefix(&support::unique_prefix("msgpack"))
+        .entry("m");
+    cache.set(&key, &entry("m"), None).await.unwrap();
+    assert_eq!(cache.get(&key).await.unwrap(), Some(entry("m")));
+}

@@ -1,0 +1,298 @@
+//! RedisStore against real redis-server processes: connection failures, timeouts,
+//! credentials, database selection.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::RedisServer;
+use tower_caching::key::Key;
+use tower_caching::store::{RedisConfig, RedisStore, Store, StoreError, StoreValue};
+
+fn dead_address() -> String {
+    // Bound, then released: nothing listens there.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr.to_string()
+}
+
+#[tokio::test]
+async fn dead_address_is_a_typed_connect_error_within_the_timeout() {
+    let config = RedisConfig::new(dead_address()).connect_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let error = RedisStore::connect(config).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
+    assert_eq!(error.kind(), "connect");
+    assert!(elapsed < Duration::from_millis(600), "took {elapsed:?}");
+}
+
+#[tokio::test]
+async fn black_holed_address_is_a_connect_error_within_the_timeout() {
+    // A listener that never accepts: the TCP handshake completes into the backlog, but the
+    // server never answers the HELLO/PING, like a stalled proxy.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = RedisConfig::new(listener.local_addr().unwrap().to_string())
+        .connect_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let error = RedisStore::connect(config).await.unwrap_err();
+    assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
+    assert!(started.elapsed() < Duration::from_millis(600));
+}
+
+#[tokio::test]
+async fn lazy_store_on_a_dead_address_fails_each_command_within_the_command_timeout() {
+    let config = RedisConfig::new(dead_address())
+        .connect_timeout(Duration::from_millis(100))
+        .command_timeout(Duration::from_millis(50));
+    let store = RedisStore::connect_lazy(config).unwrap();
+    let key = Key::new("k").unwrap();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let error = store.get(&key).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StoreError::Timeout { .. } | StoreError::Backend { .. }
+            ),
+            "{error:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(150),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn paused_server_times_out_commands_and_recovers() {
+    let server = RedisServer::spawn();
+    let store = RedisStore::connect(
+        RedisConfig::new(server.url()).command_timeout(Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    let key = Key::new("k").unwrap();
+    store
+        .set(&key, StoreValue::from_static(b"v"), None)
+        .await
+        .unwrap();
+
+    server.pause(true);
+    let started = Instant::now();
+    let error = store.get(&key).await.unwrap_err();
+    assert!(matches!(error, StoreError::Timeout { .. }), "{error:?}");
+    assert!(started.elapsed() < Duration::from_millis(150));
+    server.pause(false);
+
+    // The connection may have been torn down by the timeout: give it a moment to come back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match store.get(&key).await {
+            Ok(value) => {
+                assert_eq!(value.unwrap().bytes().as_ref(), b"v");
+                break;
+            }
+            Err(error) if Instant::now() > deadline => panic!("no recovery: {error}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn reconnects_after_the_server_restarts() {
+    let mut server = RedisServer::spawn();
+    let store = RedisStore::connect(
+        RedisConfig::new(server.url()).command_timeout(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    let key = Key::new("k").unwrap();
+    store
+        .set(&key, StoreValue::from_static(b"before"), None)
+        .await
+        .unwrap();
+
+    server.kill();
+    assert!(store.get(&key).await.is_err());
+    server.restart();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store
+            .set(&key, StoreValue::from_static(b"after"), None)
+            .await
+        {
+            Ok(()) => break,
+            Err(error) if Instant::now() > deadline => panic!("no reconnection: {error}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(
+        store.get(&key).await.unwrap().unwrap().bytes().as_ref(),
+        b"after"
+    );
+}
+
+#[tokio::test]
+async fn password_auth() {
+    let server = RedisServer::spawn_with(&["--requirepass", "s3cret pass"]);
+    let wrong = RedisStore::connect(RedisConfig::new(server.addr()).password("nope")).await;
+    assert!(
+        matches!(wrong, Err(StoreError::Connect { .. })),
+        "{wrong:?}"
+    );
+    let none = RedisStore::connect(RedisConfig::new(server.addr())).await;
+    // Without AUTH the connection opens, and the first command is refused.
+    if let Ok(store) = none {
+        assert!(store.get(&Key::new("k").unwrap()).await.is_err());
+    }
+
+    let config = RedisConfig::new(server.addr()).password("s3cret pass");
+    assert!(!format!("{config:?}").contains("s3cret"));
+    let store = RedisStore::connect(config).await.unwrap();
+    let key = Key::new("k").unwrap();
+    store
+        .set(&key, StoreValue::from_static(b"v"), None)
+        .await
+        .unwrap();
+    assert!(store.exists(&key).await.unwrap());
+}
+
+#[tokio::test]
+async fn acl_user_auth() {
+    let server = RedisServer::spawn_with(&["--user", "cache", "on", ">cachepw", "~app:*", "+@all"]);
+    let store = RedisStore::connect(
+        RedisConfig::new(server.addr())
+            .username("cache")
+            .password("cachepw"),
+    )
+    .await
+    .unwrap();
+    let allowed = Key::new("app:1").unwrap();
+    store
+        .set(&allowed, StoreValue::from_static(b"v"), None)
+        .await
+        .unwrap();
+    assert!(store.exists(&allowed).await.unwrap());
+    // The ACL limits this user to `app:*`.
+    let denied = Key::new("other:1").unwrap();
+    let error = store
+        .set(&denied, StoreValue::from_static(b"v"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Backend { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn selects_the_configured_database() {
+    let url = support::shared_redis();
+    let db5 = RedisStore::connect(RedisConfig::new(url).db(5))
+        .await
+        .unwrap();
+    let db6 = RedisStore::connect(RedisConfig::new(url).db(6))
+        .await
+        .unwrap();
+    let key = Key::new(support::unique_prefix("db")).unwrap();
+    db5.set(&key, StoreValue::from_static(b"v"), None)
+        .await
+        .unwrap();
+    assert!(db5.exists(&key).await.unwrap());
+    assert!(!db6.exists(&key).await.unwrap());
+}
+
+#[tokio::test]
+async fn from_env_reads_the_original_variables() {
+    let vars = [
+        ("REDIS_ADDR", "10.1.2.3:6380"),
+        ("REDIS_PASSWORD", "pw"),
+        ("REDIS_DB", "4"),
+        ("REDIS_POOL_SIZE", "100"),
+        ("REDIS_MIN_IDLE_CONNS", "10"),
+        ("REDIS_COMMAND_TIMEOUT", "25ms"),
+    ];
+    let lookup = |name: &str| {
+        vars.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let config = RedisConfig::from_lookup(lookup).unwrap();
+    assert_eq!(config.url(), "redis://10.1.2.3:6380");
+    let debug = format!("{config:?}");
+    assert!(debug.contains("db: Some(4)"), "{debug}");
+    assert!(debug.contains("25ms"), "{debug}");
+    assert!(!debug.contains("\"pw\""), "{debug}");
+
+    let url_wins = RedisConfig::from_lookup(|name| match name {
+        "REDIS_URL" => Some("redis://:pw@host:1/2".into()),
+        "REDIS_ADDR" => Some("ignored:1".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(url_wins.url(), "redis://:pw@host:1/2");
+    assert!(!format!("{url_wins:?}").contains("pw@"));
+
+    for (name, bad) in [
+        ("REDIS_DB", "zero"),
+        ("REDIS_POOL_SIZE", "-1"),
+        ("REDIS_COMMAND_TIMEOUT", "fast"),
+    ] {
+        let error = RedisConfig::from_lookup(|n| (n == name).then(|| bad.to_string())).unwrap_err();
+        assert!(error.to_string().contains(name), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_callers_under_timeouts_get_their_own_values() {
+    let server = RedisServer::spawn();
+    let store = RedisStore::connect(
+        RedisConfig::new(server.url()).command_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
+    let keys: Vec<Key> = (0..200)
+        .map(|i| Key::new(format!("k{i}")).unwrap())
+        .collect();
+    for key in &keys {
+        store
+            .set(
+                key,
+                StoreValue::from(key.as_str().as_bytes().to_vec()),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    // Half of the callers give up almost at once, abandoning their commands in flight on
+    // the shared connection; nobody may receive a reply meant for another.
+    let mut tasks = Vec::new();
+    for round in 0..20 {
+        for (i, key) in keys.iter().enumerate() {
+            let store = store.clone();
+            let key = key.clone();
+            let impatient = (i + round) % 2 == 0;
+            tasks.push(tokio::spawn(async move {
+                let get = store.get(&key);
+                let value = if impatient {
+                    match tokio::time::timeout(Duration::from_micros(50), get).await {
+                        Ok(value) => value,
+                        Err(_) => return 0,
+                    }
+                } else {
+                    get.await
+                };
+                let value = value.expect("get").expect("value");
+                assert_eq!(value.bytes().as_ref(), key.as_str().as_bytes());
+                1
+            }));
+        }
+    }
+    let mut answered = 0;
+    for task in tasks {
+        answered += task.await.unwrap();
+    }
+    assert!(answered >= 2000, "only {answered} answered");
+}

@@ -1,0 +1,208 @@
+//! One conformance suite, run against every store: `MemoryStore` and `RedisStore` on a
+//! spawned redis-server.
+
+mod support;
+
+use std::time::Duration;
+
+use tower_caching::key::{Key, Pattern};
+use tower_caching::store::{MemoryStore, Store, StoreValue};
+
+fn key(prefix: &str, name: &str) -> Key {
+    Key::new(format!("{prefix}:{name}")).unwrap()
+}
+
+fn bytes(value: &[u8]) -> StoreValue {
+    StoreValue::from(value.to_vec())
+}
+
+async fn get_bytes<S: Store>(store: &S, key: &Key) -> Option<Vec<u8>> {
+    store
+        .get(key)
+        .await
+        .expect("get")
+        .map(|v| v.bytes().to_vec())
+}
+
+async fn set_then_get<S: Store>(store: S, p: &str) {
+    let k = key(p, "a");
+    assert_eq!(get_bytes(&store, &k).await, None);
+    store.set(&k, bytes(b"one"), None).await.unwrap();
+    assert_eq!(get_bytes(&store, &k).await.as_deref(), Some(&b"one"[..]));
+    store.set(&k, bytes(b"two"), None).await.unwrap();
+    assert_eq!(get_bytes(&store, &k).await.as_deref(), Some(&b"two"[..]));
+}
+
+async fn ttl_expires<S: Store>(store: S, p: &str) {
+    let short = key(p, "short");
+    let long = key(p, "long");
+    let forever = key(p, "forever");
+    store
+        .set(&short, bytes(b"x"), Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    store
+        .set(&long, bytes(b"y"), Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    store.set(&forever, bytes(b"z"), None).await.unwrap();
+    assert!(store.exists(&short).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(get_bytes(&store, &short).await, None);
+    assert!(!store.exists(&short).await.unwrap());
+    assert!(store.exists(&long).await.unwrap());
+    assert!(store.exists(&forever).await.unwrap());
+}
+
+async fn overwrite_replaces_ttl<S: Store>(store: S, p: &str) {
+    let k = key(p, "k");
+    store
+        .set(&k, bytes(b"1"), Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    store.set(&k, bytes(b"2"), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(get_bytes(&store, &k).await.as_deref(), Some(&b"2"[..]));
+}
+
+async fn delete_reports_presence<S: Store>(store: S, p: &str) {
+    let k = key(p, "k");
+    assert!(!store.delete(&k).await.unwrap());
+    store.set(&k, bytes(b"v"), None).await.unwrap();
+    assert!(store.delete(&k).await.unwrap());
+    assert_eq!(get_bytes(&store, &k).await, None);
+}
+
+async fn pattern_delete_counts_and_stays_literal<S: Store>(store: S, p: &str) {
+    for name in [
+        "entry:1", "entry:2", "entry:3", "entries", "other:1", "a*:1", "a*b:1", "ab:1",
+    ] {
+        store.set(&key(p, name), bytes(b"v"), None).await.unwrap();
+    }
+    let deleted = store
+        .delete_pattern(&Pattern::prefix(&format!("{p}:entry:")))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 3);
+    assert!(store.exists(&key(p, "entries")).await.unwrap());
+    assert!(store.exists(&key(p, "other:1")).await.unwrap());
+    // `a*` is literal: it must not take `ab:1` with it.
+    let deleted = store
+        .delete_pattern(&Pattern::prefix(&format!("{p}:a*")))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2);
+    assert!(store.exists(&key(p, "ab:1")).await.unwrap());
+    let deleted = store
+        .delete_pattern(&Pattern::prefix(&format!("{p}:nothing")))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 0);
+}
+
+async fn pattern_delete_spans_many_scan_batches<S: Store>(store: S, p: &str) {
+    let entries = (0..2500)
+        .map(|i| (key(p, &format!("bulk:{i}")), bytes(b"v"), None))
+        .collect();
+    store.set_many(entries).await.unwrap();
+    let deleted = store
+        .delete_pattern(&Pattern::prefix(&format!("{p}:bulk:")))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2500);
+}
+
+async fn multi_get_and_set<S: Store>(store: S, p: &str) {
+    let keys: Vec<Key> = (0..10).map(|i| key(p, &i.to_string())).collect();
+    let entries = keys
+        .iter()
+        .step_by(2)
+        .map(|k| {
+            (
+                k.clone(),
+                bytes(k.as_str().as_bytes()),
+                Some(Duration::from_secs(60)),
+            )
+        })
+        .collect();
+    store.set_many(entries).await.unwrap();
+    let values = store.get_many(&keys).await.unwrap();
+    assert_eq!(values.len(), 10);
+    for (i, (k, v)) in keys.iter().zip(values).enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(v.unwrap().bytes().as_ref(), k.as_str().as_bytes());
+        } else {
+            assert!(v.is_none());
+        }
+    }
+    assert!(store.get_many(&[]).await.unwrap().is_empty());
+    store.set_many(Vec::new()).await.unwrap();
+}
+
+async fn binary_empty_and_large_values<S: Store>(store: S, p: &str) {
+    let binary: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+    let k = key(p, "binary");
+    store.set(&k, bytes(&binary), None).await.unwrap();
+    assert_eq!(get_bytes(&store, &k).await, Some(binary));
+
+    let k = key(p, "empty");
+    store.set(&k, bytes(b""), None).await.unwrap();
+    assert_eq!(get_bytes(&store, &k).await, Some(Vec::new()));
+    assert!(store.exists(&k).await.unwrap());
+
+    let large: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+    let k = key(p, "large");
+    store.set(&k, bytes(&large), None).await.unwrap();
+    assert_eq!(get_bytes(&store, &k).await, Some(large));
+}
+
+async fn odd_keys_round_trip<S: Store>(store: S, p: &str) {
+    for name in [
+        "with space",
+        "ünïcödé",
+        "{tag}",
+        "a*b?[c]",
+        "back\\slash",
+        "x".repeat(900).as_str(),
+    ] {
+        let k = key(p, name);
+        store.set(&k, bytes(name.as_bytes()), None).await.unwrap();
+        assert_eq!(
+            get_bytes(&store, &k).await.as_deref(),
+            Some(name.as_bytes()),
+            "{name}"
+        );
+    }
+}
+
+macro_rules! conformance {
+    ($store:ident, $make:expr) => {
+        mod $store {
+            use super::*;
+
+            conformance!(@tests $make;
+                set_then_get,
+                ttl_expires,
+                overwrite_replaces_ttl,
+                delete_reports_presence,
+                pattern_delete_counts_and_stays_literal,
+                pattern_delete_spans_many_scan_batches,
+                multi_get_and_set,
+                binary_empty_and_large_values,
+                odd_keys_round_trip,
+            );
+        }
+    };
+    (@tests $make:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                let prefix = support::unique_prefix(stringify!($test));
+                super::$test($make, &prefix).await;
+            }
+        )*
+    };
+}
+
+conformance!(memory, MemoryStore::new());
+conformance!(redis, support::shared_redis_store().await);

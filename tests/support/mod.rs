@@ -1,0 +1,214 @@
+//! Test support: real `redis-server` processes on free loopback ports.
+//!
+//! Each test binary shares one server ([`shared_redis`]) and isolates tests by key prefix
+//! ([`unique_prefix`]); tests that kill, pause or reconfigure a server spawn their own
+//! ([`RedisServer::spawn`]). Servers die with the test process: spawned ones on drop, and all
+//! of them through `PR_SET_PDEATHSIG` if the process dies first.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A redis-server child process on `127.0.0.1:port`, killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    /// A fresh server with no persistence.
+    pub fn spawn() -> Self {
+        Self::spawn_with(&[])
+    }
+
+    /// A fresh server with extra `redis-server` arguments (e.g. `["--requirepass", "pw"]`).
+    pub fn spawn_with(extra_args: &[&str]) -> Self {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut server = RedisServer {
+                child: None,
+                port,
+                extra_args: extra_args.clone(),
+            };
+            match server.start() {
+                Ok(()) => return server,
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("could not start redis-server: {last_error}");
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .args(["--logfile", ""])
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the server when the
+        // thread that spawned it dies, so a crashed test run leaves no server behind.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                panic!(
+                    "redis-server is not installed: the tests start their own servers \
+                     (apt-get install -y redis-server)"
+                )
+            }
+            e.to_string()
+        })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ping(self.port) {
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Err(format!("redis-server exited at start: {status}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        Err(format!("redis-server on port {} did not answer", self.port))
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to die.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, after [`RedisServer::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.start() {
+                Ok(()) => return,
+                Err(error) if Instant::now() > deadline => panic!("restart failed: {error}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Sends SIGSTOP (`true`) or SIGCONT (`false`): a server that stalls silently.
+    pub fn pause(&self, paused: bool) {
+        if let Some(child) = &self.child {
+            let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: sending a signal to our own child process.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.pause(false);
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("no free loopback port")
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 64];
+    match stream.read(&mut reply) {
+        // A server started with --requirepass answers -NOAUTH: it is up.
+        Ok(n) => reply[..n].starts_with(b"+PONG") || reply[..n].starts_with(b"-NOAUTH"),
+        Err(_) => false,
+    }
+}
+
+/// The redis-server shared by every test of this binary. It is spawned from a thread that
+/// lives as long as the process, so it dies with the process (a test thread would kill it
+/// when its test ends).
+pub fn shared_redis() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let server = RedisServer::spawn();
+            sender.send(server.url()).expect("test thread gone");
+            loop {
+                std::thread::park();
+            }
+        });
+        receiver.recv().expect("the redis-server thread died")
+    })
+}
+
+/// A key prefix no other test of this process uses.
+pub fn unique_prefix(test: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{test}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A Redis store on the shared server.
+pub async fn shared_redis_store() -> tower_caching::store::RedisStore {
+    use tower_caching::store::{RedisConfig, RedisStore};
+    RedisStore::connect(RedisConfig::new(shared_redis()).command_timeout(Duration::from_secs(2)))
+        .await
+        .expect("cannot connect to the test redis-server")
+}
+
+/// Sends one raw command to a server with redis-rs, for tests that need to plant bytes.
+pub async fn raw_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw redis connection")
+}
