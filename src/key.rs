@@ -509,6 +509,38 @@ where
     }
 }
 
+/// A request that knows the key it is cached under: what [`DefaultKey`], the layers' default
+/// extractor, asks for.
+///
+/// ```
+/// use tower_caching::key::{CacheKey, DefaultKey, Key, KeyBuilder, KeyExtractor};
+///
+/// struct GetEntry { id: String }
+///
+/// impl CacheKey for GetEntry {
+///     fn cache_key(&self) -> Option<Key> {
+///         Some(KeyBuilder::new().entry(&self.id))
+///     }
+/// }
+///
+/// let key = DefaultKey.key(&GetEntry { id: "9".into() });
+/// assert_eq!(key.unwrap().as_str(), "entry:9");
+/// ```
+pub trait CacheKey {
+    /// This request's key, or `None` to bypass the cache.
+    fn cache_key(&self) -> Option<Key>;
+}
+
+/// The layers' default [`KeyExtractor`]: the request's own [`CacheKey`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultKey;
+
+impl<Req: CacheKey> KeyExtractor<Req> for DefaultKey {
+    fn key(&self, request: &Req) -> Option<Key> {
+        request.cache_key()
+    }
+}
+
 /// What a [`KeyExtractor`] closure may return. Sealed.
 pub trait IntoKey: sealed::Sealed {
     /// The validated key, or `None` to bypass the cache.

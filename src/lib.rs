@@ -1,8 +1,8 @@
 //! Caching as a tower layer: cache-aside, read-through, write-through, write-behind and
 //! write-around around an inner loader or writer service, on Redis or in process.
 //!
-//! This crate's foundation:
-//!
+//! - [`CacheLayer`]: the layer, with one constructor per strategy ([`strategy`] documents
+//!   each strategy's guarantees).
 //! - [`store`]: where bytes live — [`MemoryStore`] (moka, the embedded
 //!   default) and `RedisStore` (feature `redis`).
 //! - [`codec`]: how values become bytes — JSON by default, MessagePack (feature `msgpack`).
@@ -44,11 +44,14 @@
 pub mod cache;
 pub mod codec;
 pub mod key;
+mod layer;
 pub mod store;
+pub mod strategy;
 pub mod ttl;
 
 pub use crate::cache::{Cache, CacheBuilder, CacheError, Cacheable};
 pub use crate::key::{Key, KeyBuilder, KeyExtractor, Pattern};
+pub use crate::layer::CacheLayer;
 pub use crate::store::{MemoryStore, Store, StoreError};
 
 /// A type-erased error, as tower uses.
@@ -84,3 +87,8 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     };
     Duration::try_from_secs_f64(seconds).ok()
 }
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,9 +1,10 @@
 //! Time-to-live policies: how long a value stays fresh in the cache.
 //!
-//! A [`TtlPolicy`] sees the request and the value, so a TTL can depend on either (a short TTL
-//! for a volatile kind of entry, one read from the value itself). `None` means "never
-//! expires". Closures `Fn(&Req, &V) -> Option<Duration>` are policies, and so is a bare
-//! [`Duration`]. [`Jitter`] spreads expiry times so that keys written together do not expire
+//! A [`TtlPolicy`] sees the key and the value, so a TTL can depend on either (a short TTL
+//! for a volatile kind of key, one read from the value itself). It sees the key rather than
+//! the request because the inner service consumes the request before the value exists; the
+//! key is what the request was reduced to. `None` means "never expires". Closures
+//! `Fn(&Key, &V) -> Option<Duration>` are policies, and so is a bare [`Duration`]. [`Jitter`] spreads expiry times so that keys written together do not expire
 //! together.
 //!
 //! The constants are the TTLs of the original payments directory service.
@@ -12,18 +13,22 @@
 //!
 //! ```
 //! use std::time::Duration;
+//! use tower_caching::key::Key;
 //! use tower_caching::ttl::{self, Jitter, TtlPolicy};
 //!
+//! let key = Key::new("entry:1").unwrap();
 //! let policy = Jitter::new(ttl::ENTRY, 0.1);
-//! let chosen = policy.ttl(&(), &"value").unwrap();
+//! let chosen = policy.ttl(&key, &"value").unwrap();
 //! assert!(chosen >= Duration::from_secs(270) && chosen <= Duration::from_secs(330));
 //!
 //! // A TTL taken from the value:
-//! let from_value = |_: &(), v: &u64| Some(Duration::from_secs(*v));
-//! assert_eq!(from_value.ttl(&(), &3), Some(Duration::from_secs(3)));
+//! let from_value = |_: &Key, v: &u64| Some(Duration::from_secs(*v));
+//! assert_eq!(from_value.ttl(&key, &3), Some(Duration::from_secs(3)));
 //! ```
 
 use std::time::Duration;
+
+use crate::key::Key;
 
 /// `entry:{id}`: 5 minutes.
 pub const ENTRY: Duration = Duration::from_secs(5 * 60);
@@ -38,46 +43,47 @@ pub const DICT_KEY: Duration = Duration::from_secs(5 * 60);
 /// `dict:ispb:{ispb}`: 5 minutes.
 pub const DICT_ISPB: Duration = Duration::from_secs(5 * 60);
 
-/// Decides how long a value loaded or written for a request stays fresh.
+/// Decides how long a value cached under a key stays fresh.
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_caching::ttl::{NoTtl, TtlPolicy};
+/// use tower_caching::{key::Key, ttl::{NoTtl, TtlPolicy}};
 ///
-/// assert_eq!(Duration::from_secs(5).ttl(&(), &1), Some(Duration::from_secs(5)));
-/// assert_eq!(NoTtl.ttl(&(), &1), None);
+/// let key = Key::new("k").unwrap();
+/// assert_eq!(Duration::from_secs(5).ttl(&key, &1), Some(Duration::from_secs(5)));
+/// assert_eq!(NoTtl.ttl(&key, &1), None);
 /// ```
-pub trait TtlPolicy<Req: ?Sized, V: ?Sized> {
-    /// The TTL for `value`, produced for `request`; `None` never expires.
-    fn ttl(&self, request: &Req, value: &V) -> Option<Duration>;
+pub trait TtlPolicy<V: ?Sized> {
+    /// The TTL for `value` under `key`; `None` never expires.
+    fn ttl(&self, key: &Key, value: &V) -> Option<Duration>;
 }
 
-impl<Req: ?Sized, V: ?Sized> TtlPolicy<Req, V> for Duration {
-    fn ttl(&self, _: &Req, _: &V) -> Option<Duration> {
+impl<V: ?Sized> TtlPolicy<V> for Duration {
+    fn ttl(&self, _: &Key, _: &V) -> Option<Duration> {
         Some(*self)
     }
 }
 
-impl<Req: ?Sized, V: ?Sized, F> TtlPolicy<Req, V> for F
+impl<V: ?Sized, F> TtlPolicy<V> for F
 where
-    F: Fn(&Req, &V) -> Option<Duration>,
+    F: Fn(&Key, &V) -> Option<Duration>,
 {
-    fn ttl(&self, request: &Req, value: &V) -> Option<Duration> {
-        self(request, value)
+    fn ttl(&self, key: &Key, value: &V) -> Option<Duration> {
+        self(key, value)
     }
 }
 
 /// Values never expire; only deletes and eviction remove them.
 ///
 /// ```
-/// use tower_caching::ttl::{NoTtl, TtlPolicy};
-/// assert_eq!(NoTtl.ttl(&(), &()), None);
+/// use tower_caching::{key::Key, ttl::{NoTtl, TtlPolicy}};
+/// assert_eq!(NoTtl.ttl(&Key::new("k").unwrap(), &()), None);
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoTtl;
 
-impl<Req: ?Sized, V: ?Sized> TtlPolicy<Req, V> for NoTtl {
-    fn ttl(&self, _: &Req, _: &V) -> Option<Duration> {
+impl<V: ?Sized> TtlPolicy<V> for NoTtl {
+    fn ttl(&self, _: &Key, _: &V) -> Option<Duration> {
         None
     }
 }
@@ -86,8 +92,9 @@ impl<Req: ?Sized, V: ?Sized> TtlPolicy<Req, V> for NoTtl {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_caching::ttl::{FixedTtl, TtlPolicy};
-/// assert_eq!(FixedTtl::default().ttl(&(), &()), Some(Duration::from_secs(300)));
+/// use tower_caching::{key::Key, ttl::{FixedTtl, TtlPolicy}};
+/// let key = Key::new("k").unwrap();
+/// assert_eq!(FixedTtl::default().ttl(&key, &()), Some(Duration::from_secs(300)));
 /// ```
 #[derive(Clone, Copy, Debug)]
 pub struct FixedTtl(pub Duration);
@@ -99,8 +106,8 @@ impl Default for FixedTtl {
     }
 }
 
-impl<Req: ?Sized, V: ?Sized> TtlPolicy<Req, V> for FixedTtl {
-    fn ttl(&self, _: &Req, _: &V) -> Option<Duration> {
+impl<V: ?Sized> TtlPolicy<V> for FixedTtl {
+    fn ttl(&self, _: &Key, _: &V) -> Option<Duration> {
         Some(self.0)
     }
 }
@@ -110,11 +117,12 @@ impl<Req: ?Sized, V: ?Sized> TtlPolicy<Req, V> for FixedTtl {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_caching::ttl::{Jitter, TtlPolicy};
+/// use tower_caching::{key::Key, ttl::{Jitter, TtlPolicy}};
 ///
+/// let key = Key::new("k").unwrap();
 /// let policy = Jitter::new(Duration::from_secs(100), 0.2);
 /// for _ in 0..100 {
-///     let ttl = policy.ttl(&(), &()).unwrap();
+///     let ttl = policy.ttl(&key, &()).unwrap();
 ///     assert!(ttl >= Duration::from_secs(80) && ttl <= Duration::from_secs(120));
 /// }
 /// ```
@@ -136,9 +144,9 @@ impl<T> Jitter<T> {
     }
 }
 
-impl<Req: ?Sized, V: ?Sized, T: TtlPolicy<Req, V>> TtlPolicy<Req, V> for Jitter<T> {
-    fn ttl(&self, request: &Req, value: &V) -> Option<Duration> {
-        let ttl = self.inner.ttl(request, value)?;
+impl<V: ?Sized, T: TtlPolicy<V>> TtlPolicy<V> for Jitter<T> {
+    fn ttl(&self, key: &Key, value: &V) -> Option<Duration> {
+        let ttl = self.inner.ttl(key, value)?;
         let factor = 1.0 + self.spread * (fastrand::f64() * 2.0 - 1.0);
         Some(ttl.mul_f64(factor).max(Duration::from_millis(1)))
     }

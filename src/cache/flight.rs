@@ -17,7 +17,7 @@ use crate::key::Key;
 /// A load's outcome as every waiter sees it; `Err(Panicked)` when the load panicked.
 pub(crate) type Outcome<V, E> = Result<Result<V, E>, Panicked>;
 
-type SharedLoad<V, E> = Shared<Pin<Box<dyn Future<Output = Outcome<V, E>> + Send>>>;
+pub(crate) type SharedLoad<V, E> = Shared<Pin<Box<dyn Future<Output = Outcome<V, E>> + Send>>>;
 
 /// The load of a coalesced key panicked; every waiter re-raises it.
 #[derive(Clone, Copy, Debug)]

@@ -47,13 +47,6 @@ impl Header {
             fresh_until_ms: ttl.map(|ttl| stored_at_ms.saturating_add(millis(ttl)).max(1)),
         }
     }
-
-    /// How long the value has left, `None` when it never expires.
-    #[allow(dead_code)]
-    pub(crate) fn remaining(&self, now_ms: u64) -> Option<Duration> {
-        self.fresh_until_ms
-            .map(|until| Duration::from_millis(until.saturating_sub(now_ms)))
-    }
 }
 
 /// Frames `value` with `header`.

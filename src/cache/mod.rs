@@ -52,7 +52,7 @@ use crate::store::{MemoryStore, Store, StoreError, StoreValue};
 mod flight;
 pub(crate) mod frame;
 
-pub(crate) use self::flight::{unwrap_outcome, Flights};
+pub(crate) use self::flight::{unwrap_outcome, Flights, SharedLoad};
 use self::frame::Header;
 
 /// What a [`Cache`] can hold: serde round-trippable, cloneable, shareable across threads.
@@ -196,7 +196,6 @@ impl<S: Store> Cache<(), S> {
 #[derive(Clone, Debug)]
 pub(crate) struct Hit<V> {
     pub(crate) value: V,
-    #[allow(dead_code)]
     pub(crate) header: Header,
 }
 
@@ -204,6 +203,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.shared.store
+    }
+
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.shared.flights
     }
 
     fn check_open(&self) -> Result<(), CacheError> {
@@ -358,6 +361,24 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         Ok(self.shared.store.delete(key).await?)
     }
 
+    /// Removes every key of `keys` in one round trip; how many were there.
+    ///
+    /// ```
+    /// # use tower_caching::{key::Key, Cache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u8> = Cache::in_memory();
+    /// let (a, b) = (Key::new("a")?, Key::new("b")?);
+    /// cache.set(&a, &1, None).await?;
+    /// assert_eq!(cache.delete_many(&[a, b]).await?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete_many(&self, keys: &[Key]) -> Result<u64, CacheError> {
+        self.check_open()?;
+        Ok(self.shared.store.delete_many(keys).await?)
+    }
+
     /// Removes every key matching `pattern` (in the store, whatever its value type); how
     /// many were removed. Build patterns with [`Pattern::prefix`] or
     /// [`KeyBuilder::pattern`](crate::key::KeyBuilder::pattern) so that user input is
@@ -476,7 +497,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
                 if let Ok(value) = &result {
                     cache.store_best_effort(&owned_key, value, ttl(value)).await;
                 }
-                cache.shared.flights.finish(&owned_key, id);
+                cache.flights().finish(&owned_key, id);
                 result
             });
         unwrap_outcome(joined.await)

@@ -188,6 +188,13 @@ impl Store for MemoryStore {
         Ok(self.entries.remove(key).is_some())
     }
 
+    async fn delete_many(&self, keys: &[Key]) -> Result<u64, StoreError> {
+        Ok(keys
+            .iter()
+            .filter(|key| self.entries.remove(*key).is_some())
+            .count() as u64)
+    }
+
     async fn delete_pattern(&self, pattern: &Pattern) -> Result<u64, StoreError> {
         let matching: Vec<Arc<Key>> = self
             .entries

@@ -181,6 +181,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Removes `key`; whether it was there.
     fn delete(&self, key: &Key) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Removes every key of `keys`, in one round trip where the backend allows; how many
+    /// were there.
+    fn delete_many(&self, keys: &[Key]) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Removes every key matching `pattern`; how many were removed.
     fn delete_pattern(
         &self,

@@ -453,6 +453,17 @@ impl Store for RedisStore {
         Ok(self.run::<u64>("delete", &command).await? > 0)
     }
 
+    async fn delete_many(&self, keys: &[Key]) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut command = redis::cmd("UNLINK");
+        for key in keys {
+            command.arg(key.as_str());
+        }
+        self.run("delete_many", &command).await
+    }
+
     async fn delete_pattern(&self, pattern: &Pattern) -> Result<u64, StoreError> {
         let mut cursor: u64 = 0;
         let mut deleted = 0;

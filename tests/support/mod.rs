@@ -1,10 +1,13 @@
-//! Test support: real `redis-server` processes on free loopback ports.
+//! Test support: real `redis-server` processes on free loopback ports, and a stand-in
+//! database ([`db`]).
 //!
 //! Each test binary shares one server ([`shared_redis`]) and isolates tests by key prefix
 //! ([`unique_prefix`]); tests that kill, pause or reconfigure a server spawn their own
 //! ([`RedisServer::spawn`]). Servers die with the test process: spawned ones on drop, and all
 //! of them through `PR_SET_PDEATHSIG` if the process dies first.
 #![allow(dead_code)]
+
+pub mod db;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

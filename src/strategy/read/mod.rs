@@ -1,0 +1,213 @@
+//! Cache-aside and read-through: serve reads from the cache, load misses from the inner
+//! loader service.
+//!
+//! On a **hit** the cached value is returned and the loader is not called. On a **miss**
+//! the loader is called, its value returned and cached. The two share everything below;
+//! read-through adds refresh-ahead.
+//!
+//! # Guarantees
+//!
+//! - **Coalescing**: concurrent misses of one key make exactly one loader call; every
+//!   waiter gets its value or its error (so the loader's error type is `Clone`: wrap a
+//!   `BoxError` in an `Arc`). The load runs on its own task: a waiter that is cancelled
+//!   (client gone) never stalls the others, and the value is still cached.
+//! - **Fall-open**: a store that fails, times out or holds undecodable bytes is a miss; a
+//!   value that cannot be cached (too large, store down) is still served.
+//! - **Decisions from the result**: [`cache_if`](crate::CacheLayer::cache_if) decides
+//!   whether a loaded value is cached at all; the TTL policy sees the value.
+//! - **Negative caching**, off by default: a value that
+//!   [`not_found`](crate::CacheLayer::not_found) classifies as "not found" (e.g. `None`) is
+//!   cached only when [`negative_ttl`](crate::CacheLayer::negative_ttl) is set, for that TTL.
+//! - **Consistency**: eventual. A value changed behind the cache's back is served until its
+//!   TTL ends; use write-through or write-around on the write path to shorten that.
+//! - **Read-through's refresh-ahead**: a hit in the last fraction of its TTL returns the
+//!   cached value and reloads it in the background (one reload per key), so a hot key never
+//!   expires under load.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use tower::{service_fn, ServiceExt};
+//! use tower_caching::{key::KeyBuilder, Cache, CacheLayer};
+//! use tower_layer::Layer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let cache: Cache<Option<String>> = Cache::in_memory();
+//! let keys = KeyBuilder::new();
+//! let layer = CacheLayer::cache_aside(cache)
+//!     .key(move |id: &String| keys.entry(id))
+//!     .not_found(Option::is_none); // `None` is "not found": not cached (no negative TTL)
+//!
+//! let repository = service_fn(|id: String| async move {
+//!     Ok::<_, Infallible>((id == "e1").then(|| "Ana".to_string()))
+//! });
+//! let service = layer.layer(repository);
+//! assert_eq!(service.clone().oneshot("e1".into()).await.unwrap(), Some("Ana".into()));
+//! assert_eq!(service.oneshot("nope".into()).await.unwrap(), None);
+//! # }
+//! ```
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use crate::cache::Cache;
+use crate::codec::Json;
+use crate::layer::CacheLayer;
+use crate::store::MemoryStore;
+use crate::strategy::{Always, Never};
+
+mod future;
+mod service;
+
+pub use self::future::ResponseFuture;
+pub use self::service::ReadService;
+
+/// The settings of a read strategy; `M` is [`CacheAsideMode`] or [`ReadThroughMode`].
+pub struct Read<M, V, St = MemoryStore, C = Json, P = Always, N = Never> {
+    pub(crate) cache: Cache<V, St, C>,
+    pub(crate) cache_if: P,
+    pub(crate) not_found: N,
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) refresh_ahead: Option<f64>,
+    _mode: PhantomData<fn() -> M>,
+}
+
+/// Cache-aside: the cache sits beside the loader. See the [module docs](self).
+pub type CacheAside<V, St = MemoryStore, C = Json, P = Always, N = Never> =
+    Read<CacheAsideMode, V, St, C, P, N>;
+
+/// Read-through: the cache owns the loader, and refreshes hot keys ahead of expiry. See
+/// the [module docs](self).
+pub type ReadThrough<V, St = MemoryStore, C = Json, P = Always, N = Never> =
+    Read<ReadThroughMode, V, St, C, P, N>;
+
+/// Marks [`CacheAside`].
+#[derive(Debug, Clone, Copy)]
+pub enum CacheAsideMode {}
+
+/// Marks [`ReadThrough`].
+#[derive(Debug, Clone, Copy)]
+pub enum ReadThroughMode {}
+
+/// A read strategy's mode. Sealed.
+pub trait ReadMode: sealed::Sealed + Send + Sync + 'static {
+    /// The `strategy` label: `cache_aside` or `read_through`.
+    const STRATEGY: &'static str;
+}
+
+impl ReadMode for CacheAsideMode {
+    const STRATEGY: &'static str = "cache_aside";
+}
+
+impl ReadMode for ReadThroughMode {
+    const STRATEGY: &'static str = "read_through";
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::CacheAsideMode {}
+    impl Sealed for super::ReadThroughMode {}
+}
+
+impl<M, V, St, C, P: Clone, N: Clone> Clone for Read<M, V, St, C, P, N> {
+    fn clone(&self) -> Self {
+        Read {
+            cache: self.cache.clone(),
+            cache_if: self.cache_if.clone(),
+            not_found: self.not_found.clone(),
+            negative_ttl: self.negative_ttl,
+            refresh_ahead: self.refresh_ahead,
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<M: ReadMode, V, St: fmt::Debug, C: fmt::Debug, P, N> fmt::Debug for Read<M, V, St, C, P, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Read")
+            .field("strategy", &M::STRATEGY)
+            .field("cache", &self.cache)
+            .field("negative_ttl", &self.negative_ttl)
+            .field("refresh_ahead", &self.refresh_ahead)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M, V, St, C> Read<M, V, St, C> {
+    fn new(cache: Cache<V, St, C>) -> Self {
+        Read {
+            cache,
+            cache_if: Always,
+            not_found: Never,
+            negative_ttl: None,
+            refresh_ahead: None,
+            _mode: PhantomData,
+        }
+    }
+}
+
+impl<V, St, C> CacheLayer<CacheAside<V, St, C>> {
+    /// Cache-aside around a loader service whose response is the value `V`.
+    pub fn cache_aside(cache: Cache<V, St, C>) -> Self {
+        CacheLayer::with_strategy(Read::new(cache))
+    }
+}
+
+impl<V, St, C> CacheLayer<ReadThrough<V, St, C>> {
+    /// Read-through around a loader service whose response is the value `V`.
+    pub fn read_through(cache: Cache<V, St, C>) -> Self {
+        CacheLayer::with_strategy(Read::new(cache))
+    }
+}
+
+impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
+    /// Caches a loaded value only when `predicate` says so (e.g. never an error-shaped or
+    /// empty response). Values it rejects are served, not cached.
+    pub fn cache_if<P2>(self, predicate: P2) -> CacheLayer<Read<M, V, St, C, P2, N>, K, T> {
+        self.map_strategy(|read| Read {
+            cache: read.cache,
+            cache_if: predicate,
+            not_found: read.not_found,
+            negative_ttl: read.negative_ttl,
+            refresh_ahead: read.refresh_ahead,
+            _mode: PhantomData,
+        })
+    }
+
+    /// Classifies values as "not found" (e.g. `Option::is_none`). Such values are cached
+    /// only with a [`negative_ttl`](CacheLayer::negative_ttl).
+    pub fn not_found<N2>(self, classifier: N2) -> CacheLayer<Read<M, V, St, C, P, N2>, K, T> {
+        self.map_strategy(|read| Read {
+            cache: read.cache,
+            cache_if: read.cache_if,
+            not_found: classifier,
+            negative_ttl: read.negative_ttl,
+            refresh_ahead: read.refresh_ahead,
+            _mode: PhantomData,
+        })
+    }
+
+    /// Caches "not found" values for `ttl` (usually much shorter than the TTL of found
+    /// values), so repeated lookups of a missing key stop reaching the loader.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.strategy.negative_ttl = Some(ttl);
+        self
+    }
+}
+
+impl<V, St, C, P, N, K, T> CacheLayer<ReadThrough<V, St, C, P, N>, K, T> {
+    /// Refresh-ahead: a hit whose remaining TTL is at most `fraction` of its whole TTL
+    /// (e.g. `0.2`: the last 20 %) is served from the cache and reloaded in the background.
+    /// `fraction` is clamped to `0.0..=1.0`.
+    pub fn refresh_ahead(mut self, fraction: f64) -> Self {
+        self.strategy.refresh_ahead = Some(if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        });
+        self
+    }
+}

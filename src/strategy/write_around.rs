@@ -1,0 +1,355 @@
+//! Write-around: call the writer; when it succeeds, invalidate the affected keys and
+//! patterns. Nothing is written to the cache: the next read repopulates it.
+//!
+//! # Guarantees
+//!
+//! - **Writer fails** → the error is returned and nothing is invalidated.
+//! - **Writer succeeds** → every key and pattern of the request's [`Invalidation`] is
+//!   deleted before the response is returned. If the store fails, the response still
+//!   succeeds and the failure is logged; the stale values then live until their TTL ends.
+//! - Bulk writes do not pollute the cache with values nobody may read.
+//! - The layered service's error is the writer's error.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use tower::{service_fn, ServiceExt};
+//! use tower_caching::{key::KeyBuilder, strategy::Invalidation, Cache, CacheLayer};
+//! use tower_layer::Layer;
+//!
+//! struct Vsync { id: String, entry_ids: Vec<String> }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let cache: Cache<String> = Cache::in_memory();
+//! let keys = KeyBuilder::new();
+//! cache.set(&keys.entry("e1"), &"stale".to_string(), None).await.unwrap();
+//!
+//! let layer = CacheLayer::write_around(cache.clone()).invalidate(move |req: &Vsync| {
+//!     Invalidation::new()
+//!         .keys(req.entry_ids.iter().map(|id| keys.entry(id)))
+//!         .pattern(keys.vsyncs())
+//! });
+//! let writer = layer.layer(service_fn(|_: Vsync| async { Ok::<_, Infallible>(()) }));
+//! writer.oneshot(Vsync { id: "v1".into(), entry_ids: vec!["e1".into()] }).await.unwrap();
+//! assert_eq!(cache.get(&KeyBuilder::new().entry("e1")).await.unwrap(), None);
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::cache::{Cache, Cacheable};
+use crate::codec::{Codec, Json};
+use crate::key::{Key, KeyExtractor, Pattern};
+use crate::layer::CacheLayer;
+use crate::store::{MemoryStore, Store};
+
+/// The keys and patterns a write makes stale.
+///
+/// ```
+/// use tower_caching::{key::KeyBuilder, strategy::Invalidation};
+/// let keys = KeyBuilder::new();
+/// let invalidation = Invalidation::new().key(keys.entry("1")).pattern(keys.vsyncs());
+/// assert_eq!(invalidation.key_list().len(), 1);
+/// assert_eq!(invalidation.pattern_list().len(), 1);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Invalidation {
+    keys: Vec<Key>,
+    patterns: Vec<Pattern>,
+}
+
+impl Invalidation {
+    /// Nothing to invalidate.
+    pub fn new() -> Self {
+        Invalidation::default()
+    }
+
+    /// Adds a key.
+    pub fn key(mut self, key: Key) -> Self {
+        self.keys.push(key);
+        self
+    }
+
+    /// Adds keys.
+    pub fn keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
+        self.keys.extend(keys);
+        self
+    }
+
+    /// Adds a pattern.
+    pub fn pattern(mut self, pattern: Pattern) -> Self {
+        self.patterns.push(pattern);
+        self
+    }
+
+    /// The keys.
+    pub fn key_list(&self) -> &[Key] {
+        &self.keys
+    }
+
+    /// The patterns.
+    pub fn pattern_list(&self) -> &[Pattern] {
+        &self.patterns
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.patterns.is_empty()
+    }
+}
+
+/// Decides what a request invalidates, given the layer's key extractor `K`.
+///
+/// Implemented by [`KeyOnly`] (the default: the one key of the layer's key extractor) and by
+/// closures `Fn(&Req) -> Invalidation`.
+pub trait InvalidationPolicy<Req, K> {
+    /// What `request` invalidates once the write succeeds.
+    fn invalidation(&self, key: &K, request: &Req) -> Invalidation;
+}
+
+/// The default invalidation: the request's key, from the layer's key extractor.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyOnly;
+
+impl<Req, K: KeyExtractor<Req>> InvalidationPolicy<Req, K> for KeyOnly {
+    fn invalidation(&self, key: &K, request: &Req) -> Invalidation {
+        Invalidation {
+            keys: key.key(request).into_iter().collect(),
+            patterns: Vec::new(),
+        }
+    }
+}
+
+impl<Req, K, F: Fn(&Req) -> Invalidation> InvalidationPolicy<Req, K> for F {
+    fn invalidation(&self, _: &K, request: &Req) -> Invalidation {
+        self(request)
+    }
+}
+
+/// The write-around strategy. See the [module docs](self).
+pub struct WriteAround<V, St = MemoryStore, C = Json, I = KeyOnly> {
+    cache: Cache<V, St, C>,
+    invalidate: I,
+}
+
+impl<V, St, C, I: Clone> Clone for WriteAround<V, St, C, I> {
+    fn clone(&self) -> Self {
+        WriteAround {
+            cache: self.cache.clone(),
+            invalidate: self.invalidate.clone(),
+        }
+    }
+}
+
+impl<V, St: fmt::Debug, C: fmt::Debug, I> fmt::Debug for WriteAround<V, St, C, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteAround")
+            .field("cache", &self.cache)
+            .field("invalidate", &std::any::type_name::<I>())
+            .finish()
+    }
+}
+
+impl<V, St, C> CacheLayer<WriteAround<V, St, C>> {
+    /// Write-around around a writer service: invalidates the request's key after a
+    /// successful write; see [`invalidate`](CacheLayer::invalidate) for more keys and
+    /// patterns.
+    pub fn write_around(cache: Cache<V, St, C>) -> Self {
+        CacheLayer::with_strategy(WriteAround {
+            cache,
+            invalidate: KeyOnly,
+        })
+    }
+}
+
+impl<V, St, C, I, K, T> CacheLayer<WriteAround<V, St, C, I>, K, T> {
+    /// Invalidates what `f` returns for each request, instead of the one key.
+    pub fn invalidate<F>(self, f: F) -> CacheLayer<WriteAround<V, St, C, F>, K, T> {
+        self.map_strategy(|s| WriteAround {
+            cache: s.cache,
+            invalidate: f,
+        })
+    }
+}
+
+/// The service of [`WriteAround`] around the writer `Svc`.
+pub struct WriteAroundService<Svc, S, K, T> {
+    inner: Svc,
+    layer: Arc<CacheLayer<S, K, T>>,
+}
+
+impl<Svc, S, K, T> WriteAroundService<Svc, S, K, T> {
+    /// Wraps `inner` with the settings of `layer`.
+    pub fn new(inner: Svc, layer: CacheLayer<S, K, T>) -> Self {
+        WriteAroundService {
+            inner,
+            layer: Arc::new(layer),
+        }
+    }
+
+    /// The inner writer.
+    pub fn get_ref(&self) -> &Svc {
+        &self.inner
+    }
+
+    /// The inner writer, mutably.
+    pub fn get_mut(&mut self) -> &mut Svc {
+        &mut self.inner
+    }
+
+    /// The inner writer, consuming the service.
+    pub fn into_inner(self) -> Svc {
+        self.inner
+    }
+}
+
+impl<Svc: Clone, S, K, T> Clone for WriteAroundService<Svc, S, K, T> {
+    fn clone(&self) -> Self {
+        WriteAroundService {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<Svc: fmt::Debug, S: fmt::Debug, K, T> fmt::Debug for WriteAroundService<Svc, S, K, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteAroundService")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<Svc, V, St, C, I: Clone, K: Clone, T: Clone> Layer<Svc>
+    for CacheLayer<WriteAround<V, St, C, I>, K, T>
+{
+    type Service = WriteAroundService<Svc, WriteAround<V, St, C, I>, K, T>;
+
+    fn layer(&self, inner: Svc) -> Self::Service {
+        WriteAroundService::new(inner, self.clone())
+    }
+}
+
+impl<Svc, Req, V, St, C, I, K, T> Service<Req>
+    for WriteAroundService<Svc, WriteAround<V, St, C, I>, K, T>
+where
+    Svc: Service<Req>,
+    Svc::Response: Send + 'static,
+    V: Cacheable,
+    St: Store,
+    C: Codec,
+    I: InvalidationPolicy<Req, K>,
+{
+    type Response = Svc::Response;
+    type Error = Svc::Error;
+    type Future = WriteAroundFuture<Svc::Future, Svc::Response>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let invalidation = self
+            .layer
+            .strategy
+            .invalidate
+            .invalidation(&self.layer.key, &request);
+        // Built now, run only once the write succeeds.
+        let pending = (!invalidation.is_empty()).then(|| {
+            Box::pin(invalidate(self.layer.strategy.cache.clone(), invalidation)) as BoxedInvalidate
+        });
+        WriteAroundFuture {
+            state: AroundState::Write {
+                future: self.inner.call(request),
+                pending,
+            },
+        }
+    }
+}
+
+type BoxedInvalidate = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+async fn invalidate<V: Cacheable, St: Store, C: Codec>(
+    cache: Cache<V, St, C>,
+    invalidation: Invalidation,
+) {
+    if !invalidation.keys.is_empty() {
+        if let Err(error) = cache.delete_many(&invalidation.keys).await {
+            tracing::error!(keys = invalidation.keys.len(), %error, "write-around could not invalidate keys: stale values may be served until they expire");
+        }
+    }
+    for pattern in &invalidation.patterns {
+        if let Err(error) = cache.delete_pattern(pattern).await {
+            tracing::error!(%pattern, %error, "write-around could not invalidate a pattern: stale values may be served until they expire");
+        }
+    }
+}
+
+/// The response future of [`WriteAroundService`]: the write, then the invalidation.
+#[pin_project]
+pub struct WriteAroundFuture<Fut, Resp> {
+    #[pin]
+    state: AroundState<Fut, Resp>,
+}
+
+#[pin_project(project = AroundStateProj)]
+enum AroundState<Fut, Resp> {
+    Write {
+        #[pin]
+        future: Fut,
+        pending: Option<BoxedInvalidate>,
+    },
+    Invalidate {
+        invalidate: BoxedInvalidate,
+        response: Option<Resp>,
+    },
+}
+
+impl<Fut, Resp, E> Future for WriteAroundFuture<Fut, Resp>
+where
+    Fut: Future<Output = Result<Resp, E>>,
+{
+    type Output = Result<Resp, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                AroundStateProj::Write { future, pending } => {
+                    let response = ready!(future.poll(cx))?;
+                    let Some(invalidate) = pending.take() else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    this.state.set(AroundState::Invalidate {
+                        invalidate,
+                        response: Some(response),
+                    });
+                }
+                AroundStateProj::Invalidate {
+                    invalidate,
+                    response,
+                } => {
+                    ready!(invalidate.as_mut().poll(cx));
+                    return Poll::Ready(Ok(response.take().expect("polled after completion")));
+                }
+            }
+        }
+    }
+}
+
+impl<Fut, Resp> std::fmt::Debug for WriteAroundFuture<Fut, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteAroundFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,332 @@
+//! Write-behind (write-back): store the value in the cache, queue the write, answer at once;
+//! a background worker calls the writer later, in batches.
+//!
+//! # Guarantees
+//!
+//! - **Acknowledged = queued**: the response is returned once the write is in the queue and
+//!   its value in the cache; the writer runs every
+//!   [`batch_interval`](crate::CacheLayer::batch_interval) (10 s by default) or as soon as
+//!   [`max_batch`](crate::CacheLayer::max_batch) writes wait.
+//! - **Coalescing, in order**: writes to one key coalesce — the writer sees the last one —
+//!   and never overlap: a key's next write starts after its previous one finished, so the
+//!   writer always ends with the last value.
+//! - **Bounded, with backpressure**: at most [`capacity`](crate::CacheLayer::capacity)
+//!   writes wait; when the queue is full, `poll_ready` waits for room (no memory growth, no
+//!   dropped write).
+//! - **Retries, then a dead letter, never a silent loss**: a failed write stays queued and is
+//!   retried with exponential backoff (capped, jittered); after
+//!   [`max_attempts`](crate::CacheLayer::max_attempts) it is handed to the
+//!   [dead-letter hook](crate::CacheLayer::on_dead_letter) (by default: logged at error
+//!   level) and never blocks the other keys.
+//! - **Flush and shutdown**: [`Cache::flush_pending_writes`](crate::Cache::flush_pending_writes)
+//!   writes everything now; [`Cache::close`](crate::Cache::close) flushes and stops the
+//!   worker; writes that arrive after it go straight to the writer.
+//! - **What it does not survive**: a crash or kill of the process loses the writes still in
+//!   the queue (the in-memory queue is gone). The queue depth is the window.
+//! - The layered service's error is the writer's; it can only occur when a write bypasses
+//!   the queue (no key, or after close).
+//!
+//! # Example
+//!
+//! ```
+//! use std::{convert::Infallible, time::Duration};
+//! use tower::{service_fn, ServiceExt};
+//! use tower_caching::{key::KeyBuilder, Cache, CacheLayer};
+//! use tower_layer::Layer;
+//!
+//! #[derive(Clone)]
+//! struct UpdateMetrics { ispb: String, lookups: u64 }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache: Cache<u64> = Cache::in_memory();
+//! let keys = KeyBuilder::new();
+//! let layer = CacheLayer::write_behind(cache.clone())
+//!     .key(move |req: &UpdateMetrics| keys.metrics(&req.ispb))
+//!     .value(|req: &UpdateMetrics| Some(req.lookups))
+//!     .batch_interval(Duration::from_secs(10));
+//! let database = service_fn(|req: UpdateMetrics| async move {
+//!     println!("UPDATE metrics SET lookups = {} WHERE ispb = {}", req.lookups, req.ispb);
+//!     Ok::<_, Infallible>(())
+//! });
+//! let service = layer.layer(database);
+//! service.oneshot(UpdateMetrics { ispb: "1".into(), lookups: 7 }).await?; // queued
+//! assert_eq!(cache.flush_pending_writes().await?, 1);                      // written
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::Cache;
+use crate::codec::Json;
+use crate::key::Key;
+use crate::layer::CacheLayer;
+use crate::store::MemoryStore;
+use crate::BoxError;
+
+mod queue;
+mod service;
+
+pub use self::service::{WriteBehindFuture, WriteBehindService};
+
+/// The write-behind strategy for requests `Req`. See the [module docs](self).
+pub struct WriteBehind<
+    Req,
+    V,
+    St = MemoryStore,
+    C = Json,
+    F = RequestValue,
+    A = DefaultAck,
+    D = LogDeadLetter,
+> {
+    pub(crate) cache: Cache<V, St, C>,
+    pub(crate) value: F,
+    pub(crate) ack: A,
+    pub(crate) dead_letter: Arc<D>,
+    pub(crate) settings: Settings,
+    _request: PhantomData<fn(Req)>,
+}
+
+/// Queue and retry settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Settings {
+    pub(crate) batch_interval: Duration,
+    pub(crate) max_batch: usize,
+    pub(crate) capacity: usize,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            batch_interval: Duration::from_secs(10),
+            max_batch: 100,
+            capacity: 10_000,
+            max_attempts: 10,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Settings {
+    /// The wait before attempt `attempt + 1`, after `attempt` failures: exponential from
+    /// the base, capped, with ±20 % jitter so that retries of many keys spread out.
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        let exponential = self.backoff_base.saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        );
+        exponential
+            .min(self.backoff_max)
+            .mul_f64(0.8 + 0.4 * fastrand::f64())
+    }
+}
+
+impl<Req, V, St, C, F: Clone, A: Clone, D> Clone for WriteBehind<Req, V, St, C, F, A, D> {
+    fn clone(&self) -> Self {
+        WriteBehind {
+            cache: self.cache.clone(),
+            value: self.value.clone(),
+            ack: self.ack.clone(),
+            dead_letter: self.dead_letter.clone(),
+            settings: self.settings,
+            _request: PhantomData,
+        }
+    }
+}
+
+impl<Req, V, St: fmt::Debug, C: fmt::Debug, F, A, D> fmt::Debug
+    for WriteBehind<Req, V, St, C, F, A, D>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBehind")
+            .field("cache", &self.cache)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A write that failed [`max_attempts`](crate::CacheLayer::max_attempts) times and left the
+/// queue: the dead-letter hook's input. Persist it, alert on it, replay it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DeadLetter<Req> {
+    /// The key.
+    pub key: Key,
+    /// The request, as the writer last received it.
+    pub request: Req,
+    /// The writer's last error.
+    pub error: BoxError,
+    /// How many times the writer was called.
+    pub attempts: u32,
+}
+
+/// What the writer receives a dead letter with. Implemented for closures
+/// `Fn(DeadLetter<Req>)` and by [`LogDeadLetter`].
+pub trait DeadLetterHook<Req>: Send + Sync + 'static {
+    /// Takes a write that will not be retried.
+    fn dead_letter(&self, letter: DeadLetter<Req>);
+}
+
+impl<Req, F: Fn(DeadLetter<Req>) + Send + Sync + 'static> DeadLetterHook<Req> for F {
+    fn dead_letter(&self, letter: DeadLetter<Req>) {
+        self(letter)
+    }
+}
+
+/// The default dead-letter hook: logs the key, attempts and error at error level.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogDeadLetter;
+
+impl<Req> DeadLetterHook<Req> for LogDeadLetter {
+    fn dead_letter(&self, letter: DeadLetter<Req>) {
+        tracing::error!(
+            key = %letter.key,
+            attempts = letter.attempts,
+            error = %letter.error,
+            "write-behind write abandoned after its last attempt"
+        );
+    }
+}
+
+/// Where write-behind takes the value to cache from: a closure `Fn(&Req) -> Option<V>`, or
+/// [`RequestValue`] (the default) when the request converts into the value.
+pub trait RequestToValue<Req, V> {
+    /// The value to cache for `request`; `None` invalidates the key instead.
+    fn value(&self, request: &Req) -> Option<V>;
+}
+
+impl<Req, V, F: Fn(&Req) -> Option<V>> RequestToValue<Req, V> for F {
+    fn value(&self, request: &Req) -> Option<V> {
+        self(request)
+    }
+}
+
+/// The default value source: `V: From<Req>` (so a request that is the value works as is).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestValue;
+
+impl<Req: Clone, V: From<Req>> RequestToValue<Req, V> for RequestValue {
+    fn value(&self, request: &Req) -> Option<V> {
+        Some(V::from(request.clone()))
+    }
+}
+
+/// The response a write-behind call answers with at once: a closure `Fn(&Req) -> Resp`, or
+/// [`DefaultAck`] (the default), `Resp::default()`.
+pub trait Acknowledge<Req, Resp> {
+    /// The response for a queued `request`.
+    fn acknowledge(&self, request: &Req) -> Resp;
+}
+
+impl<Req, Resp, F: Fn(&Req) -> Resp> Acknowledge<Req, Resp> for F {
+    fn acknowledge(&self, request: &Req) -> Resp {
+        self(request)
+    }
+}
+
+/// Answers queued writes with `Resp::default()`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultAck;
+
+impl<Req, Resp: Default> Acknowledge<Req, Resp> for DefaultAck {
+    fn acknowledge(&self, _: &Req) -> Resp {
+        Resp::default()
+    }
+}
+
+impl<Req, V, St, C> CacheLayer<WriteBehind<Req, V, St, C>> {
+    /// Write-behind around a writer service for requests `Req`.
+    pub fn write_behind(cache: Cache<V, St, C>) -> Self {
+        CacheLayer::with_strategy(WriteBehind {
+            cache,
+            value: RequestValue,
+            ack: DefaultAck,
+            dead_letter: Arc::new(LogDeadLetter),
+            settings: Settings::default(),
+            _request: PhantomData,
+        })
+    }
+}
+
+impl<Req, V, St, C, F, A, D, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A, D>, K, T> {
+    /// Takes the value to cache from the request with `f` (`None` invalidates the key).
+    pub fn value<F2>(self, f: F2) -> CacheLayer<WriteBehind<Req, V, St, C, F2, A, D>, K, T> {
+        self.map_strategy(|s| WriteBehind {
+            cache: s.cache,
+            value: f,
+            ack: s.ack,
+            dead_letter: s.dead_letter,
+            settings: s.settings,
+            _request: PhantomData,
+        })
+    }
+
+    /// Answers queued writes with `f(&request)` (e.g. an HTTP 202).
+    pub fn acknowledge<A2>(self, f: A2) -> CacheLayer<WriteBehind<Req, V, St, C, F, A2, D>, K, T> {
+        self.map_strategy(|s| WriteBehind {
+            cache: s.cache,
+            value: s.value,
+            ack: f,
+            dead_letter: s.dead_letter,
+            settings: s.settings,
+            _request: PhantomData,
+        })
+    }
+
+    /// Hands writes abandoned after their last attempt to `hook`.
+    pub fn on_dead_letter<D2>(
+        self,
+        hook: D2,
+    ) -> CacheLayer<WriteBehind<Req, V, St, C, F, A, D2>, K, T> {
+        self.map_strategy(|s| WriteBehind {
+            cache: s.cache,
+            value: s.value,
+            ack: s.ack,
+            dead_letter: Arc::new(hook),
+            settings: s.settings,
+            _request: PhantomData,
+        })
+    }
+
+    /// How often queued writes are written (default 10 s, the original's
+    /// `REDIS_WRITE_BEHIND_BATCH`).
+    pub fn batch_interval(mut self, interval: Duration) -> Self {
+        self.strategy.settings.batch_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many writes one batch holds, and how many waiting writes trigger a batch before
+    /// the interval ends (default 100).
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.strategy.settings.max_batch = max_batch.max(1);
+        self
+    }
+
+    /// How many writes may wait, at most (default 10 000). Past it, callers wait in
+    /// `poll_ready`.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.strategy.settings.capacity = capacity.max(1);
+        self
+    }
+
+    /// How many times a write is tried before it is dead-lettered (default 10).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.strategy.settings.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The first retry delay and the cap of the exponential backoff (default 100 ms, 30 s).
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.strategy.settings.backoff_base = base;
+        self.strategy.settings.backoff_max = max.max(base);
+        self
+    }
+}

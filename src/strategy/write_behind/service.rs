@@ -1,0 +1,253 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project::pin_project;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::PollSemaphore;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::queue::Queue;
+use super::{Acknowledge, DeadLetterHook, RequestToValue, WriteBehind};
+use crate::cache::{Cache, Cacheable, PendingWrites};
+use crate::codec::Codec;
+use crate::key::{Key, KeyExtractor};
+use crate::layer::CacheLayer;
+use crate::store::Store;
+use crate::ttl::TtlPolicy;
+use crate::BoxError;
+
+/// The service of [`WriteBehind`] around the writer `Svc`. Its clones share one queue.
+pub struct WriteBehindService<Svc, Req, S, K, T, D> {
+    inner: Svc,
+    layer: Arc<CacheLayer<S, K, T>>,
+    queue: Arc<Queue<Svc, Req, D>>,
+    room: PollSemaphore,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<Svc, Req, S, K, T, D> WriteBehindService<Svc, Req, S, K, T, D> {
+    /// The inner writer.
+    pub fn get_ref(&self) -> &Svc {
+        &self.inner
+    }
+
+    /// The inner writer, mutably.
+    pub fn get_mut(&mut self) -> &mut Svc {
+        &mut self.inner
+    }
+
+    /// The inner writer, consuming the service. Queued writes stay with the queue's worker.
+    pub fn into_inner(self) -> Svc {
+        self.inner
+    }
+}
+
+impl<Svc, Req, S, K, T, D> WriteBehindService<Svc, Req, S, K, T, D>
+where
+    Svc: Service<Req> + Clone + Send + Sync + 'static,
+    Svc::Future: Send,
+    Svc::Error: Into<BoxError>,
+    Req: Clone + Send + Sync + 'static,
+    D: DeadLetterHook<Req>,
+{
+    /// How many writes wait or run: the `write_behind_queue_size` gauge.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.depth()
+    }
+}
+
+impl<Svc: Clone, Req, S, K, T, D> Clone for WriteBehindService<Svc, Req, S, K, T, D> {
+    fn clone(&self) -> Self {
+        WriteBehindService {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+            queue: self.queue.clone(),
+            room: self.room.clone(),
+            // A permit is this service's room in the queue, not its clone's.
+            permit: None,
+        }
+    }
+}
+
+impl<Svc: fmt::Debug, Req, S: fmt::Debug, K, T, D> fmt::Debug
+    for WriteBehindService<Svc, Req, S, K, T, D>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBehindService")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Svc, Req, V, St, C, F, A, D, K, T> Layer<Svc>
+    for CacheLayer<WriteBehind<Req, V, St, C, F, A, D>, K, T>
+where
+    Svc: Service<Req> + Clone + Send + Sync + 'static,
+    Svc::Future: Send,
+    Svc::Error: Into<BoxError>,
+    Req: Clone + Send + Sync + 'static,
+    V: Cacheable,
+    St: Store,
+    C: Codec,
+    F: Clone,
+    A: Clone,
+    D: DeadLetterHook<Req>,
+    K: Clone,
+    T: Clone,
+{
+    type Service = WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D>, K, T, D>;
+
+    /// Makes the service and its queue: each call makes one queue, shared by the service's
+    /// clones, flushed by [`Cache::flush_pending_writes`] and [`Cache::close`].
+    fn layer(&self, inner: Svc) -> Self::Service {
+        let queue = Queue::new(
+            inner.clone(),
+            self.strategy.dead_letter.clone(),
+            self.strategy.settings,
+        );
+        let registered: Arc<dyn PendingWrites> = queue.clone();
+        self.strategy
+            .cache
+            .register_pending(Arc::downgrade(&registered));
+        WriteBehindService {
+            inner,
+            layer: Arc::new(self.clone()),
+            room: PollSemaphore::new(queue.room()),
+            queue,
+            permit: None,
+        }
+    }
+}
+
+impl<Svc, Req, V, St, C, F, A, D, K, T> Service<Req>
+    for WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D>, K, T, D>
+where
+    Svc: Service<Req> + Clone + Send + Sync + 'static,
+    Svc::Future: Send,
+    Svc::Error: Into<BoxError>,
+    Req: Clone + Send + Sync + 'static,
+    V: Cacheable,
+    St: Store,
+    C: Codec,
+    F: RequestToValue<Req, V>,
+    A: Acknowledge<Req, Svc::Response>,
+    D: DeadLetterHook<Req>,
+    K: KeyExtractor<Req>,
+    T: TtlPolicy<V>,
+{
+    type Response = Svc::Response;
+    type Error = Svc::Error;
+    type Future = WriteBehindFuture<Svc::Future, Svc::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.permit.is_none() && !self.queue.is_closed() {
+            // The semaphore is never closed, so `None` cannot happen; if it did, writes
+            // would go straight to the writer, which is still correct.
+            self.permit = ready!(self.room.poll_acquire(cx));
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let permit = self.permit.take();
+        let (Some(key), Some(permit)) = (self.layer.key.key(&request), permit) else {
+            return WriteBehindFuture::direct(inner.call(request));
+        };
+        let strategy = &self.layer.strategy;
+        let value = strategy.value.value(&request);
+        let response = strategy.ack.acknowledge(&request);
+        match self.queue.enqueue(key.clone(), request, permit) {
+            Ok(()) => {
+                let ttl = value.as_ref().and_then(|v| self.layer.ttl.ttl(&key, v));
+                let cache = strategy.cache.clone();
+                WriteBehindFuture {
+                    state: State::Cache {
+                        store: Box::pin(cache_value(cache, key, value, ttl)),
+                        response: Some(response),
+                    },
+                }
+            }
+            Err(request) => WriteBehindFuture::direct(inner.call(request)),
+        }
+    }
+}
+
+/// Caches the queued value, so reads see it before the writer runs; invalidates the key
+/// when there is no value or it cannot be cached, so an older value is not served.
+async fn cache_value<V: Cacheable, St: Store, C: Codec>(
+    cache: Cache<V, St, C>,
+    key: Key,
+    value: Option<V>,
+    ttl: Option<std::time::Duration>,
+) {
+    let stored = match &value {
+        Some(value) => cache.set(&key, value, ttl).await,
+        None => Ok(()),
+    };
+    if value.is_none() || stored.is_err() {
+        if let Err(error) = &stored {
+            tracing::warn!(%key, %error, "write-behind could not cache the queued value, invalidating");
+        }
+        if let Err(error) = cache.delete(&key).await {
+            tracing::warn!(%key, %error, "write-behind could not invalidate the key either");
+        }
+    }
+}
+
+/// The response future of [`WriteBehindService`]: the cache update then the
+/// acknowledgement, or the writer's own future when the write bypasses the queue.
+#[pin_project]
+pub struct WriteBehindFuture<Fut, Resp> {
+    #[pin]
+    state: State<Fut, Resp>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<Fut, Resp> {
+    Cache {
+        store: Pin<Box<dyn Future<Output = ()> + Send>>,
+        response: Option<Resp>,
+    },
+    Direct {
+        #[pin]
+        future: Fut,
+    },
+}
+
+impl<Fut, Resp> WriteBehindFuture<Fut, Resp> {
+    fn direct(future: Fut) -> Self {
+        WriteBehindFuture {
+            state: State::Direct { future },
+        }
+    }
+}
+
+impl<Fut, Resp, E> Future for WriteBehindFuture<Fut, Resp>
+where
+    Fut: Future<Output = Result<Resp, E>>,
+{
+    type Output = Result<Resp, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Cache { store, response } => {
+                ready!(store.as_mut().poll(cx));
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            StateProj::Direct { future } => future.poll(cx),
+        }
+    }
+}
+
+impl<Fut, Resp> std::fmt::Debug for WriteBehindFuture<Fut, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBehindFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,377 @@
+//! Write-through: call the writer; when it succeeds, store the written value in the cache.
+//!
+//! # Guarantees
+//!
+//! - **Writer fails** → the error is returned and the cache is untouched.
+//! - **Writer succeeds** → the value (from the request or from the writer's response) is
+//!   stored under the request's key before the response is returned, so a read that follows
+//!   the write sees it.
+//! - **Writer succeeds but the cache write fails** (store down, value too large, no value
+//!   could be taken from the response) → the request still succeeds, and the key is
+//!   **deleted** so the previous value is not served. If the delete fails too (the store is
+//!   unreachable), the previous value can be served until its TTL ends; both failures are
+//!   logged.
+//! - The layered service's error is the writer's error.
+//!
+//! Consistency is strong for writes that go through the layer, eventual for writes that do
+//! not (bound by the TTL).
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use tower::{service_fn, ServiceExt};
+//! use tower_caching::{key::{Key, KeyBuilder}, Cache, CacheLayer};
+//! use tower_layer::Layer;
+//!
+//! #[derive(Clone)]
+//! struct CreateEntry { id: String, owner: String }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let cache: Cache<String> = Cache::in_memory();
+//! let keys = KeyBuilder::new();
+//! let layer = CacheLayer::write_through(cache.clone())
+//!     .key(move |req: &CreateEntry| keys.entry(&req.id))
+//!     .value_from_request(|req: &CreateEntry| Some(req.owner.clone()));
+//! let writer = layer.layer(service_fn(|_: CreateEntry| async { Ok::<_, Infallible>(()) }));
+//!
+//! writer.oneshot(CreateEntry { id: "e1".into(), owner: "Ana".into() }).await.unwrap();
+//! let key = Key::new("entry:e1").unwrap();
+//! assert_eq!(cache.get(&key).await.unwrap(), Some("Ana".to_string()));
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::cache::{Cache, Cacheable};
+use crate::codec::{Codec, Json};
+use crate::key::{Key, KeyExtractor};
+use crate::layer::CacheLayer;
+use crate::store::{MemoryStore, Store};
+use crate::ttl::TtlPolicy;
+
+/// The write-through strategy. See the [module docs](self).
+pub struct WriteThrough<V, St = MemoryStore, C = Json, F = ResponseValue> {
+    cache: Cache<V, St, C>,
+    value: F,
+}
+
+impl<V, St, C, F: Clone> Clone for WriteThrough<V, St, C, F> {
+    fn clone(&self) -> Self {
+        WriteThrough {
+            cache: self.cache.clone(),
+            value: self.value.clone(),
+        }
+    }
+}
+
+impl<V, St: fmt::Debug, C: fmt::Debug, F> fmt::Debug for WriteThrough<V, St, C, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteThrough")
+            .field("cache", &self.cache)
+            .field("value", &std::any::type_name::<F>())
+            .finish()
+    }
+}
+
+impl<V, St, C> CacheLayer<WriteThrough<V, St, C>> {
+    /// Write-through around a writer service. By default the writer's response is the value
+    /// to cache; see [`value_from_request`](CacheLayer::value_from_request) and
+    /// [`value_from_response`](CacheLayer::value_from_response).
+    pub fn write_through(cache: Cache<V, St, C>) -> Self {
+        CacheLayer::with_strategy(WriteThrough {
+            cache,
+            value: ResponseValue,
+        })
+    }
+}
+
+impl<V, St, C, F, K, T> CacheLayer<WriteThrough<V, St, C, F>, K, T> {
+    /// Caches the value `f` takes from the request (before the writer consumes it).
+    pub fn value_from_request<G>(
+        self,
+        f: G,
+    ) -> CacheLayer<WriteThrough<V, St, C, FromRequest<G>>, K, T> {
+        self.map_strategy(|s| WriteThrough {
+            cache: s.cache,
+            value: FromRequest(f),
+        })
+    }
+
+    /// Caches the value `f` takes from the writer's response (e.g. with a generated id).
+    pub fn value_from_response<G>(
+        self,
+        f: G,
+    ) -> CacheLayer<WriteThrough<V, St, C, FromResponse<G>>, K, T> {
+        self.map_strategy(|s| WriteThrough {
+            cache: s.cache,
+            value: FromResponse(f),
+        })
+    }
+}
+
+/// Where write-through takes the value to cache from.
+pub trait WriteValue<Req, Resp, V> {
+    /// The value taken from the request, before the writer runs.
+    fn before_write(&self, request: &Req) -> Option<V>;
+    /// The value to cache, given the writer's response and what
+    /// [`before_write`](WriteValue::before_write) took.
+    fn after_write(&self, response: &Resp, from_request: Option<V>) -> Option<V>;
+}
+
+/// The default value source: the writer's response is the value.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResponseValue;
+
+impl<Req, V: Clone> WriteValue<Req, V, V> for ResponseValue {
+    fn before_write(&self, _: &Req) -> Option<V> {
+        None
+    }
+    fn after_write(&self, response: &V, _: Option<V>) -> Option<V> {
+        Some(response.clone())
+    }
+}
+
+/// Takes the value from the request with a closure `Fn(&Req) -> Option<V>`.
+#[derive(Clone, Copy, Debug)]
+pub struct FromRequest<F>(F);
+
+impl<Req, Resp, V, F: Fn(&Req) -> Option<V>> WriteValue<Req, Resp, V> for FromRequest<F> {
+    fn before_write(&self, request: &Req) -> Option<V> {
+        (self.0)(request)
+    }
+    fn after_write(&self, _: &Resp, from_request: Option<V>) -> Option<V> {
+        from_request
+    }
+}
+
+/// Takes the value from the writer's response with a closure `Fn(&Resp) -> Option<V>`.
+#[derive(Clone, Copy, Debug)]
+pub struct FromResponse<F>(F);
+
+impl<Req, Resp, V, F: Fn(&Resp) -> Option<V>> WriteValue<Req, Resp, V> for FromResponse<F> {
+    fn before_write(&self, _: &Req) -> Option<V> {
+        None
+    }
+    fn after_write(&self, response: &Resp, _: Option<V>) -> Option<V> {
+        (self.0)(response)
+    }
+}
+
+/// The service of [`WriteThrough`] around the writer `Svc`.
+pub struct WriteThroughService<Svc, S, K, T> {
+    inner: Svc,
+    layer: Arc<CacheLayer<S, K, T>>,
+}
+
+impl<Svc, S, K, T> WriteThroughService<Svc, S, K, T> {
+    /// Wraps `inner` with the settings of `layer`.
+    pub fn new(inner: Svc, layer: CacheLayer<S, K, T>) -> Self {
+        WriteThroughService {
+            inner,
+            layer: Arc::new(layer),
+        }
+    }
+
+    /// The inner writer.
+    pub fn get_ref(&self) -> &Svc {
+        &self.inner
+    }
+
+    /// The inner writer, mutably.
+    pub fn get_mut(&mut self) -> &mut Svc {
+        &mut self.inner
+    }
+
+    /// The inner writer, consuming the service.
+    pub fn into_inner(self) -> Svc {
+        self.inner
+    }
+}
+
+impl<Svc: Clone, S, K, T> Clone for WriteThroughService<Svc, S, K, T> {
+    fn clone(&self) -> Self {
+        WriteThroughService {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<Svc: fmt::Debug, S: fmt::Debug, K, T> fmt::Debug for WriteThroughService<Svc, S, K, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteThroughService")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<Svc, V, St, C, F: Clone, K: Clone, T: Clone> Layer<Svc>
+    for CacheLayer<WriteThrough<V, St, C, F>, K, T>
+{
+    type Service = WriteThroughService<Svc, WriteThrough<V, St, C, F>, K, T>;
+
+    fn layer(&self, inner: Svc) -> Self::Service {
+        WriteThroughService::new(inner, self.clone())
+    }
+}
+
+impl<Svc, Req, V, St, C, F, K, T> Service<Req>
+    for WriteThroughService<Svc, WriteThrough<V, St, C, F>, K, T>
+where
+    Svc: Service<Req>,
+    Svc::Response: Send + 'static,
+    V: Cacheable,
+    St: Store,
+    C: Codec,
+    F: WriteValue<Req, Svc::Response, V>,
+    K: KeyExtractor<Req>,
+    T: TtlPolicy<V> + Send + Sync + 'static,
+{
+    type Response = Svc::Response;
+    type Error = Svc::Error;
+    type Future =
+        WriteThroughFuture<Svc::Future, Req, Svc::Response, WriteThrough<V, St, C, F>, K, T>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let key = self.layer.key.key(&request);
+        let from_request = key
+            .as_ref()
+            .and_then(|_| self.layer.strategy.value.before_write(&request));
+        WriteThroughFuture {
+            state: WriteState::Write {
+                future: self.inner.call(request),
+                pending: key.map(|key| (key, from_request, self.layer.clone())),
+            },
+            _request: PhantomData,
+        }
+    }
+}
+
+type Pending<S, K, T, V> = Option<(Key, Option<V>, Arc<CacheLayer<S, K, T>>)>;
+type BoxedStore = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The response future of [`WriteThroughService`]: the write, then the cache update.
+#[pin_project]
+pub struct WriteThroughFuture<Fut, Req, Resp, S: StrategyValue, K, T> {
+    #[pin]
+    state: WriteState<Fut, Resp, S, K, T>,
+    _request: PhantomData<fn(Req)>,
+}
+
+#[pin_project(project = WriteStateProj)]
+enum WriteState<Fut, Resp, S: StrategyValue, K, T> {
+    Write {
+        #[pin]
+        future: Fut,
+        pending: Pending<S, K, T, S::Value>,
+    },
+    Store {
+        store: BoxedStore,
+        response: Option<Resp>,
+    },
+}
+
+/// The value type of a write strategy. Implemented by [`WriteThrough`]; sealed.
+pub trait StrategyValue: sealed::Sealed {
+    /// The cached value.
+    type Value;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<V, St, C, F> Sealed for super::WriteThrough<V, St, C, F> {}
+}
+
+impl<V, St, C, F> StrategyValue for WriteThrough<V, St, C, F> {
+    type Value = V;
+}
+
+/// Stores `value` under `key`, or deletes `key` when that fails, so the previous value is
+/// never served after a successful write.
+async fn store_or_invalidate<V: Cacheable, St: Store, C: Codec>(
+    cache: Cache<V, St, C>,
+    key: Key,
+    value: Option<V>,
+    ttl: Option<std::time::Duration>,
+) {
+    let stored = match &value {
+        Some(value) => cache.set(&key, value, ttl).await,
+        None => Ok(()),
+    };
+    if value.is_none() || stored.is_err() {
+        if let Err(error) = &stored {
+            tracing::warn!(%key, %error, "write-through could not cache the written value, invalidating");
+        }
+        if let Err(error) = cache.delete(&key).await {
+            tracing::error!(%key, %error, "write-through could not invalidate the key either: its previous value may be served until it expires");
+        }
+    }
+}
+
+impl<Fut, Req, Resp, E, V, St, C, F, K, T> Future
+    for WriteThroughFuture<Fut, Req, Resp, WriteThrough<V, St, C, F>, K, T>
+where
+    Fut: Future<Output = Result<Resp, E>>,
+    V: Cacheable,
+    St: Store,
+    C: Codec,
+    F: WriteValue<Req, Resp, V>,
+    T: TtlPolicy<V>,
+{
+    type Output = Result<Resp, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                WriteStateProj::Write { future, pending } => {
+                    let response = ready!(future.poll(cx))?;
+                    let Some((key, from_request, layer)) = pending.take() else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    let value = layer.strategy.value.after_write(&response, from_request);
+                    let ttl = value.as_ref().and_then(|v| layer.ttl.ttl(&key, v));
+                    let store = Box::pin(store_or_invalidate(
+                        layer.strategy.cache.clone(),
+                        key,
+                        value,
+                        ttl,
+                    ));
+                    this.state.set(WriteState::Store {
+                        store,
+                        response: Some(response),
+                    });
+                }
+                WriteStateProj::Store { store, response } => {
+                    ready!(store.as_mut().poll(cx));
+                    return Poll::Ready(Ok(response.take().expect("polled after completion")));
+                }
+            }
+        }
+    }
+}
+
+impl<Fut, Req, Resp, S: StrategyValue, K, T> std::fmt::Debug
+    for WriteThroughFuture<Fut, Req, Resp, S, K, T>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteThroughFuture").finish_non_exhaustive()
+    }
+}
