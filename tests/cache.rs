@@ -3,8 +3,9 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -245,6 +246,134 @@ async fn ttl_expiration<S: Store>(store: S, prefix: &str) {
     assert!(!cache.exists(&key).await.unwrap());
 }
 
+async fn bulk_get_or_load_loads_only_misses_in_one_call<S: Store>(store: S, prefix: &str) {
+    let cache: Cache<Entry, S> = Cache::new(store);
+    let keys = KeyBuilder::new().prefix(prefix);
+    cache
+        .set(&keys.entry("1"), &entry("1"), None)
+        .await
+        .unwrap();
+    let wanted: Vec<Key> = ["1", "2", "3", "4"]
+        .iter()
+        .map(|id| keys.entry(id))
+        .collect();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let loader = |calls: Arc<Mutex<Vec<Vec<Key>>>>| {
+        move |missing: Vec<Key>| async move {
+            calls.lock().unwrap().push(missing.clone());
+            // The database knows entries 2 and 3, not 4.
+            let found: HashMap<Key, Entry> = missing
+                .into_iter()
+                .filter(|k| !k.as_str().ends_with(":4"))
+                .map(|k| {
+                    let id = k.as_str().rsplit(':').next().unwrap().to_string();
+                    (k, entry(&id))
+                })
+                .collect();
+            Ok::<_, String>(found)
+        }
+    };
+    let values = cache
+        .get_many_or_load(
+            &wanted,
+            Some(Duration::from_secs(60)),
+            loader(calls.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        values,
+        vec![Some(entry("1")), Some(entry("2")), Some(entry("3")), None]
+    );
+    assert_eq!(calls.lock().unwrap().clone(), vec![wanted[1..].to_vec()]);
+    // The loaded values were cached; the absent one was not.
+    let again = cache
+        .get_many_or_load(&wanted, None, loader(calls.clone()))
+        .await
+        .unwrap();
+    assert_eq!(again, values);
+    assert_eq!(
+        calls.lock().unwrap().last().unwrap(),
+        &vec![wanted[3].clone()]
+    );
+
+    let failed = cache
+        .get_many_or_load(&[keys.entry("9")], None, |_| async {
+            Err::<HashMap<Key, Entry>, _>("down".to_string())
+        })
+        .await;
+    assert_eq!(failed, Err("down".to_string()));
+}
+
+async fn bulk_and_single_loads_coalesce<S: Store>(store: S, prefix: &str) {
+    let cache: Cache<Entry, S> = Cache::new(store);
+    let keys = KeyBuilder::new().prefix(prefix);
+    let single_calls = Arc::new(AtomicU32::new(0));
+
+    // A single-key load in flight: the batch waits for it instead of loading the key again.
+    let slow_single = tokio::spawn({
+        let (cache, key, calls) = (cache.clone(), keys.entry("a"), single_calls.clone());
+        async move {
+            cache
+                .get_or_load(&key, None, move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok::<_, String>(entry("a"))
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let batch_keys = Arc::new(Mutex::new(Vec::new()));
+    let batch = tokio::spawn({
+        let (cache, wanted, seen) = (
+            cache.clone(),
+            vec![keys.entry("a"), keys.entry("b"), keys.entry("c")],
+            batch_keys.clone(),
+        );
+        async move {
+            cache
+                .get_many_or_load(&wanted, None, move |missing: Vec<Key>| async move {
+                    seen.lock().unwrap().extend(missing.clone());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let found: HashMap<Key, Entry> = missing
+                        .into_iter()
+                        .filter(|k| k.as_str().ends_with(":b"))
+                        .map(|k| (k, entry("b")))
+                        .collect();
+                    Ok::<_, String>(found)
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A single-key load of a key the batch is loading waits for the batch…
+    let from_batch = cache
+        .get_or_load(&keys.entry("b"), None, || async {
+            Err::<Entry, _>("must not load".to_string())
+        })
+        .await;
+    assert_eq!(from_batch, Ok(entry("b")));
+    // …and loads itself when the batch did not find the key.
+    let not_in_batch = cache
+        .get_or_load(&keys.entry("c"), None, || async {
+            Ok::<_, String>(entry("c-single"))
+        })
+        .await;
+    assert_eq!(not_in_batch, Ok(entry("c-single")));
+
+    assert_eq!(slow_single.await.unwrap(), Ok(entry("a")));
+    assert_eq!(
+        batch.await.unwrap(),
+        Ok(vec![Some(entry("a")), Some(entry("b")), None])
+    );
+    assert_eq!(single_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        batch_keys.lock().unwrap().clone(),
+        vec![keys.entry("b"), keys.entry("c")]
+    );
+}
+
 macro_rules! on_both_stores {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -277,6 +406,8 @@ on_both_stores!(
     cancelled_leader_does_not_stall_waiters,
     close_refuses_later_calls,
     ttl_expiration,
+    bulk_get_or_load_loads_only_misses_in_one_call,
+    bulk_and_single_loads_coalesce,
 );
 
 #[tokio::test]

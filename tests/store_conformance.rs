@@ -73,6 +73,18 @@ async fn delete_reports_presence<S: Store>(store: S, p: &str) {
     assert_eq!(get_bytes(&store, &k).await, None);
 }
 
+async fn delete_many_counts_present_keys<S: Store>(store: S, p: &str) {
+    let keys: Vec<Key> = (0..5).map(|i| key(p, &i.to_string())).collect();
+    for k in &keys[..3] {
+        store.set(k, bytes(b"v"), None).await.unwrap();
+    }
+    assert_eq!(store.delete_many(&keys).await.unwrap(), 3);
+    for k in &keys {
+        assert!(!store.exists(k).await.unwrap());
+    }
+    assert_eq!(store.delete_many(&[]).await.unwrap(), 0);
+}
+
 async fn pattern_delete_counts_and_stays_literal<S: Store>(store: S, p: &str) {
     for name in [
         "entry:1", "entry:2", "entry:3", "entries", "other:1", "a*:1", "a*b:1", "ab:1",
@@ -185,6 +197,7 @@ macro_rules! conformance {
                 ttl_expires,
                 overwrite_replaces_ttl,
                 delete_reports_presence,
+                delete_many_counts_present_keys,
                 pattern_delete_counts_and_stays_literal,
                 pattern_delete_spans_many_scan_batches,
                 multi_get_and_set,

@@ -23,8 +23,8 @@ pub(crate) type SharedLoad<V, E> = Shared<Pin<Box<dyn Future<Output = Outcome<V,
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Panicked;
 
-/// A load in flight: its id, and its `SharedLoad<V, E>` behind `Any`, since `E` is chosen
-/// per call.
+/// A load in flight: its id, and its `SharedLoad<V, E>` (one key) or `BatchLoad<V, E>` (one
+/// key of a batch) behind `Any`, since `E` is chosen per call.
 type Flight = (u64, Arc<dyn Any + Send + Sync>);
 
 /// The loads in flight, by key.
@@ -77,6 +77,91 @@ impl Flights {
     #[allow(dead_code)]
     pub(crate) fn len(&self) -> usize {
         self.loads.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// One key's share of a batch load: `None` when the loader did not return the key.
+pub(crate) type BatchLoad<V, E> = SharedLoad<Option<V>, E>;
+
+/// How a key of a batch is waited for.
+pub(crate) enum Joined<V, E> {
+    /// A single-key load that was already in flight.
+    Single(SharedLoad<V, E>),
+    /// A batch load, this call's or an earlier one's.
+    Batch(BatchLoad<V, E>),
+}
+
+impl Flights {
+    /// The batch load in flight for `key`, if there is one.
+    pub(crate) fn join_batch<V, E>(&self, key: &Key) -> Option<BatchLoad<V, E>>
+    where
+        V: Clone + Send + Sync + 'static,
+        E: Clone + Send + Sync + 'static,
+    {
+        let loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        loads
+            .get(key)
+            .and_then(|(_, load)| load.downcast_ref::<BatchLoad<V, E>>())
+            .cloned()
+    }
+
+    /// For each key, joins the load in flight (single or batch), and starts **one** load of
+    /// all the others with `start(keys, id)`. The started future must call
+    /// [`Flights::finish`] for each of its keys once their values are in the cache.
+    pub(crate) fn join_or_start_many<V, E, F>(
+        &self,
+        keys: &[Key],
+        start: impl FnOnce(Vec<Key>, u64) -> F,
+    ) -> Vec<Joined<V, E>>
+    where
+        V: Clone + Send + Sync + 'static,
+        E: Clone + Send + Sync + 'static,
+        F: Future<Output = Result<Arc<HashMap<Key, V>>, E>> + Send + 'static,
+    {
+        let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut joined: Vec<Option<Joined<V, E>>> = keys
+            .iter()
+            .map(|key| {
+                let (_, load) = loads.get(key)?;
+                if let Some(single) = load.downcast_ref::<SharedLoad<V, E>>() {
+                    return Some(Joined::Single(single.clone()));
+                }
+                load.downcast_ref::<BatchLoad<V, E>>()
+                    .map(|batch| Joined::Batch(batch.clone()))
+            })
+            .collect();
+        let missing: Vec<Key> = keys
+            .iter()
+            .zip(&joined)
+            .filter(|(_, joined)| joined.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !missing.is_empty() {
+            let id = self
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let task = tokio::spawn(start(missing, id));
+            let batch: Pin<Box<dyn Future<Output = Outcome<Arc<HashMap<Key, V>>, E>> + Send>> =
+                Box::pin(task.map(|joined| joined.map_err(|_| Panicked)));
+            let batch = batch.shared();
+            for (key, slot) in keys.iter().zip(joined.iter_mut()) {
+                if slot.is_some() {
+                    continue;
+                }
+                let own_key = key.clone();
+                let share: Pin<Box<dyn Future<Output = Outcome<Option<V>, E>> + Send>> =
+                    Box::pin(batch.clone().map(move |outcome| {
+                        outcome.map(|result| result.map(|values| values.get(&own_key).cloned()))
+                    }));
+                let share = share.shared();
+                loads.insert(key.clone(), (id, Arc::new(share.clone())));
+                *slot = Some(Joined::Batch(share));
+            }
+        }
+        joined
+            .into_iter()
+            .map(|joined| joined.expect("every key joined or started"))
+            .collect()
     }
 }
 

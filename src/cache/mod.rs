@@ -52,7 +52,7 @@ use crate::store::{MemoryStore, Store, StoreError, StoreValue};
 mod flight;
 pub(crate) mod frame;
 
-pub(crate) use self::flight::{unwrap_outcome, Flights, SharedLoad};
+pub(crate) use self::flight::{unwrap_outcome, Flights, Joined, SharedLoad};
 use self::frame::Header;
 
 /// What a [`Cache`] can hold: serde round-trippable, cloneable, shareable across threads.
@@ -471,8 +471,125 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             Ok(None) => {}
             Err(error) => tracing::warn!(%key, %error, "cache lookup failed, loading"),
         }
+        if let Some(batch) = self.flights().join_batch::<V, E>(key) {
+            if let Some(value) = unwrap_outcome(batch.await)? {
+                return Ok(value);
+            }
+        }
         let load = loader();
         self.load_coalesced(key, move |_| ttl, load).await
+    }
+
+    /// Bulk cache-aside: the values of `keys`, in order, with the hits fetched in one round
+    /// trip and **all** the misses loaded by one call of `loader`, which returns the values
+    /// it found by key (a key it leaves out is `None` here, and not cached). The loaded
+    /// values are cached for `ttl` in one round trip.
+    ///
+    /// Keys already being loaded — by [`get_or_load`](Cache::get_or_load), a read layer or
+    /// another batch — are not loaded again: this call waits for those loads. A
+    /// [`get_or_load`](Cache::get_or_load) of a key this batch is loading waits for the
+    /// batch in turn. Store failures are misses, as in `get_or_load`.
+    ///
+    /// ```
+    /// # use std::collections::HashMap;
+    /// # use tower_caching::{key::KeyBuilder, Cache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<String> = Cache::in_memory();
+    /// let keys = KeyBuilder::new();
+    /// cache.set(&keys.entry("1"), &"cached".to_string(), None).await?;
+    ///
+    /// let wanted = [keys.entry("1"), keys.entry("2"), keys.entry("3")];
+    /// let values = cache
+    ///     .get_many_or_load(&wanted, None, |missing| async move {
+    ///         assert_eq!(missing.len(), 2); // entry:2 and entry:3, in one call
+    ///         let found: HashMap<_, _> =
+    ///             missing.into_iter().filter(|k| k.as_str() == "entry:2").map(|k| (k, "loaded".to_string())).collect();
+    ///         Ok::<_, String>(found)
+    ///     })
+    ///     .await?;
+    /// assert_eq!(values, vec![Some("cached".into()), Some("loaded".into()), None]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_many_or_load<F, Fut, E>(
+        &self,
+        keys: &[Key],
+        ttl: Option<Duration>,
+        loader: F,
+    ) -> Result<Vec<Option<V>>, E>
+    where
+        F: FnOnce(Vec<Key>) -> Fut,
+        Fut: Future<Output = Result<std::collections::HashMap<Key, V>, E>> + Send + 'static,
+        E: Clone + Send + Sync + 'static,
+    {
+        let mut values: Vec<Option<V>> = match self.get_many(keys).await {
+            Ok(values) => values,
+            Err(error) => {
+                tracing::warn!(keys = keys.len(), %error, "cache lookup failed, loading");
+                vec![None; keys.len()]
+            }
+        };
+        let misses: Vec<Key> = keys
+            .iter()
+            .zip(&values)
+            .filter(|(_, value)| value.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if misses.is_empty() {
+            return Ok(values);
+        }
+        let cache = self.clone();
+        let start = move |missing: Vec<Key>, id: u64| {
+            let load = loader(missing.clone());
+            async move {
+                let result = load.await.map(Arc::new);
+                if let Ok(found) = &result {
+                    cache.store_many_best_effort(found, ttl).await;
+                }
+                for key in &missing {
+                    cache.flights().finish(key, id);
+                }
+                result
+            }
+        };
+        let joined = self.flights().join_or_start_many::<V, E, _>(&misses, start);
+        let mut loaded = Vec::with_capacity(joined.len());
+        for wait in joined {
+            loaded.push(match wait {
+                Joined::Single(load) => Some(unwrap_outcome(load.await)?),
+                Joined::Batch(load) => unwrap_outcome(load.await)?,
+            });
+        }
+        let mut loaded = loaded.into_iter();
+        for value in values.iter_mut().filter(|value| value.is_none()) {
+            *value = loaded.next().flatten();
+        }
+        Ok(values)
+    }
+
+    /// Caches `values` in one round trip, logging instead of failing.
+    async fn store_many_best_effort(
+        &self,
+        values: &std::collections::HashMap<Key, V>,
+        ttl: Option<Duration>,
+    ) {
+        if self.is_closed() || values.is_empty() {
+            return;
+        }
+        let entries: Vec<_> = values
+            .iter()
+            .filter_map(|(key, value)| match self.encode(value, ttl) {
+                Ok(stored) => Some((key.clone(), stored, ttl)),
+                Err(error) => {
+                    tracing::warn!(%key, %error, "value not cached");
+                    None
+                }
+            })
+            .collect();
+        if let Err(error) = self.shared.store.set_many(entries).await {
+            tracing::warn!(keys = values.len(), %error, "values not cached");
+        }
     }
 
     /// Runs `load` as the one load of `key`, or joins the one in flight, then caches the
