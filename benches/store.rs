@@ -6,6 +6,9 @@
 //! - `redis_get/*`: a hand-written redis-rs GET on a `ConnectionManager` vs. `RedisStore::get`
 //!   (boxed future, command timeout) vs. `Cache::get` (frame + JSON decode).
 //!
+//! - `layer_hit/*`: the cache-aside layer's hit path on `MemoryStore`, metrics off and on,
+//!   beside a hand-written `moka::future::Cache::get` that builds the same key.
+//!
 //! Run: `cargo bench --bench store` (spawns its own redis-server).
 
 #[path = "../tests/support/mod.rs"]
@@ -135,5 +138,50 @@ fn redis(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, memory, redis);
+/// The cache-aside layer's hit path on the in-memory store, with metrics off and on, beside
+/// a hand-written moka lookup of the same value.
+fn layer_hit(c: &mut Criterion) {
+    use tower::ServiceExt;
+    use tower_caching::CacheLayer;
+    use tower_layer::Layer;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let loader = tower::service_fn(|_: u32| async { Ok::<_, std::convert::Infallible>(entry()) });
+    let key = |id: &u32| tower_caching::key::KeyBuilder::new().entry(&id.to_string());
+
+    let plain: Cache<Entry> = Cache::new(MemoryStore::new());
+    let registry = prometheus::Registry::new();
+    let metrics = tower_caching::metrics::Metrics::builder()
+        .register(&registry)
+        .unwrap();
+    let measured: Cache<Entry> = Cache::builder(MemoryStore::new()).metrics(metrics).build();
+    let without = CacheLayer::cache_aside(plain).key(key).layer(loader);
+    let with = CacheLayer::cache_aside(measured).key(key).layer(loader);
+    rt.block_on(without.clone().oneshot(1)).unwrap();
+    rt.block_on(with.clone().oneshot(1)).unwrap();
+    let raw: moka::future::Cache<String, Entry> = moka::future::Cache::new(10_000);
+    rt.block_on(raw.insert("entry:1".to_owned(), entry()));
+
+    let mut group = c.benchmark_group("layer_hit");
+    group.bench_function("raw_moka_future", |b| {
+        b.to_async(&rt).iter(|| async {
+            let key = format!("entry:{}", black_box(1u32));
+            black_box(raw.get(&key).await)
+        })
+    });
+    group.bench_function("metrics_off", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(without.clone().oneshot(black_box(1)).await) })
+    });
+    group.bench_function("metrics_on", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(with.clone().oneshot(black_box(1)).await) })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, memory, redis, layer_hit);
 criterion_main!(benches);

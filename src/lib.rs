@@ -35,6 +35,7 @@
 //! | `redis` (default) | [`store::RedisStore`] |
 //! | `tls` | `rediss://` URLs for the Redis store (rustls) |
 //! | `msgpack` | [`codec::MsgPack`] |
+//! | `metrics` (default) | Prometheus [`metrics::Metrics`] |
 //! | `full` | all of the above |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
@@ -45,6 +46,7 @@ pub mod cache;
 pub mod codec;
 pub mod key;
 mod layer;
+pub mod metrics;
 pub mod store;
 pub mod strategy;
 pub mod ttl;

@@ -35,14 +35,14 @@ pub(crate) struct Flights {
 }
 
 impl Flights {
-    /// Joins the load of `key` in flight, or starts `start()` as the load and registers it.
-    /// The started future must call [`Flights::finish`] with the id it is given once its
-    /// value is in the cache.
+    /// Joins the load of `key` in flight, or starts `start()` as the load and registers it;
+    /// `true` when it started it. The started future must call [`Flights::finish`] with the
+    /// id it is given once its value is in the cache.
     pub(crate) fn join_or_start<V, E, F>(
         &self,
         key: &Key,
         start: impl FnOnce(u64) -> F,
-    ) -> SharedLoad<V, E>
+    ) -> (SharedLoad<V, E>, bool)
     where
         V: Clone + Send + Sync + 'static,
         E: Clone + Send + Sync + 'static,
@@ -51,7 +51,7 @@ impl Flights {
         let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, load)) = loads.get(key) {
             if let Some(load) = load.downcast_ref::<SharedLoad<V, E>>() {
-                return load.clone();
+                return (load.clone(), false);
             }
         }
         let id = self
@@ -62,7 +62,7 @@ impl Flights {
             Box::pin(task.map(|joined| joined.map_err(|_| Panicked)));
         let load = load.shared();
         loads.insert(key.clone(), (id, Arc::new(load.clone())));
-        load
+        (load, true)
     }
 
     /// Forgets the load `id` of `key`, so that the next miss starts a new one.

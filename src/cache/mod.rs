@@ -47,6 +47,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::codec::{Codec, CodecError, Json};
 use crate::key::{Key, KeyError, Pattern};
+use crate::metrics::{KeyDigest, Observer, Operation, Strategy};
 use crate::store::{MemoryStore, Store, StoreError, StoreValue};
 
 mod flight;
@@ -77,6 +78,7 @@ pub(crate) struct Shared<S, C> {
     closed: AtomicBool,
     pub(crate) flights: Flights,
     pending: Mutex<Vec<Weak<dyn PendingWrites>>>,
+    observer: Observer,
 }
 
 /// A write-behind queue, as the cache that owns its values sees it.
@@ -123,6 +125,8 @@ pub struct CacheBuilder<S, C = Json> {
     store: S,
     codec: C,
     max_value_size: usize,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl<S: Store, C: Codec> CacheBuilder<S, C> {
@@ -132,7 +136,20 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
             store: self.store,
             codec,
             max_value_size: self.max_value_size,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics,
         }
+    }
+
+    /// Records hits, misses, errors and latencies into `metrics` (see
+    /// [`metrics`](crate::metrics)). Several caches may share one [`Metrics`].
+    ///
+    /// [`Metrics`]: crate::metrics::Metrics
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Refuses to cache values whose encoding is larger than `bytes` (default
@@ -153,6 +170,10 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
                 closed: AtomicBool::new(false),
                 flights: Flights::default(),
                 pending: Mutex::new(Vec::new()),
+                #[cfg(feature = "metrics")]
+                observer: Observer::new(self.metrics),
+                #[cfg(not(feature = "metrics"))]
+                observer: Observer::default(),
             }),
             _value: PhantomData,
         }
@@ -188,6 +209,8 @@ impl<S: Store> Cache<(), S> {
             store,
             codec: Json,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 }
@@ -207,6 +230,27 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
 
     pub(crate) fn flights(&self) -> &Flights {
         &self.shared.flights
+    }
+
+    pub(crate) fn observer(&self) -> &Observer {
+        &self.shared.observer
+    }
+
+    /// Runs a store operation, timing it and counting its error.
+    async fn observed<T>(
+        &self,
+        operation: Operation,
+        strategy: Strategy,
+        run: impl Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
+        let observer = self.observer();
+        let started = observer.start();
+        let result = run.await;
+        observer.finish(operation, strategy, started);
+        if let Err(error) = &result {
+            observer.error(operation, error.kind());
+        }
+        result
     }
 
     fn check_open(&self) -> Result<(), CacheError> {
@@ -246,7 +290,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// ```
     pub async fn get(&self, key: &Key) -> Result<Option<V>, CacheError> {
         self.check_open()?;
-        Ok(self.lookup(key).await?.map(|hit| hit.value))
+        let hit = self
+            .observed(Operation::Get, Strategy::Direct, self.lookup(key))
+            .await?;
+        Ok(hit.map(|hit| hit.value))
     }
 
     /// The values under `keys`, in order, in one round trip. A value that does not decode is
@@ -265,14 +312,21 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// ```
     pub async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<V>>, CacheError> {
         self.check_open()?;
-        let values = self.shared.store.get_many(keys).await?;
+        let values = self
+            .observed(Operation::GetMany, Strategy::Direct, async {
+                Ok(self.shared.store.get_many(keys).await?)
+            })
+            .await?;
         Ok(values
             .into_iter()
             .zip(keys)
             .map(|(value, key)| {
                 let value = value?;
                 decode::<V, C>(&self.shared.codec, &value)
-                    .map_err(|error| tracing::warn!(%key, %error, "undecodable cache value"))
+                    .map_err(|error| {
+                        self.observer().error(Operation::GetMany, error.kind());
+                        tracing::warn!(key = %KeyDigest(key), %error, "undecodable cache value");
+                    })
                     .ok()
                     .map(|hit| hit.value)
             })
@@ -313,10 +367,22 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// # }
     /// ```
     pub async fn set(&self, key: &Key, value: &V, ttl: Option<Duration>) -> Result<(), CacheError> {
+        self.set_as(Strategy::Direct, key, value, ttl).await
+    }
+
+    pub(crate) async fn set_as(
+        &self,
+        strategy: Strategy,
+        key: &Key,
+        value: &V,
+        ttl: Option<Duration>,
+    ) -> Result<(), CacheError> {
         self.check_open()?;
-        let stored = self.encode(value, ttl)?;
-        self.shared.store.set(key, stored, ttl).await?;
-        Ok(())
+        self.observed(Operation::Set, strategy, async {
+            let stored = self.encode(value, ttl)?;
+            Ok(self.shared.store.set(key, stored, ttl).await?)
+        })
+        .await
     }
 
     /// Stores every `(key, value)` with one `ttl`, in one round trip.
@@ -341,8 +407,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             .iter()
             .map(|(key, value)| Ok((key.clone(), self.encode(value, ttl)?, ttl)))
             .collect::<Result<Vec<_>, CacheError>>()?;
-        self.shared.store.set_many(entries).await?;
-        Ok(())
+        self.observed(Operation::SetMany, Strategy::Direct, async {
+            Ok(self.shared.store.set_many(entries).await?)
+        })
+        .await
     }
 
     /// Removes `key`; whether it was there.
@@ -357,8 +425,19 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// # }
     /// ```
     pub async fn delete(&self, key: &Key) -> Result<bool, CacheError> {
+        self.delete_as(Strategy::Direct, key).await
+    }
+
+    pub(crate) async fn delete_as(
+        &self,
+        strategy: Strategy,
+        key: &Key,
+    ) -> Result<bool, CacheError> {
         self.check_open()?;
-        Ok(self.shared.store.delete(key).await?)
+        self.observed(Operation::Delete, strategy, async {
+            Ok(self.shared.store.delete(key).await?)
+        })
+        .await
     }
 
     /// Removes every key of `keys` in one round trip; how many were there.
@@ -375,8 +454,19 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// # }
     /// ```
     pub async fn delete_many(&self, keys: &[Key]) -> Result<u64, CacheError> {
+        self.delete_many_as(Strategy::Direct, keys).await
+    }
+
+    pub(crate) async fn delete_many_as(
+        &self,
+        strategy: Strategy,
+        keys: &[Key],
+    ) -> Result<u64, CacheError> {
         self.check_open()?;
-        Ok(self.shared.store.delete_many(keys).await?)
+        self.observed(Operation::DeleteMany, strategy, async {
+            Ok(self.shared.store.delete_many(keys).await?)
+        })
+        .await
     }
 
     /// Removes every key matching `pattern` (in the store, whatever its value type); how
@@ -397,8 +487,19 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// # }
     /// ```
     pub async fn delete_pattern(&self, pattern: &Pattern) -> Result<u64, CacheError> {
+        self.delete_pattern_as(Strategy::Direct, pattern).await
+    }
+
+    pub(crate) async fn delete_pattern_as(
+        &self,
+        strategy: Strategy,
+        pattern: &Pattern,
+    ) -> Result<u64, CacheError> {
         self.check_open()?;
-        Ok(self.shared.store.delete_pattern(pattern).await?)
+        self.observed(Operation::DeletePattern, strategy, async {
+            Ok(self.shared.store.delete_pattern(pattern).await?)
+        })
+        .await
     }
 
     /// Whether `key` holds a value.
@@ -416,7 +517,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// ```
     pub async fn exists(&self, key: &Key) -> Result<bool, CacheError> {
         self.check_open()?;
-        Ok(self.shared.store.exists(key).await?)
+        self.observed(Operation::Exists, Strategy::Direct, async {
+            Ok(self.shared.store.exists(key).await?)
+        })
+        .await
     }
 
     /// Cache-aside, imperatively: the cached value of `key`, or the value `loader` produces,
@@ -466,18 +570,33 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: Clone + Send + Sync + 'static,
     {
-        match self.lookup(key).await {
-            Ok(Some(hit)) => return Ok(hit.value),
+        let strategy = Strategy::CacheAside;
+        match self
+            .observed(Operation::Get, strategy, self.lookup(key))
+            .await
+        {
+            Ok(Some(hit)) => {
+                self.observer().hit(strategy);
+                return Ok(hit.value);
+            }
             Ok(None) => {}
-            Err(error) => tracing::warn!(%key, %error, "cache lookup failed, loading"),
+            Err(error) => {
+                tracing::warn!(key = %KeyDigest(key), %error, "cache lookup failed, loading")
+            }
         }
+        self.observer().miss(strategy);
         if let Some(batch) = self.flights().join_batch::<V, E>(key) {
+            self.observer().coalesced(strategy);
             if let Some(value) = unwrap_outcome(batch.await)? {
                 return Ok(value);
             }
         }
         let load = loader();
-        self.load_coalesced(key, move |_| ttl, load).await
+        let (load, started) = self.load_coalesced(strategy, key, move |_| Some(ttl), load);
+        if !started {
+            self.observer().coalesced(strategy);
+        }
+        unwrap_outcome(load.await)
     }
 
     /// Bulk cache-aside: the values of `keys`, in order, with the hits fetched in one round
@@ -530,6 +649,12 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
                 vec![None; keys.len()]
             }
         };
+        for value in &values {
+            match value {
+                Some(_) => self.observer().hit(Strategy::CacheAside),
+                None => self.observer().miss(Strategy::CacheAside),
+            }
+        }
         let misses: Vec<Key> = keys
             .iter()
             .zip(&values)
@@ -557,7 +682,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         let mut loaded = Vec::with_capacity(joined.len());
         for wait in joined {
             loaded.push(match wait {
-                Joined::Single(load) => Some(unwrap_outcome(load.await)?),
+                Joined::Single(load) => {
+                    self.observer().coalesced(Strategy::CacheAside);
+                    Some(unwrap_outcome(load.await)?)
+                }
                 Joined::Batch(load) => unwrap_outcome(load.await)?,
             });
         }
@@ -582,61 +710,65 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             .filter_map(|(key, value)| match self.encode(value, ttl) {
                 Ok(stored) => Some((key.clone(), stored, ttl)),
                 Err(error) => {
-                    tracing::warn!(%key, %error, "value not cached");
+                    self.observer().error(Operation::SetMany, error.kind());
+                    tracing::warn!(key = %KeyDigest(key), %error, "value not cached");
                     None
                 }
             })
             .collect();
-        if let Err(error) = self.shared.store.set_many(entries).await {
+        let stored = self
+            .observed(Operation::SetMany, Strategy::CacheAside, async {
+                Ok(self.shared.store.set_many(entries).await?)
+            })
+            .await;
+        if let Err(error) = stored {
             tracing::warn!(keys = values.len(), %error, "values not cached");
         }
     }
 
-    /// Runs `load` as the one load of `key`, or joins the one in flight, then caches the
-    /// value for `ttl(&value)` (best effort).
-    pub(crate) async fn load_coalesced<Fut, E>(
+    /// Starts `load` as the one load of `key`, or joins the one in flight (then `false`),
+    /// caching the loaded value for `ttl(&value)` when that is `Some` (best effort).
+    pub(crate) fn load_coalesced<Fut, E>(
         &self,
+        strategy: Strategy,
         key: &Key,
-        ttl: impl FnOnce(&V) -> Option<Duration> + Send + 'static,
+        ttl: impl FnOnce(&V) -> Option<Option<Duration>> + Send + 'static,
         load: Fut,
-    ) -> Result<V, E>
+    ) -> (SharedLoad<V, E>, bool)
     where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: Clone + Send + Sync + 'static,
     {
         let cache = self.clone();
         let owned_key = key.clone();
-        let joined = self
-            .shared
-            .flights
-            .join_or_start(key, move |id| async move {
-                let result = load.await;
-                if let Ok(value) = &result {
-                    cache.store_best_effort(&owned_key, value, ttl(value)).await;
+        self.flights().join_or_start(key, move |id| async move {
+            let result = load.await;
+            if let Ok(value) = &result {
+                if let Some(ttl) = ttl(value) {
+                    cache
+                        .store_best_effort(strategy, &owned_key, value, ttl)
+                        .await;
                 }
-                cache.flights().finish(&owned_key, id);
-                result
-            });
-        unwrap_outcome(joined.await)
+            }
+            cache.flights().finish(&owned_key, id);
+            result
+        })
     }
 
     /// Caches `value`, logging instead of failing: for paths where caching is an
     /// optimisation.
-    pub(crate) async fn store_best_effort(&self, key: &Key, value: &V, ttl: Option<Duration>) {
+    pub(crate) async fn store_best_effort(
+        &self,
+        strategy: Strategy,
+        key: &Key,
+        value: &V,
+        ttl: Option<Duration>,
+    ) {
         if self.is_closed() {
             return;
         }
-        let result = match self.encode(value, ttl) {
-            Ok(stored) => self
-                .shared
-                .store
-                .set(key, stored, ttl)
-                .await
-                .map_err(CacheError::from),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = result {
-            tracing::warn!(%key, %error, "value not cached");
+        if let Err(error) = self.set_as(strategy, key, value, ttl).await {
+            tracing::warn!(key = %KeyDigest(key), %error, "value not cached");
         }
     }
 

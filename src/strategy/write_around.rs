@@ -46,11 +46,13 @@ use std::task::{ready, Context, Poll};
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::cache::{Cache, Cacheable};
 use crate::codec::{Codec, Json};
 use crate::key::{Key, KeyExtractor, Pattern};
 use crate::layer::CacheLayer;
+use crate::metrics::Strategy;
 use crate::store::{MemoryStore, Store};
 
 /// The keys and patterns a write makes stale.
@@ -267,7 +269,15 @@ where
             .invalidation(&self.layer.key, &request);
         // Built now, run only once the write succeeds.
         let pending = (!invalidation.is_empty()).then(|| {
-            Box::pin(invalidate(self.layer.strategy.cache.clone(), invalidation)) as BoxedInvalidate
+            let span = tracing::debug_span!(
+                "cache",
+                strategy = "write_around",
+                operation = "invalidate",
+                keys = invalidation.keys.len(),
+                patterns = invalidation.patterns.len(),
+            );
+            let cache = self.layer.strategy.cache.clone();
+            Box::pin(invalidate(cache, invalidation).instrument(span)) as BoxedInvalidate
         });
         WriteAroundFuture {
             state: AroundState::Write {
@@ -285,12 +295,18 @@ async fn invalidate<V: Cacheable, St: Store, C: Codec>(
     invalidation: Invalidation,
 ) {
     if !invalidation.keys.is_empty() {
-        if let Err(error) = cache.delete_many(&invalidation.keys).await {
+        if let Err(error) = cache
+            .delete_many_as(Strategy::WriteAround, &invalidation.keys)
+            .await
+        {
             tracing::error!(keys = invalidation.keys.len(), %error, "write-around could not invalidate keys: stale values may be served until they expire");
         }
     }
     for pattern in &invalidation.patterns {
-        if let Err(error) = cache.delete_pattern(pattern).await {
+        if let Err(error) = cache
+            .delete_pattern_as(Strategy::WriteAround, pattern)
+            .await
+        {
             tracing::error!(%pattern, %error, "write-around could not invalidate a pattern: stale values may be served until they expire");
         }
     }

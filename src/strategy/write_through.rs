@@ -52,11 +52,13 @@ use std::task::{ready, Context, Poll};
 use pin_project::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::cache::{Cache, Cacheable};
 use crate::codec::{Codec, Json};
 use crate::key::{Key, KeyExtractor};
 use crate::layer::CacheLayer;
+use crate::metrics::{KeyDigest, Strategy};
 use crate::store::{MemoryStore, Store};
 use crate::ttl::TtlPolicy;
 
@@ -312,15 +314,15 @@ async fn store_or_invalidate<V: Cacheable, St: Store, C: Codec>(
     ttl: Option<std::time::Duration>,
 ) {
     let stored = match &value {
-        Some(value) => cache.set(&key, value, ttl).await,
+        Some(value) => cache.set_as(Strategy::WriteThrough, &key, value, ttl).await,
         None => Ok(()),
     };
     if value.is_none() || stored.is_err() {
         if let Err(error) = &stored {
-            tracing::warn!(%key, %error, "write-through could not cache the written value, invalidating");
+            tracing::warn!(key = %KeyDigest(&key), %error, "write-through could not cache the written value, invalidating");
         }
-        if let Err(error) = cache.delete(&key).await {
-            tracing::error!(%key, %error, "write-through could not invalidate the key either: its previous value may be served until it expires");
+        if let Err(error) = cache.delete_as(Strategy::WriteThrough, &key).await {
+            tracing::error!(key = %KeyDigest(&key), %error, "write-through could not invalidate the key either: its previous value may be served until it expires");
         }
     }
 }
@@ -348,12 +350,16 @@ where
                     };
                     let value = layer.strategy.value.after_write(&response, from_request);
                     let ttl = value.as_ref().and_then(|v| layer.ttl.ttl(&key, v));
-                    let store = Box::pin(store_or_invalidate(
-                        layer.strategy.cache.clone(),
-                        key,
-                        value,
-                        ttl,
-                    ));
+                    let span = tracing::debug_span!(
+                        "cache",
+                        strategy = "write_through",
+                        operation = "write",
+                        key = %KeyDigest(&key),
+                    );
+                    let store = Box::pin(
+                        store_or_invalidate(layer.strategy.cache.clone(), key, value, ttl)
+                            .instrument(span),
+                    );
                     this.state.set(WriteState::Store {
                         store,
                         response: Some(response),

@@ -2,17 +2,18 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pin_project::pin_project;
 use tower_service::Service;
 
-use super::{Read, ReadMode};
+use super::{Read, ReadMode, ReadThroughMode};
 use crate::cache::frame::{now_ms, Header};
-use crate::cache::{unwrap_outcome, Cache, Cacheable, Lookup, SharedLoad};
+use crate::cache::{unwrap_outcome, Cacheable, Lookup, SharedLoad};
 use crate::codec::Codec;
 use crate::key::Key;
 use crate::layer::CacheLayer;
+use crate::metrics::{KeyDigest, Operation, Strategy};
 use crate::store::Store;
 use crate::strategy::Predicate;
 use crate::ttl::TtlPolicy;
@@ -27,6 +28,7 @@ where
 {
     #[pin]
     state: State<Svc, Req, S, K, T>,
+    span: tracing::Span,
 }
 
 #[pin_project(project = StateProj)]
@@ -41,6 +43,7 @@ where
         layer: Arc<CacheLayer<S, K, T>>,
         key: Option<Key>,
         call: Option<(Svc, Req)>,
+        started: Option<Instant>,
     },
     Load {
         #[pin]
@@ -135,31 +138,41 @@ where
         inner: Svc,
         request: Req,
     ) -> Self {
+        let span = tracing::debug_span!(
+            "cache",
+            strategy = M::STRATEGY,
+            operation = "read",
+            key = %KeyDigest(&key),
+            outcome = tracing::field::Empty,
+        );
         ResponseFuture {
             state: State::Lookup {
+                started: layer.strategy.cache.observer().start(),
                 lookup: layer.strategy.cache.lookup(&key),
                 layer,
                 key: Some(key),
                 call: Some((inner, request)),
             },
+            span,
         }
     }
 
     pub(super) fn bypass(future: Svc::Future) -> Self {
         ResponseFuture {
             state: State::Bypass { future },
+            span: tracing::Span::none(),
         }
     }
 }
 
-/// Calls the loader as the one load of `key` (or joins the load in flight) and caches what
-/// the strategy admits.
+/// Calls the loader as the one load of `key` (or joins the load in flight; then `false`)
+/// and caches what the strategy admits.
 fn load<Svc, Req, M, V, St, C, P, N, K, T>(
     layer: &Arc<CacheLayer<Read<M, V, St, C, P, N>, K, T>>,
-    key: Key,
+    key: &Key,
     mut inner: Svc,
     request: Req,
-) -> SharedLoad<V, Svc::Error>
+) -> (SharedLoad<V, Svc::Error>, bool)
 where
     Svc: Service<Req, Response = V> + Send + 'static,
     Svc::Future: Send + 'static,
@@ -174,21 +187,25 @@ where
     K: Send + Sync + 'static,
     T: TtlPolicy<V> + Send + Sync + 'static,
 {
-    let cache: &Cache<V, St, C> = &layer.strategy.cache;
-    let layer = layer.clone();
-    cache
-        .flights()
-        .join_or_start(&key.clone(), move |id| async move {
-            let result = inner.call(request).await;
-            let cache = &layer.strategy.cache;
-            if let Ok(value) = &result {
-                if let Some(ttl) = layer.strategy.admission(&layer.ttl, &key, value) {
-                    cache.store_best_effort(&key, value, ttl).await;
-                }
-            }
-            cache.flights().finish(&key, id);
-            result
-        })
+    let admission = {
+        let (layer, key) = (layer.clone(), key.clone());
+        move |value: &V| layer.strategy.admission(&layer.ttl, &key, value)
+    };
+    // `call` runs on the load's own task, not under the coalescing lock.
+    let call = async move { inner.call(request).await };
+    layer
+        .strategy
+        .cache
+        .load_coalesced(strategy::<M>(), key, admission, call)
+}
+
+/// The `strategy` label of a read mode.
+fn strategy<M: ReadMode>() -> Strategy {
+    if M::STRATEGY == ReadThroughMode::STRATEGY {
+        Strategy::ReadThrough
+    } else {
+        Strategy::CacheAside
+    }
 }
 
 impl<Svc, Req, M, V, St, C, P, N, K, T> Future
@@ -211,6 +228,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Lookup {
@@ -218,26 +236,45 @@ where
                     layer,
                     key,
                     call,
+                    started,
                 } => {
-                    let found = match ready!(lookup.poll(cx)) {
+                    let strategy = strategy::<M>();
+                    let observer = layer.strategy.cache.observer();
+                    let result = ready!(lookup.poll(cx));
+                    observer.finish(Operation::Get, strategy, *started);
+                    let key = key.take().expect("lookup polled after completion");
+                    let found = match result {
                         Ok(found) => found,
                         Err(error) => {
-                            tracing::warn!(key = %key.as_ref().map_or("", |k| k.as_str()), %error, "cache lookup failed, loading");
+                            observer.error(Operation::Get, error.kind());
+                            tracing::warn!(key = %KeyDigest(&key), %error, "cache lookup failed, loading");
                             None
                         }
                     };
-                    let key = key.take().expect("lookup polled after completion");
                     let (inner, request) = call.take().expect("lookup polled after completion");
                     match found {
                         Some(hit) => {
+                            observer.hit(strategy);
+                            if layer.strategy.not_found.test(&hit.value) {
+                                observer.negative_hit(strategy);
+                            }
+                            this.span.record("outcome", "hit");
                             if layer.strategy.refresh_due(&hit.header) {
                                 // Not awaited: the load runs on its own task, once per key.
-                                drop(load(layer, key, inner, request));
+                                if load(layer, &key, inner, request).1 {
+                                    observer.refresh(strategy);
+                                }
                             }
                             return Poll::Ready(Ok(hit.value));
                         }
                         None => {
-                            let load = load(layer, key, inner, request);
+                            observer.miss(strategy);
+                            let (load, started) = load(layer, &key, inner, request);
+                            if !started {
+                                observer.coalesced(strategy);
+                            }
+                            this.span
+                                .record("outcome", if started { "miss" } else { "coalesced" });
                             this.state.set(State::Load { load });
                         }
                     }

@@ -188,7 +188,7 @@ pub struct LogDeadLetter;
 impl<Req> DeadLetterHook<Req> for LogDeadLetter {
     fn dead_letter(&self, letter: DeadLetter<Req>) {
         tracing::error!(
-            key = %letter.key,
+            key = %crate::metrics::KeyDigest(&letter.key),
             attempts = letter.attempts,
             error = %letter.error,
             "write-behind write abandoned after its last attempt"

@@ -16,6 +16,7 @@ use tower_service::Service;
 use super::{DeadLetter, DeadLetterHook, Settings};
 use crate::cache::{CacheError, PendingWrites};
 use crate::key::Key;
+use crate::metrics::{KeyDigest, Observer, Operation};
 use crate::BoxError;
 
 /// The queued writes of one write-behind layer, shared by its services, its worker and the
@@ -29,6 +30,7 @@ pub(crate) struct Queue<Svc, Req, D> {
     wake: Notify,
     closed: AtomicBool,
     worker_started: AtomicBool,
+    observer: Observer,
 }
 
 struct State<Req> {
@@ -74,7 +76,12 @@ where
     Req: Clone + Send + Sync + 'static,
     D: DeadLetterHook<Req>,
 {
-    pub(crate) fn new(writer: Svc, dead_letter: Arc<D>, settings: Settings) -> Arc<Self> {
+    pub(crate) fn new(
+        writer: Svc,
+        dead_letter: Arc<D>,
+        settings: Settings,
+        observer: Observer,
+    ) -> Arc<Self> {
         Arc::new(Queue {
             state: Mutex::new(State {
                 slots: HashMap::new(),
@@ -88,6 +95,7 @@ where
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             worker_started: AtomicBool::new(false),
+            observer,
         })
     }
 
@@ -143,7 +151,10 @@ where
                 state.order.remove(&older.seq);
                 drop(permit);
             }
-            None => permit.forget(),
+            None => {
+                permit.forget();
+                self.observer.queue_size(1);
+            }
         }
         state.order.insert(seq, key);
         let full_batch = state.order.len() >= self.settings.max_batch;
@@ -212,6 +223,7 @@ where
     async fn write_batch(&self) -> Batch {
         let batch = self.take_batch();
         let taken = batch.len();
+        let started = Instant::now();
         let mut writes: FuturesUnordered<_> = batch
             .into_iter()
             .map(|(key, request)| {
@@ -223,11 +235,15 @@ where
         while let Some((key, result)) = writes.next().await {
             match self.complete(&key, result) {
                 Outcome::Written => written += 1,
-                Outcome::Dead(letter) => self.dead_letter.dead_letter(letter),
+                Outcome::Dead(letter) => {
+                    self.observer.dead_letter();
+                    self.dead_letter.dead_letter(letter);
+                }
                 Outcome::Retry | Outcome::Superseded => {}
             }
         }
         if taken > 0 {
+            self.observer.flush_batch(started.into_std());
             tracing::debug!(taken, written, depth = self.depth(), "write-behind batch");
         }
         Batch { taken, written }
@@ -243,18 +259,21 @@ where
             return Outcome::Superseded;
         };
         write.attempts += 1;
+        if result.is_err() {
+            self.observer.error(Operation::WriteBehindFlush, "writer");
+        }
         let outcome = match result {
             Ok(_) => {
-                self.room.add_permits(1);
+                self.release();
                 Outcome::Written
             }
             Err(_) if slot.pending.is_some() => {
                 // A newer write of this key waits: the failed, older one is moot.
-                self.room.add_permits(1);
+                self.release();
                 Outcome::Superseded
             }
             Err(error) if write.attempts >= self.settings.max_attempts => {
-                self.room.add_permits(1);
+                self.release();
                 Outcome::Dead(DeadLetter {
                     key: key.clone(),
                     request: write.request,
@@ -263,7 +282,8 @@ where
                 })
             }
             Err(error) => {
-                tracing::warn!(%key, attempts = write.attempts, %error, "write-behind write failed, will retry");
+                self.observer.retry();
+                tracing::warn!(key = %KeyDigest(key), attempts = write.attempts, %error, "write-behind write failed, will retry");
                 write.not_before = Instant::now() + self.settings.backoff(write.attempts);
                 order.insert(write.seq, key.clone());
                 slot.pending = Some(write);
@@ -274,6 +294,12 @@ where
             slots.remove(key);
         }
         outcome
+    }
+
+    /// Gives one write's room back.
+    fn release(&self) {
+        self.room.add_permits(1);
+        self.observer.queue_size(-1);
     }
 
     /// Whether any write queued before sequence number `before` is still waiting or

@@ -9,6 +9,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::PollSemaphore;
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::queue::Queue;
 use super::{Acknowledge, DeadLetterHook, RequestToValue, WriteBehind};
@@ -16,6 +17,7 @@ use crate::cache::{Cache, Cacheable, PendingWrites};
 use crate::codec::Codec;
 use crate::key::{Key, KeyExtractor};
 use crate::layer::CacheLayer;
+use crate::metrics::{KeyDigest, Strategy};
 use crate::store::Store;
 use crate::ttl::TtlPolicy;
 use crate::BoxError;
@@ -109,6 +111,7 @@ where
             inner.clone(),
             self.strategy.dead_letter.clone(),
             self.strategy.settings,
+            self.strategy.cache.observer().clone(),
         );
         let registered: Arc<dyn PendingWrites> = queue.clone();
         self.strategy
@@ -167,9 +170,15 @@ where
             Ok(()) => {
                 let ttl = value.as_ref().and_then(|v| self.layer.ttl.ttl(&key, v));
                 let cache = strategy.cache.clone();
+                let span = tracing::debug_span!(
+                    "cache",
+                    strategy = "write_behind",
+                    operation = "enqueue",
+                    key = %KeyDigest(&key),
+                );
                 WriteBehindFuture {
                     state: State::Cache {
-                        store: Box::pin(cache_value(cache, key, value, ttl)),
+                        store: Box::pin(cache_value(cache, key, value, ttl).instrument(span)),
                         response: Some(response),
                     },
                 }
@@ -188,15 +197,15 @@ async fn cache_value<V: Cacheable, St: Store, C: Codec>(
     ttl: Option<std::time::Duration>,
 ) {
     let stored = match &value {
-        Some(value) => cache.set(&key, value, ttl).await,
+        Some(value) => cache.set_as(Strategy::WriteBehind, &key, value, ttl).await,
         None => Ok(()),
     };
     if value.is_none() || stored.is_err() {
         if let Err(error) = &stored {
-            tracing::warn!(%key, %error, "write-behind could not cache the queued value, invalidating");
+            tracing::warn!(key = %KeyDigest(&key), %error, "write-behind could not cache the queued value, invalidating");
         }
-        if let Err(error) = cache.delete(&key).await {
-            tracing::warn!(%key, %error, "write-behind could not invalidate the key either");
+        if let Err(error) = cache.delete_as(Strategy::WriteBehind, &key).await {
+            tracing::warn!(key = %KeyDigest(&key), %error, "write-behind could not invalidate the key either");
         }
     }
 }

@@ -1,0 +1,445 @@
+//! Prometheus metrics (feature `metrics`), in the names of the original service, and the
+//! tracing spans of cache operations.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `{ns}_cache_hits_total` | counter | `strategy` |
+//! | `{ns}_cache_misses_total` | counter | `strategy` |
+//! | `{ns}_cache_errors_total` | counter | `operation`, `error_type` |
+//! | `{ns}_cache_operation_duration_seconds` | histogram, 10 µs – 1 s | `operation`, `strategy` |
+//! | `{ns}_cache_write_behind_flush_duration_seconds` | histogram, 1 ms – 60 s | |
+//! | `{ns}_cache_write_behind_queue_size` | gauge | |
+//! | `{ns}_cache_coalesced_waiters_total` | counter | `strategy` |
+//! | `{ns}_cache_refreshes_total` | counter | `strategy` |
+//! | `{ns}_cache_negative_hits_total` | counter | `strategy` |
+//! | `{ns}_cache_write_behind_retries_total` | counter | |
+//! | `{ns}_cache_write_behind_dead_letters_total` | counter | |
+//!
+//! `strategy` is one of `cache_aside`, `read_through`, `write_through`, `write_behind`,
+//! `write_around`, or `direct` for calls on the [`Cache`](crate::Cache) handle itself
+//! (`get_or_load` counts as `cache_aside`). No label ever holds a key. With
+//! [`MetricsBuilder::cache_name`] every metric also carries a constant `cache` label, so
+//! several caches can share one registry.
+//!
+//! Label handles are resolved once, when the metrics are registered: recording is a few
+//! atomic adds, with no allocation and no lookup.
+//!
+//! # Example
+//!
+//! ```
+//! use prometheus::Registry;
+//! use tower_caching::{metrics::Metrics, Cache, MemoryStore};
+//!
+//! let registry = Registry::new();
+//! let metrics = Metrics::builder().namespace("conn_dict").register(&registry)?;
+//! let cache: Cache<String> = Cache::builder(MemoryStore::new()).metrics(metrics).build();
+//! # let _ = cache;
+//! // Registering the same names twice is an error, not a panic:
+//! assert!(Metrics::builder().namespace("conn_dict").register(&registry).is_err());
+//! # Ok::<(), prometheus::Error>(())
+//! ```
+
+use std::fmt;
+use std::time::Instant;
+
+#[cfg(feature = "metrics")]
+use std::sync::Arc;
+
+/// Which strategy an event belongs to; the `strategy` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Strategy {
+    CacheAside,
+    ReadThrough,
+    WriteThrough,
+    WriteBehind,
+    WriteAround,
+    Direct,
+}
+
+impl Strategy {
+    #[cfg(feature = "metrics")]
+    const ALL: [Strategy; 6] = [
+        Strategy::CacheAside,
+        Strategy::ReadThrough,
+        Strategy::WriteThrough,
+        Strategy::WriteBehind,
+        Strategy::WriteAround,
+        Strategy::Direct,
+    ];
+
+    #[cfg(feature = "metrics")]
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Strategy::CacheAside => "cache_aside",
+            Strategy::ReadThrough => "read_through",
+            Strategy::WriteThrough => "write_through",
+            Strategy::WriteBehind => "write_behind",
+            Strategy::WriteAround => "write_around",
+            Strategy::Direct => "direct",
+        }
+    }
+}
+
+/// A store operation; the `operation` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Get,
+    GetMany,
+    Set,
+    SetMany,
+    Delete,
+    DeleteMany,
+    DeletePattern,
+    Exists,
+    WriteBehindFlush,
+}
+
+impl Operation {
+    #[cfg(feature = "metrics")]
+    const ALL: [Operation; 9] = [
+        Operation::Get,
+        Operation::GetMany,
+        Operation::Set,
+        Operation::SetMany,
+        Operation::Delete,
+        Operation::DeleteMany,
+        Operation::DeletePattern,
+        Operation::Exists,
+        Operation::WriteBehindFlush,
+    ];
+
+    #[cfg(feature = "metrics")]
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Operation::Get => "get",
+            Operation::GetMany => "get_many",
+            Operation::Set => "set",
+            Operation::SetMany => "set_many",
+            Operation::Delete => "delete",
+            Operation::DeleteMany => "delete_many",
+            Operation::DeletePattern => "delete_pattern",
+            Operation::Exists => "exists",
+            Operation::WriteBehindFlush => "write_behind_flush",
+        }
+    }
+}
+
+/// The metrics of one or more caches, registered on a Prometheus registry. Cheap to clone;
+/// clones record into the same metrics. Attach with
+/// [`CacheBuilder::metrics`](crate::CacheBuilder::metrics).
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Handles>,
+}
+
+#[cfg(feature = "metrics")]
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("namespace", &self.inner.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "metrics")]
+struct Handles {
+    namespace: String,
+    hits: [prometheus::IntCounter; 6],
+    misses: [prometheus::IntCounter; 6],
+    coalesced: [prometheus::IntCounter; 6],
+    refreshes: [prometheus::IntCounter; 6],
+    negative_hits: [prometheus::IntCounter; 6],
+    duration: Vec<[prometheus::Histogram; 6]>,
+    errors: prometheus::IntCounterVec,
+    flush_duration: prometheus::Histogram,
+    queue_size: prometheus::IntGauge,
+    retries: prometheus::IntCounter,
+    dead_letters: prometheus::IntCounter,
+}
+
+/// Configures and registers [`Metrics`].
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+#[derive(Clone, Debug)]
+pub struct MetricsBuilder {
+    namespace: String,
+    cache_name: Option<String>,
+}
+
+#[cfg(feature = "metrics")]
+impl Metrics {
+    /// A builder with the namespace `tower_caching`.
+    pub fn builder() -> MetricsBuilder {
+        MetricsBuilder {
+            namespace: "tower_caching".into(),
+            cache_name: None,
+        }
+    }
+}
+
+/// The operation-duration buckets: 10 µs to 1 s, since an in-memory hit takes microseconds
+/// and a Redis hit tens to hundreds of them.
+#[cfg(feature = "metrics")]
+const DURATION_BUCKETS: [f64; 16] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0,
+];
+
+/// The write-behind flush buckets: 1 ms to 60 s.
+#[cfg(feature = "metrics")]
+const FLUSH_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0,
+];
+
+#[cfg(feature = "metrics")]
+impl MetricsBuilder {
+    /// The namespace, the metric names' prefix (default `tower_caching`; the original
+    /// service used `conn_dict`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Adds a constant label `cache="<name>"` to every metric, so several caches can
+    /// register in one registry.
+    pub fn cache_name(mut self, name: impl Into<String>) -> Self {
+        self.cache_name = Some(name.into());
+        self
+    }
+
+    /// Registers the metrics on `registry` (e.g. `prometheus::default_registry()`). Fails,
+    /// without registering anything, when the names are taken or invalid.
+    pub fn register(self, registry: &prometheus::Registry) -> Result<Metrics, prometheus::Error> {
+        use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
+
+        let opts = |name: &str, help: &str| {
+            let mut opts = Opts::new(name, help).namespace(self.namespace.clone());
+            if let Some(cache) = &self.cache_name {
+                opts = opts.const_label("cache", cache.clone());
+            }
+            opts
+        };
+        let by_strategy =
+            |name: &str, help: &str| IntCounterVec::new(opts(name, help), &["strategy"]);
+        let hits = by_strategy("cache_hits_total", "Cache hits by strategy.")?;
+        let misses = by_strategy("cache_misses_total", "Cache misses by strategy.")?;
+        let coalesced = by_strategy(
+            "cache_coalesced_waiters_total",
+            "Requests that waited for a load already in flight instead of loading.",
+        )?;
+        let refreshes = by_strategy(
+            "cache_refreshes_total",
+            "Background reloads started by refresh-ahead.",
+        )?;
+        let negative_hits = by_strategy(
+            "cache_negative_hits_total",
+            "Hits on cached not-found values.",
+        )?;
+        let errors = IntCounterVec::new(
+            opts(
+                "cache_errors_total",
+                "Cache errors by operation and error type.",
+            ),
+            &["operation", "error_type"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::from(opts(
+                "cache_operation_duration_seconds",
+                "Cache store operation latency.",
+            ))
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["operation", "strategy"],
+        )?;
+        let flush_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::from(opts(
+                "cache_write_behind_flush_duration_seconds",
+                "Duration of one write-behind batch.",
+            ))
+            .buckets(FLUSH_BUCKETS.to_vec()),
+        )?;
+        let queue_size = IntGauge::with_opts(opts(
+            "cache_write_behind_queue_size",
+            "Writes waiting in write-behind queues.",
+        ))?;
+        let retries = IntCounter::with_opts(opts(
+            "cache_write_behind_retries_total",
+            "Failed write-behind writes queued again for a retry.",
+        ))?;
+        let dead_letters = IntCounter::with_opts(opts(
+            "cache_write_behind_dead_letters_total",
+            "Write-behind writes abandoned after their last attempt.",
+        ))?;
+
+        let collectors = || -> Vec<Box<dyn prometheus::core::Collector>> {
+            vec![
+                Box::new(hits.clone()),
+                Box::new(misses.clone()),
+                Box::new(errors.clone()),
+                Box::new(duration.clone()),
+                Box::new(flush_duration.clone()),
+                Box::new(queue_size.clone()),
+                Box::new(coalesced.clone()),
+                Box::new(refreshes.clone()),
+                Box::new(negative_hits.clone()),
+                Box::new(retries.clone()),
+                Box::new(dead_letters.clone()),
+            ]
+        };
+        for (index, collector) in collectors().into_iter().enumerate() {
+            if let Err(error) = registry.register(collector) {
+                // All or nothing: a half-registered set would clash with the retry.
+                for registered in collectors().into_iter().take(index) {
+                    let _ = registry.unregister(registered);
+                }
+                return Err(error);
+            }
+        }
+
+        let per_strategy =
+            |vec: &IntCounterVec| Strategy::ALL.map(|s| vec.with_label_values(&[s.label()]));
+        Ok(Metrics {
+            inner: Arc::new(Handles {
+                namespace: self.namespace,
+                hits: per_strategy(&hits),
+                misses: per_strategy(&misses),
+                coalesced: per_strategy(&coalesced),
+                refreshes: per_strategy(&refreshes),
+                negative_hits: per_strategy(&negative_hits),
+                duration: Operation::ALL
+                    .iter()
+                    .map(|op| {
+                        Strategy::ALL.map(|s| duration.with_label_values(&[op.label(), s.label()]))
+                    })
+                    .collect(),
+                errors,
+                flush_duration,
+                queue_size,
+                retries,
+                dead_letters,
+            }),
+        })
+    }
+}
+
+/// Records what the cache does: into [`Metrics`] when the cache has them, nowhere otherwise.
+#[derive(Clone, Default)]
+pub(crate) struct Observer {
+    #[cfg(feature = "metrics")]
+    metrics: Option<Metrics>,
+}
+
+macro_rules! strategy_counter {
+    ($($name:ident => $field:ident),* $(,)?) => {
+        $(
+            #[inline]
+            pub(crate) fn $name(&self, _strategy: Strategy) {
+                #[cfg(feature = "metrics")]
+                if let Some(metrics) = &self.metrics {
+                    metrics.inner.$field[_strategy as usize].inc();
+                }
+            }
+        )*
+    };
+}
+
+impl Observer {
+    #[cfg(feature = "metrics")]
+    pub(crate) fn new(metrics: Option<Metrics>) -> Self {
+        Observer { metrics }
+    }
+
+    strategy_counter!(
+        hit => hits,
+        miss => misses,
+        coalesced => coalesced,
+        refresh => refreshes,
+        negative_hit => negative_hits,
+    );
+
+    /// Counts an error of `operation`, labelled with the error's kind.
+    #[inline]
+    pub(crate) fn error(&self, _operation: Operation, _kind: &'static str) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .inner
+                .errors
+                .with_label_values(&[_operation.label(), _kind])
+                .inc();
+        }
+    }
+
+    /// The start of a timed operation; `None` when nothing records it.
+    #[inline]
+    pub(crate) fn start(&self) -> Option<Instant> {
+        #[cfg(feature = "metrics")]
+        if self.metrics.is_some() {
+            return Some(Instant::now());
+        }
+        None
+    }
+
+    /// Records the duration of `operation` begun at `started`.
+    #[inline]
+    pub(crate) fn finish(
+        &self,
+        _operation: Operation,
+        _strategy: Strategy,
+        _started: Option<Instant>,
+    ) {
+        #[cfg(feature = "metrics")]
+        if let (Some(metrics), Some(started)) = (&self.metrics, _started) {
+            metrics.inner.duration[_operation as usize][_strategy as usize]
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Records one write-behind batch.
+    pub(crate) fn flush_batch(&self, _started: Instant) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .inner
+                .flush_duration
+                .observe(_started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Moves the write-behind queue gauge by `delta`.
+    pub(crate) fn queue_size(&self, _delta: i64) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.inner.queue_size.add(_delta);
+        }
+    }
+
+    /// Counts a write-behind retry.
+    pub(crate) fn retry(&self) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.inner.retries.inc();
+        }
+    }
+
+    /// Counts a dead-lettered write.
+    pub(crate) fn dead_letter(&self) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.inner.dead_letters.inc();
+        }
+    }
+}
+
+/// Prints a key as a hash, so that spans and logs never carry user-supplied values.
+pub(crate) struct KeyDigest<'a>(pub(crate) &'a crate::key::Key);
+
+impl fmt::Display for KeyDigest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.0.hash(&mut hasher);
+        write!(f, "#{:016x}", hasher.finish())
+    }
+}

@@ -1,0 +1,72 @@
+//! Cache operations open `cache` spans with the strategy, the outcome and a hashed key —
+//! never the user-supplied id itself.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use support::db::{entry, CreateEntry, Db, GetEntry};
+use tower::ServiceExt;
+use tower_caching::key::KeyBuilder;
+use tower_caching::{Cache, CacheLayer};
+use tower_layer::Layer;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn spans_carry_strategy_outcome_and_a_hashed_key() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let secret_id = "cpf-123.456.789-00";
+    let db = Db::default();
+    db.insert(entry(secret_id, "Ana"));
+    let entries: Cache<Option<support::db::Entry>> = Cache::in_memory();
+    let reader = CacheLayer::cache_aside(entries.clone()).layer(db.clone());
+    let get = || GetEntry {
+        keys: KeyBuilder::new(),
+        id: secret_id.into(),
+    };
+    reader.clone().oneshot(get()).await.unwrap();
+    reader.oneshot(get()).await.unwrap();
+    let written: Cache<support::db::Entry> = Cache::in_memory();
+    CacheLayer::write_through(written)
+        .layer(db)
+        .oneshot(CreateEntry {
+            keys: KeyBuilder::new(),
+            entry: entry(secret_id, "Bia"),
+        })
+        .await
+        .unwrap();
+
+    let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(output.contains("strategy=\"cache_aside\""), "{output}");
+    assert!(output.contains("outcome=\"miss\""), "{output}");
+    assert!(output.contains("outcome=\"hit\""), "{output}");
+    assert!(output.contains("strategy=\"write_through\""), "{output}");
+    assert!(output.contains("key=#"), "{output}");
+    assert!(
+        !output.contains("123.456"),
+        "a user-supplied id leaked:\n{output}"
+    );
+}
