@@ -1,0 +1,589 @@
+//! The entries service: the original payments directory service's routes, each cached with
+//! the strategy the original chose, over a real SQL database.
+//!
+//! Shared by `main.rs` and by the end-to-end tests (`tests/entries_service.rs`).
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+use tower_caching::key::KeyBuilder;
+use tower_caching::metrics::Metrics;
+use tower_caching::store::{RedisConfig, RedisStore, Store};
+use tower_caching::strategy::Invalidation;
+use tower_caching::ttl::{self, Jitter};
+use tower_caching::{Cache, CacheLayer, Cacheable, MemoryStore};
+use tower_layer::Layer;
+
+/// A directory entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: String,
+    pub key: String,
+    pub key_type: String,
+    pub ispb: String,
+    pub owner_name: String,
+}
+
+/// A participant's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantMetrics {
+    pub lookups: u64,
+    pub updates: u64,
+    pub errors: u64,
+}
+
+/// A named configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub name: String,
+    pub settings: serde_json::Value,
+}
+
+/// Where the cache lives.
+#[derive(Clone, Debug)]
+pub enum CacheBackend {
+    /// The embedded in-memory store.
+    Memory,
+    /// Redis, single node.
+    Redis(RedisConfig),
+}
+
+/// Everything the service reads from its environment.
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    pub database_url: String,
+    pub cache: CacheBackend,
+    pub write_behind_interval: Duration,
+    pub key_prefix: String,
+}
+
+impl AppConfig {
+    /// `DATABASE_URL`, `REDIS_URL` / `REDIS_ADDR` (+ `REDIS_PASSWORD`, `REDIS_DB`, …),
+    /// `REDIS_CLUSTER_NODES`, `REDIS_WRITE_BEHIND_BATCH`, `CACHE_PREFIX`.
+    pub fn from_env() -> Result<Self, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        if var("REDIS_CLUSTER_NODES").is_some() {
+            return Err(
+                "REDIS_CLUSTER_NODES is set, but Redis Cluster support has not landed yet \
+                        (tower-caching's scale-out issue); unset it to use REDIS_URL or the \
+                        in-memory store"
+                    .into(),
+            );
+        }
+        let cache = if var("REDIS_URL").is_some() || var("REDIS_ADDR").is_some() {
+            CacheBackend::Redis(RedisConfig::from_env().map_err(|e| e.to_string())?)
+        } else {
+            CacheBackend::Memory
+        };
+        let write_behind_interval = match var("REDIS_WRITE_BEHIND_BATCH") {
+            Some(text) => tower_caching::parse_duration(&text).ok_or_else(|| {
+                format!("REDIS_WRITE_BEHIND_BATCH has an invalid duration {text:?}")
+            })?,
+            None => Duration::from_secs(10),
+        };
+        Ok(AppConfig {
+            database_url: var("DATABASE_URL").unwrap_or_else(|| "sqlite://entries.db".into()),
+            cache,
+            write_behind_interval,
+            key_prefix: var("CACHE_PREFIX").unwrap_or_default(),
+        })
+    }
+}
+
+/// A database error, shareable between the requests a coalesced load answers.
+#[derive(Clone, Debug)]
+pub struct DbError(Arc<sqlx::Error>);
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "database: {}", self.0)
+    }
+}
+
+impl std::error::Error for DbError {}
+
+impl From<sqlx::Error> for DbError {
+    fn from(error: sqlx::Error) -> Self {
+        DbError(Arc::new(error))
+    }
+}
+
+// The repository's requests.
+#[derive(Clone, Debug)]
+pub struct GetEntry(pub String);
+#[derive(Clone, Debug)]
+pub struct CreateEntry(pub Entry);
+#[derive(Clone, Debug)]
+pub struct GetMetrics(pub String);
+#[derive(Clone, Debug)]
+pub struct UpdateMetrics {
+    pub ispb: String,
+    pub metrics: ParticipantMetrics,
+}
+#[derive(Clone, Debug)]
+pub struct GetConfig(pub String);
+#[derive(Clone, Debug)]
+pub struct Vsync(pub Vec<Entry>);
+
+/// The repository: one `tower::Service` per query, over a connection pool.
+#[derive(Clone)]
+pub struct Database {
+    pool: AnyPool,
+}
+
+const SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS entries (
+        id TEXT PRIMARY KEY, key TEXT NOT NULL, key_type TEXT NOT NULL,
+        ispb TEXT NOT NULL, owner_name TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS participant_metrics (
+        ispb TEXT PRIMARY KEY, lookups BIGINT NOT NULL, updates BIGINT NOT NULL,
+        errors BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS configs (name TEXT PRIMARY KEY, settings TEXT NOT NULL)",
+];
+
+impl Database {
+    /// Connects (creating an SQLite file if needed) and migrates.
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let url = if url.starts_with("sqlite:") && !url.contains("mode=") {
+            format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+        } else {
+            url.to_owned()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if url.starts_with("sqlite:") { 1 } else { 10 })
+            .connect(&url)
+            .await?;
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&pool).await?;
+        }
+        sqlx::query(
+            "INSERT INTO configs (name, settings) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind("default")
+        .bind(r#"{"max_keys_per_participant":20,"sync_interval_seconds":300}"#)
+        .execute(&pool)
+        .await?;
+        Ok(Database { pool })
+    }
+
+    pub async fn entry(&self, id: &str) -> Result<Option<Entry>, DbError> {
+        let row =
+            sqlx::query("SELECT id, key, key_type, ispb, owner_name FROM entries WHERE id = $1")
+                .bind(id.to_owned())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|row| Entry {
+            id: row.get(0),
+            key: row.get(1),
+            key_type: row.get(2),
+            ispb: row.get(3),
+            owner_name: row.get(4),
+        }))
+    }
+
+    pub async fn metrics(&self, ispb: &str) -> Result<Option<ParticipantMetrics>, DbError> {
+        let row =
+            sqlx::query("SELECT lookups, updates, errors FROM participant_metrics WHERE ispb = $1")
+                .bind(ispb.to_owned())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|row| ParticipantMetrics {
+            lookups: row.get::<i64, _>(0) as u64,
+            updates: row.get::<i64, _>(1) as u64,
+            errors: row.get::<i64, _>(2) as u64,
+        }))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, DbError>> + Send>>;
+
+macro_rules! repository {
+    ($request:ty => $response:ty, |$db:ident, $req:ident| $body:expr) => {
+        impl Service<$request> for Database {
+            type Response = $response;
+            type Error = DbError;
+            type Future = BoxFuture<$response>;
+
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), DbError>> {
+                Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, $req: $request) -> Self::Future {
+                let $db = self.clone();
+                Box::pin(async move { $body })
+            }
+        }
+    };
+}
+
+repository!(GetEntry => Option<Entry>, |db, req| db.entry(&req.0).await);
+
+repository!(CreateEntry => Entry, |db, req| {
+    let e = req.0;
+    sqlx::query(
+        "INSERT INTO entries (id, key, key_type, ispb, owner_name) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET key = excluded.key, key_type = excluded.key_type,
+         ispb = excluded.ispb, owner_name = excluded.owner_name",
+    )
+    .bind(e.id.clone())
+    .bind(e.key.clone())
+    .bind(e.key_type.clone())
+    .bind(e.ispb.clone())
+    .bind(e.owner_name.clone())
+    .execute(&db.pool)
+    .await?;
+    Ok(e)
+});
+
+repository!(GetMetrics => Option<ParticipantMetrics>, |db, req| db.metrics(&req.0).await);
+
+repository!(UpdateMetrics => (), |db, req| {
+    let m = req.metrics;
+    sqlx::query(
+        "INSERT INTO participant_metrics (ispb, lookups, updates, errors) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (ispb) DO UPDATE SET lookups = excluded.lookups,
+         updates = excluded.updates, errors = excluded.errors",
+    )
+    .bind(req.ispb)
+    .bind(m.lookups as i64)
+    .bind(m.updates as i64)
+    .bind(m.errors as i64)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+});
+
+repository!(GetConfig => Option<Config>, |db, req| {
+    let row = sqlx::query("SELECT name, settings FROM configs WHERE name = $1")
+        .bind(req.0)
+        .fetch_optional(&db.pool)
+        .await?;
+    row.map(|row| {
+        let settings: String = row.get(1);
+        let settings = serde_json::from_str(&settings)
+            .map_err(|e| DbError(Arc::new(sqlx::Error::Decode(Box::new(e)))))?;
+        Ok(Config { name: row.get(0), settings })
+    })
+    .transpose()
+});
+
+repository!(Vsync => usize, |db, req| {
+    let mut tx = db.pool.begin().await?;
+    for e in &req.0 {
+        sqlx::query(
+            "INSERT INTO entries (id, key, key_type, ispb, owner_name) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET key = excluded.key, key_type = excluded.key_type,
+             ispb = excluded.ispb, owner_name = excluded.owner_name",
+        )
+        .bind(e.id.clone())
+        .bind(e.key.clone())
+        .bind(e.key_type.clone())
+        .bind(e.ispb.clone())
+        .bind(e.owner_name.clone())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(req.0.len())
+});
+
+/// The cached services the handlers call.
+#[derive(Clone)]
+struct Services {
+    get_entry: BoxCloneSyncService<GetEntry, Option<Entry>, DbError>,
+    create_entry: BoxCloneSyncService<CreateEntry, Entry, DbError>,
+    get_metrics: BoxCloneSyncService<GetMetrics, Option<ParticipantMetrics>, DbError>,
+    update_metrics: BoxCloneSyncService<UpdateMetrics, (), DbError>,
+    get_config: BoxCloneSyncService<GetConfig, Option<Config>, DbError>,
+    vsync: BoxCloneSyncService<Vsync, usize, DbError>,
+    registry: prometheus::Registry,
+}
+
+/// Closes the caches: flushes queued write-behind writes.
+type Closer = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The service, built.
+pub struct App {
+    router: Router,
+    database: Database,
+    closers: Vec<Closer>,
+    description: String,
+}
+
+impl App {
+    /// Connects the database and the cache and builds the router.
+    pub async fn build(
+        config: AppConfig,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let database = Database::connect(&config.database_url).await?;
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::builder()
+            .namespace("conn_dict")
+            .register(&registry)?;
+        let (services, closers, cache) = match &config.cache {
+            CacheBackend::Memory => {
+                let (s, c) = services(MemoryStore::new(), &database, &config, metrics, registry);
+                (s, c, "memory".to_string())
+            }
+            CacheBackend::Redis(redis) => {
+                // Lazy: the service starts, and answers from the database, while Redis is down.
+                let store = RedisStore::connect_lazy(redis.clone())?;
+                let (s, c) = services(store, &database, &config, metrics, registry);
+                (
+                    s,
+                    c,
+                    format!(
+                        "redis {}",
+                        redis.url().rsplit('@').next().unwrap_or_default()
+                    ),
+                )
+            }
+        };
+        let router = Router::new()
+            .route("/entries", post(create_entry))
+            .route("/entries/{id}", get(get_entry))
+            .route(
+                "/participants/{ispb}/metrics",
+                get(get_metrics).put(update_metrics),
+            )
+            .route("/config/{name}", get(get_config))
+            .route("/vsync", post(vsync))
+            .route("/metrics", get(metrics_text))
+            .with_state(services);
+        let description = format!("cache: {cache}, database: {}", redact(&config.database_url));
+        Ok(App {
+            router,
+            database,
+            closers,
+            description,
+        })
+    }
+
+    /// The router.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// What the service runs on, for the start-up line.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Flushes every queued write-behind write to the database, then closes the caches and
+    /// the pool.
+    pub async fn shutdown(&self) {
+        for close in &self.closers {
+            close().await;
+        }
+        self.database.close().await;
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
+        _ => url.to_owned(),
+    }
+}
+
+fn closer<V: Cacheable, S: Store>(cache: &Cache<V, S>) -> Closer {
+    let cache = cache.clone();
+    Box::new(move || {
+        let cache = cache.clone();
+        Box::pin(async move {
+            match cache.close().await {
+                Ok(written) => tracing::info!(written, "cache closed"),
+                Err(error) => tracing::error!(%error, "cache close failed"),
+            }
+        })
+    })
+}
+
+fn services<S: Store>(
+    store: S,
+    database: &Database,
+    config: &AppConfig,
+    metrics: Metrics,
+    registry: prometheus::Registry,
+) -> (Services, Vec<Closer>) {
+    let cache = |metrics: &Metrics| Cache::builder(store.clone()).metrics(metrics.clone());
+    let entries: Cache<Option<Entry>, S> = cache(&metrics).build();
+    let created: Cache<Entry, S> = cache(&metrics).build();
+    let participant_metrics: Cache<ParticipantMetrics, S> = cache(&metrics).build();
+    let metrics_reads: Cache<Option<ParticipantMetrics>, S> = cache(&metrics).build();
+    let configs: Cache<Option<Config>, S> = cache(&metrics).build();
+    let keys = KeyBuilder::new().prefix(&config.key_prefix);
+
+    let get_entry = CacheLayer::cache_aside(entries.clone())
+        .key({
+            let keys = keys.clone();
+            move |req: &GetEntry| keys.entry(&req.0)
+        })
+        .ttl(Jitter::new(ttl::ENTRY, 0.1))
+        .not_found(Option::is_none)
+        .layer(database.clone());
+    let create_entry = CacheLayer::write_through(created.clone())
+        .key({
+            let keys = keys.clone();
+            move |req: &CreateEntry| keys.entry(&req.0.id)
+        })
+        .ttl(Jitter::new(ttl::ENTRY, 0.1))
+        .layer(database.clone());
+    let update_metrics = CacheLayer::write_behind(participant_metrics.clone())
+        .key({
+            let keys = keys.clone();
+            move |req: &UpdateMetrics| keys.metrics(&req.ispb)
+        })
+        .value(|req: &UpdateMetrics| Some(req.metrics.clone()))
+        .ttl(Jitter::new(ttl::METRICS, 0.1))
+        .batch_interval(config.write_behind_interval)
+        .layer(database.clone());
+    let get_metrics = CacheLayer::cache_aside(metrics_reads.clone())
+        .key({
+            let keys = keys.clone();
+            move |req: &GetMetrics| keys.metrics(&req.0)
+        })
+        .ttl(Jitter::new(ttl::METRICS, 0.1))
+        .not_found(Option::is_none)
+        .layer(database.clone());
+    let get_config = CacheLayer::read_through(configs.clone())
+        .key({
+            let keys = keys.clone();
+            move |req: &GetConfig| keys.config(&req.0)
+        })
+        .ttl(Jitter::new(ttl::CONFIG, 0.1))
+        .refresh_ahead(0.1)
+        .not_found(Option::is_none)
+        .layer(database.clone());
+    let vsync = CacheLayer::write_around(entries.clone())
+        .invalidate({
+            let keys = keys.clone();
+            move |req: &Vsync| {
+                Invalidation::new()
+                    .keys(req.0.iter().map(|e| keys.entry(&e.id)))
+                    .pattern(keys.vsyncs())
+            }
+        })
+        .layer(database.clone());
+
+    let services = Services {
+        get_entry: BoxCloneSyncService::new(get_entry),
+        create_entry: BoxCloneSyncService::new(create_entry),
+        get_metrics: BoxCloneSyncService::new(get_metrics),
+        update_metrics: BoxCloneSyncService::new(update_metrics),
+        get_config: BoxCloneSyncService::new(get_config),
+        vsync: BoxCloneSyncService::new(vsync),
+        registry,
+    };
+    // The write-behind cache first: its close flushes the queue to the database.
+    let closers = vec![
+        closer(&participant_metrics),
+        closer(&entries),
+        closer(&created),
+        closer(&metrics_reads),
+        closer(&configs),
+    ];
+    (services, closers)
+}
+
+/// Maps a database failure to a 500 with a JSON body.
+fn internal(error: DbError) -> Response {
+    tracing::error!(%error, "request failed");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(serde_json::json!({ "error": error.to_string() })),
+    )
+        .into_response()
+}
+
+fn found<T: Serialize>(value: Option<T>) -> Response {
+    match value {
+        Some(value) => Json(value).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn get_entry(State(s): State<Services>, Path(id): Path<String>) -> Response {
+    match s.get_entry.oneshot(GetEntry(id)).await {
+        Ok(entry) => found(entry),
+        Err(e) => internal(e),
+    }
+}
+
+async fn create_entry(State(s): State<Services>, Json(entry): Json<Entry>) -> Response {
+    match s.create_entry.oneshot(CreateEntry(entry)).await {
+        Ok(entry) => (StatusCode::CREATED, Json(entry)).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn update_metrics(
+    State(s): State<Services>,
+    Path(ispb): Path<String>,
+    Json(metrics): Json<ParticipantMetrics>,
+) -> Response {
+    match s
+        .update_metrics
+        .oneshot(UpdateMetrics { ispb, metrics })
+        .await
+    {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn get_metrics(State(s): State<Services>, Path(ispb): Path<String>) -> Response {
+    match s.get_metrics.oneshot(GetMetrics(ispb)).await {
+        Ok(metrics) => found(metrics),
+        Err(e) => internal(e),
+    }
+}
+
+async fn get_config(State(s): State<Services>, Path(name): Path<String>) -> Response {
+    match s.get_config.oneshot(GetConfig(name)).await {
+        Ok(config) => found(config),
+        Err(e) => internal(e),
+    }
+}
+
+async fn vsync(State(s): State<Services>, Json(entries): Json<Vec<Entry>>) -> Response {
+    match s.vsync.oneshot(Vsync(entries)).await {
+        Ok(count) => Json(serde_json::json!({ "count": count })).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn metrics_text(State(s): State<Services>) -> Result<Response, Infallible> {
+    use prometheus::Encoder;
+    let mut text = Vec::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(error) = encoder.encode(&s.registry.gather(), &mut text) {
+        return Ok((StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response());
+    }
+    Ok((
+        [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+        text,
+    )
+        .into_response())
+}
