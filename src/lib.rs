@@ -36,6 +36,7 @@
 //! | `tls` | `rediss://` URLs for the Redis store (rustls) |
 //! | `msgpack` | [`codec::MsgPack`] |
 //! | `metrics` (default) | Prometheus [`metrics::Metrics`] |
+//! | `http` | HTTP response caching and invalidation: `http::HttpCacheLayer` |
 //! | `full` | all of the above |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
@@ -44,6 +45,9 @@
 
 pub mod cache;
 pub mod codec;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 pub mod key;
 mod layer;
 pub mod metrics;

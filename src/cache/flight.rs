@@ -48,21 +48,38 @@ impl Flights {
         E: Clone + Send + Sync + 'static,
         F: Future<Output = Result<V, E>> + Send + 'static,
     {
+        let (load, unused) = self.join_or_start_with(key, (), |id, ()| start(id));
+        (load, unused.is_none())
+    }
+
+    /// [`Flights::join_or_start`], handing `payload` to `start` — or back to the caller when
+    /// it joins a load in flight instead.
+    pub(crate) fn join_or_start_with<V, E, P, F>(
+        &self,
+        key: &Key,
+        payload: P,
+        start: impl FnOnce(u64, P) -> F,
+    ) -> (SharedLoad<V, E>, Option<P>)
+    where
+        V: Clone + Send + Sync + 'static,
+        E: Clone + Send + Sync + 'static,
+        F: Future<Output = Result<V, E>> + Send + 'static,
+    {
         let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, load)) = loads.get(key) {
             if let Some(load) = load.downcast_ref::<SharedLoad<V, E>>() {
-                return (load.clone(), false);
+                return (load.clone(), Some(payload));
             }
         }
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let task = tokio::spawn(start(id));
+        let task = tokio::spawn(start(id, payload));
         let load: Pin<Box<dyn Future<Output = Outcome<V, E>> + Send>> =
             Box::pin(task.map(|joined| joined.map_err(|_| Panicked)));
         let load = load.shared();
         loads.insert(key.clone(), (id, Arc::new(load.clone())));
-        (load, true)
+        (load, None)
     }
 
     /// Forgets the load `id` of `key`, so that the next miss starts a new one.

@@ -27,7 +27,7 @@ pub mod write_behind;
 pub mod write_through;
 
 pub use self::read::{CacheAside, ReadThrough};
-pub use self::write_around::{Invalidation, WriteAround};
+pub use self::write_around::{Invalidation, InvalidationPolicy, KeyOnly, WriteAround};
 pub use self::write_behind::{DeadLetter, WriteBehind};
 pub use self::write_through::WriteThrough;
 

@@ -54,6 +54,7 @@ use crate::key::{Key, KeyExtractor, Pattern};
 use crate::layer::CacheLayer;
 use crate::metrics::Strategy;
 use crate::store::{MemoryStore, Store};
+use crate::strategy::{Always, Predicate};
 
 /// The keys and patterns a write makes stale.
 ///
@@ -138,21 +139,23 @@ impl<Req, K, F: Fn(&Req) -> Invalidation> InvalidationPolicy<Req, K> for F {
 }
 
 /// The write-around strategy. See the [module docs](self).
-pub struct WriteAround<V, St = MemoryStore, C = Json, I = KeyOnly> {
+pub struct WriteAround<V, St = MemoryStore, C = Json, I = KeyOnly, O = Always> {
     cache: Cache<V, St, C>,
     invalidate: I,
+    succeeded: Arc<O>,
 }
 
-impl<V, St, C, I: Clone> Clone for WriteAround<V, St, C, I> {
+impl<V, St, C, I: Clone, O> Clone for WriteAround<V, St, C, I, O> {
     fn clone(&self) -> Self {
         WriteAround {
             cache: self.cache.clone(),
             invalidate: self.invalidate.clone(),
+            succeeded: self.succeeded.clone(),
         }
     }
 }
 
-impl<V, St: fmt::Debug, C: fmt::Debug, I> fmt::Debug for WriteAround<V, St, C, I> {
+impl<V, St: fmt::Debug, C: fmt::Debug, I, O> fmt::Debug for WriteAround<V, St, C, I, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WriteAround")
             .field("cache", &self.cache)
@@ -169,16 +172,30 @@ impl<V, St, C> CacheLayer<WriteAround<V, St, C>> {
         CacheLayer::with_strategy(WriteAround {
             cache,
             invalidate: KeyOnly,
+            succeeded: Arc::new(Always),
         })
     }
 }
 
-impl<V, St, C, I, K, T> CacheLayer<WriteAround<V, St, C, I>, K, T> {
-    /// Invalidates what `f` returns for each request, instead of the one key.
-    pub fn invalidate<F>(self, f: F) -> CacheLayer<WriteAround<V, St, C, F>, K, T> {
+impl<V, St, C, I, O, K, T> CacheLayer<WriteAround<V, St, C, I, O>, K, T> {
+    /// Invalidates what `f` returns for each request, instead of the one key: a closure
+    /// `Fn(&Req) -> Invalidation`, or an [`InvalidationPolicy`] such as
+    /// `http::PathInvalidation` (feature `http`).
+    pub fn invalidate<F>(self, f: F) -> CacheLayer<WriteAround<V, St, C, F, O>, K, T> {
         self.map_strategy(|s| WriteAround {
             cache: s.cache,
             invalidate: f,
+            succeeded: s.succeeded,
+        })
+    }
+
+    /// Invalidates only when `predicate` accepts the writer's response, not on every `Ok`
+    /// (for HTTP, where a 4xx is an `Ok` response: `http::is_success`).
+    pub fn succeeded_if<O2>(self, predicate: O2) -> CacheLayer<WriteAround<V, St, C, I, O2>, K, T> {
+        self.map_strategy(|s| WriteAround {
+            cache: s.cache,
+            invalidate: s.invalidate,
+            succeeded: Arc::new(predicate),
         })
     }
 }
@@ -232,18 +249,18 @@ impl<Svc: fmt::Debug, S: fmt::Debug, K, T> fmt::Debug for WriteAroundService<Svc
     }
 }
 
-impl<Svc, V, St, C, I: Clone, K: Clone, T: Clone> Layer<Svc>
-    for CacheLayer<WriteAround<V, St, C, I>, K, T>
+impl<Svc, V, St, C, I: Clone, O, K: Clone, T: Clone> Layer<Svc>
+    for CacheLayer<WriteAround<V, St, C, I, O>, K, T>
 {
-    type Service = WriteAroundService<Svc, WriteAround<V, St, C, I>, K, T>;
+    type Service = WriteAroundService<Svc, WriteAround<V, St, C, I, O>, K, T>;
 
     fn layer(&self, inner: Svc) -> Self::Service {
         WriteAroundService::new(inner, self.clone())
     }
 }
 
-impl<Svc, Req, V, St, C, I, K, T> Service<Req>
-    for WriteAroundService<Svc, WriteAround<V, St, C, I>, K, T>
+impl<Svc, Req, V, St, C, I, O, K, T> Service<Req>
+    for WriteAroundService<Svc, WriteAround<V, St, C, I, O>, K, T>
 where
     Svc: Service<Req>,
     Svc::Response: Send + 'static,
@@ -251,10 +268,11 @@ where
     St: Store,
     C: Codec,
     I: InvalidationPolicy<Req, K>,
+    O: Predicate<Svc::Response>,
 {
     type Response = Svc::Response;
     type Error = Svc::Error;
-    type Future = WriteAroundFuture<Svc::Future, Svc::Response>;
+    type Future = WriteAroundFuture<Svc::Future, Svc::Response, O>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -283,6 +301,7 @@ where
             state: AroundState::Write {
                 future: self.inner.call(request),
                 pending,
+                succeeded: self.layer.strategy.succeeded.clone(),
             },
         }
     }
@@ -314,17 +333,18 @@ async fn invalidate<V: Cacheable, St: Store, C: Codec>(
 
 /// The response future of [`WriteAroundService`]: the write, then the invalidation.
 #[pin_project]
-pub struct WriteAroundFuture<Fut, Resp> {
+pub struct WriteAroundFuture<Fut, Resp, O> {
     #[pin]
-    state: AroundState<Fut, Resp>,
+    state: AroundState<Fut, Resp, O>,
 }
 
 #[pin_project(project = AroundStateProj)]
-enum AroundState<Fut, Resp> {
+enum AroundState<Fut, Resp, O> {
     Write {
         #[pin]
         future: Fut,
         pending: Option<BoxedInvalidate>,
+        succeeded: Arc<O>,
     },
     Invalidate {
         invalidate: BoxedInvalidate,
@@ -332,9 +352,10 @@ enum AroundState<Fut, Resp> {
     },
 }
 
-impl<Fut, Resp, E> Future for WriteAroundFuture<Fut, Resp>
+impl<Fut, Resp, E, O> Future for WriteAroundFuture<Fut, Resp, O>
 where
     Fut: Future<Output = Result<Resp, E>>,
+    O: Predicate<Resp>,
 {
     type Output = Result<Resp, E>;
 
@@ -342,9 +363,14 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                AroundStateProj::Write { future, pending } => {
+                AroundStateProj::Write {
+                    future,
+                    pending,
+                    succeeded,
+                } => {
                     let response = ready!(future.poll(cx))?;
-                    let Some(invalidate) = pending.take() else {
+                    let Some(invalidate) = pending.take().filter(|_| succeeded.test(&response))
+                    else {
                         return Poll::Ready(Ok(response));
                     };
                     this.state.set(AroundState::Invalidate {
@@ -364,7 +390,7 @@ where
     }
 }
 
-impl<Fut, Resp> std::fmt::Debug for WriteAroundFuture<Fut, Resp> {
+impl<Fut, Resp, O> std::fmt::Debug for WriteAroundFuture<Fut, Resp, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriteAroundFuture").finish_non_exhaustive()
     }

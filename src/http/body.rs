@@ -1,0 +1,105 @@
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project::pin_project;
+
+use crate::BoxError;
+
+/// The body of a response from [`HttpCache`](super::HttpCache): frames the cache already
+/// holds (a cached body, or the part of a response it read before deciding not to cache it),
+/// then whatever the inner body still has to stream.
+#[pin_project]
+pub struct CacheBody<B> {
+    buffered: VecDeque<Frame<Bytes>>,
+    #[pin]
+    rest: Option<B>,
+}
+
+impl<B> CacheBody<B> {
+    /// A body of `bytes`.
+    pub(crate) fn full(bytes: Bytes) -> Self {
+        let mut buffered = VecDeque::new();
+        if !bytes.is_empty() {
+            buffered.push_back(Frame::data(bytes));
+        }
+        CacheBody {
+            buffered,
+            rest: None,
+        }
+    }
+
+    /// The inner body, untouched.
+    pub(crate) fn stream(body: B) -> Self {
+        CacheBody {
+            buffered: VecDeque::new(),
+            rest: Some(body),
+        }
+    }
+
+    /// `frames` already read from `rest`, then `rest`.
+    pub(crate) fn resume(frames: VecDeque<Frame<Bytes>>, rest: Option<B>) -> Self {
+        CacheBody {
+            buffered: frames,
+            rest,
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for CacheBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBody")
+            .field("buffered_frames", &self.buffered.len())
+            .field("streaming", &self.rest.is_some())
+            .finish()
+    }
+}
+
+impl<B> Body for CacheBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(frame) = this.buffered.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match this.rest.as_pin_mut() {
+            Some(rest) => rest.poll_frame(cx).map_err(Into::into),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.buffered.is_empty() && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 = self
+            .buffered
+            .iter()
+            .filter_map(|frame| frame.data_ref().map(|d| d.len() as u64))
+            .sum();
+        match &self.rest {
+            None => SizeHint::with_exact(buffered),
+            Some(rest) => {
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + buffered);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + buffered);
+                }
+                hint
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+use http::header::HeaderName;
+use http::Request;
+
+use crate::key::{IntoKey, Key, KeyBuilder};
+
+/// Turns an HTTP request into its cache key, and tells which request headers the key
+/// covers: [`HttpCache`](super::HttpCache) forwards only those to the inner service on the
+/// cached path, so an unkeyed header can never change what another client is served.
+///
+/// Implemented by [`HttpKey`], [`PathKey`] and closures `Fn(&Request<B>) -> K` (any
+/// [`IntoKey`] result; closures cover no header).
+pub trait RequestKey<B> {
+    /// The key, or `None` to bypass the cache.
+    fn key(&self, request: &Request<B>) -> Option<Key>;
+
+    /// Whether the key covers request header `name`.
+    fn covers_header(&self, name: &HeaderName) -> bool {
+        let _ = name;
+        false
+    }
+}
+
+impl<B, F, K> RequestKey<B> for F
+where
+    F: Fn(&Request<B>) -> K,
+    K: IntoKey,
+{
+    fn key(&self, request: &Request<B>) -> Option<Key> {
+        self(request).into_key()
+    }
+}
+
+/// The default HTTP key: method, path and the query with its parameters sorted (so
+/// `?b=2&a=1` and `?a=1&b=2` share an entry), plus the values of the headers named with
+/// [`HttpKey::header`] (what a `Vary` response header would list).
+///
+/// ```
+/// use http::Request;
+/// use tower_caching::http::{HttpKey, RequestKey};
+///
+/// let key = HttpKey::new().header("accept-language");
+/// let a = Request::get("/entries?b=2&a=1").header("accept-language", "pt").body(()).unwrap();
+/// let b = Request::get("/entries?a=1&b=2").header("accept-language", "pt").body(()).unwrap();
+/// let c = Request::get("/entries?a=1&b=2").header("accept-language", "en").body(()).unwrap();
+/// assert_eq!(key.key(&a), key.key(&b));
+/// assert_ne!(key.key(&b), key.key(&c));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct HttpKey {
+    builder: KeyBuilder,
+    headers: Vec<HeaderName>,
+}
+
+impl HttpKey {
+    /// Method, path and canonical query, under the kind `http`.
+    pub fn new() -> Self {
+        HttpKey::default()
+    }
+
+    /// Prefixes keys with `prefix`.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.builder = self.builder.prefix(prefix);
+        self
+    }
+
+    /// Adds a request header to the key. Names that are not valid header names are ignored.
+    pub fn header(mut self, name: &str) -> Self {
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            self.headers.push(name);
+        }
+        self
+    }
+}
+
+/// The query string with its `&`-separated parameters sorted.
+pub(crate) fn canonical_query(query: Option<&str>) -> String {
+    let mut params: Vec<&str> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .collect();
+    params.sort_unstable();
+    params.join("&")
+}
+
+impl<B> RequestKey<B> for HttpKey {
+    fn key(&self, request: &Request<B>) -> Option<Key> {
+        let mut part = format!(
+            "{} {}?{}",
+            request.method(),
+            request.uri().path(),
+            canonical_query(request.uri().query())
+        );
+        for name in &self.headers {
+            part.push('|');
+            part.push_str(name.as_str());
+            part.push('=');
+            for value in request.headers().get_all(name) {
+                part.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                part.push(',');
+            }
+        }
+        Some(self.builder.build("http", &part))
+    }
+
+    fn covers_header(&self, name: &HeaderName) -> bool {
+        self.headers.contains(name)
+    }
+}
+
+/// A key built from path parameters: `PathKey::new("/entries/{id}", "entry:{id}")` keys
+/// `GET /entries/42` as `entry:42` — the same key a typed service uses, so the HTTP cache and
+/// the repository cache can share entries and invalidations. Parameter values are escaped
+/// like every user-supplied key part. A path that does not match the template, or a key
+/// template naming a parameter the path lacks, bypasses the cache.
+///
+/// ```
+/// use http::Request;
+/// use tower_caching::http::{PathKey, RequestKey};
+///
+/// let key = PathKey::new("/participants/{ispb}/metrics", "metrics:{ispb}");
+/// let request = Request::get("/participants/1234/metrics").body(()).unwrap();
+/// assert_eq!(key.key(&request).unwrap().as_str(), "metrics:1234");
+/// let hostile = Request::get("/participants/a*/metrics").body(()).unwrap();
+/// assert_eq!(key.key(&hostile).unwrap().as_str(), "metrics:a%2A");
+/// assert!(key.key(&Request::get("/other").body(()).unwrap()).is_none());
+/// ```
+#[derive(Clone, Debug)]
+pub struct PathKey {
+    path: Vec<Segment>,
+    key: Vec<Segment>,
+    builder: KeyBuilder,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// Splits `template` into literals and `{name}` parameters.
+fn parse_template(template: &str) -> Vec<Segment> {
+    let mut segments = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        if open > 0 {
+            segments.push(Segment::Literal(rest[..open].to_owned()));
+        }
+        segments.push(Segment::Param(rest[open + 1..open + close].to_owned()));
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        segments.push(Segment::Literal(rest.to_owned()));
+    }
+    segments
+}
+
+impl PathKey {
+    /// Matches paths against `path` (axum's `{name}` syntax) and builds keys from `key`.
+    pub fn new(path: &str, key: &str) -> Self {
+        PathKey {
+            path: parse_template(path),
+            key: parse_template(key),
+            builder: KeyBuilder::new(),
+        }
+    }
+
+    /// Prefixes keys with `prefix`.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.builder = self.builder.prefix(prefix);
+        self
+    }
+
+    /// The path parameters of `path`, or `None` when it does not match.
+    pub(crate) fn params<'a>(&self, path: &'a str) -> Option<Vec<(&str, &'a str)>> {
+        let mut params = Vec::new();
+        let mut rest = path;
+        let mut segments = self.path.iter().peekable();
+        while let Some(segment) = segments.next() {
+            match segment {
+                Segment::Literal(literal) => rest = rest.strip_prefix(literal.as_str())?,
+                Segment::Param(name) => {
+                    // A parameter runs to the next literal, within one path segment.
+                    let end = match segments.peek() {
+                        Some(Segment::Literal(next)) => rest.find(next.as_str())?,
+                        _ => rest.len(),
+                    };
+                    let value = &rest[..end];
+                    if value.is_empty() || value.contains('/') {
+                        return None;
+                    }
+                    params.push((name.as_str(), value));
+                    rest = &rest[end..];
+                }
+            }
+        }
+        rest.is_empty().then_some(params)
+    }
+
+    /// The key template filled with `params` (escaped), or `None` if one is missing.
+    pub(crate) fn fill(&self, params: &[(&str, &str)]) -> Option<Key> {
+        // The template's first literal up to its last ':' is the kind; the rest is the part,
+        // escaped, so that `entry:{id}` gives exactly `KeyBuilder::entry(id)`.
+        let mut kind = String::new();
+        let mut part = String::new();
+        let mut in_part = false;
+        for segment in &self.key {
+            match segment {
+                Segment::Literal(literal) if !in_part => match literal.rfind(':') {
+                    Some(colon) => {
+                        kind.push_str(&literal[..colon]);
+                        part.push_str(&literal[colon + 1..]);
+                        in_part = true;
+                    }
+                    None => kind.push_str(literal),
+                },
+                Segment::Literal(literal) => part.push_str(literal),
+                Segment::Param(name) => {
+                    in_part = true;
+                    let (_, value) = params.iter().find(|(n, _)| n == name)?;
+                    part.push_str(&percent_decode(value));
+                }
+            }
+        }
+        Some(self.builder.build(&kind, &part))
+    }
+}
+
+/// Decodes `%XX` escapes of a path parameter (leaving invalid ones as they are), as a
+/// router would before handing it to a handler.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl<B> RequestKey<B> for PathKey {
+    fn key(&self, request: &Request<B>) -> Option<Key> {
+        self.fill(&self.params(request.uri().path())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_templates_match_and_fill() {
+        let key = PathKey::new("/a/{x}/b/{y}", "pair:{x}-{y}");
+        assert_eq!(key.params("/a/1/b/2"), Some(vec![("x", "1"), ("y", "2")]));
+        assert_eq!(key.params("/a/1/b/2/c"), None);
+        assert_eq!(key.params("/a//b/2"), None);
+        assert_eq!(key.params("/a/1/2/b/3"), None);
+        assert_eq!(
+            key.fill(&[("x", "1"), ("y", "2")]).unwrap().as_str(),
+            "pair:1-2"
+        );
+        assert_eq!(
+            PathKey::new("/e/{id}", "entry:{id}")
+                .key(&Request::get("/e/a%20b").body(()).unwrap())
+                .unwrap()
+                .as_str(),
+            "entry:a%20b"
+        );
+        let unknown = PathKey::new("/e/{id}", "entry:{nope}");
+        assert_eq!(unknown.key(&Request::get("/e/1").body(()).unwrap()), None);
+    }
+
+    #[test]
+    fn path_keys_equal_key_builder_keys() {
+        let key = PathKey::new("/dict/{key}", "dict:key:{key}").prefix("svc");
+        let request = Request::get("/dict/+55%7B1%7D").body(()).unwrap();
+        assert_eq!(
+            key.key(&request),
+            Some(KeyBuilder::new().prefix("svc").dict_key("+55{1}"))
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! HTTP (feature `http`): whole-response caching for axum routes and hyper services, keys
+//! from requests, and invalidation after successful writes.
+//!
+//! - [`HttpCacheLayer`]: cache-aside over `http::Request` → `http::Response`, with safe
+//!   defaults (see its docs) and `x-cache` / `Age` headers.
+//! - Keys: [`HttpKey`] (method, path, sorted query, chosen headers), [`PathKey`] (path
+//!   parameters into a key template such as `entry:{id}`), or any closure over the request.
+//! - Writes: [`CacheLayer::write_around`](crate::CacheLayer::write_around) with
+//!   [`PathInvalidation`] and [`is_success`] invalidates keys and patterns built from a
+//!   mutating route's path parameters after a 2xx.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{body::Body, http::{Request, StatusCode}, routing::{get, put}, Router};
+//! use tower::ServiceExt;
+//! use tower_caching::http::{is_success, CachedResponse, HttpCacheLayer, PathInvalidation, PathKey};
+//! use tower_caching::{Cache, CacheLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let cache: Cache<CachedResponse> = Cache::in_memory();
+//! let app = Router::new()
+//!     .route(
+//!         "/entries/{id}",
+//!         get(|| async { "Ana" })
+//!             .layer(HttpCacheLayer::new(cache.clone()).key(PathKey::new("/entries/{id}", "entry:{id}")))
+//!             .put(|| async { StatusCode::NO_CONTENT })
+//!             .layer(
+//!                 CacheLayer::write_around(cache.clone())
+//!                     .invalidate(PathInvalidation::new("/entries/{id}").key("entry:{id}"))
+//!                     .succeeded_if(is_success),
+//!             ),
+//!     );
+//!
+//! let get = || Request::get("/entries/e1").body(Body::empty()).unwrap();
+//! let first = app.clone().oneshot(get()).await.unwrap();
+//! assert_eq!(first.headers()["x-cache"], "MISS");
+//! let second = app.clone().oneshot(get()).await.unwrap();
+//! assert_eq!(second.headers()["x-cache"], "HIT");
+//! app.clone().oneshot(Request::put("/entries/e1").body(Body::empty()).unwrap()).await.unwrap();
+//! let third = app.oneshot(get()).await.unwrap();
+//! assert_eq!(third.headers()["x-cache"], "MISS");
+//! # }
+//! ```
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::key::Pattern;
+use crate::strategy::Invalidation;
+
+mod body;
+mod key;
+mod service;
+
+pub use self::body::CacheBody;
+pub use self::key::{HttpKey, PathKey, RequestKey};
+pub use self::service::{HttpCache, HttpCacheLayer, ResponseFuture};
+
+/// A response as the cache keeps it: status, end-to-end headers, body.
+///
+/// Serialized with the body as text when it is UTF-8 and as base64 otherwise, so JSON stays
+/// compact and readable.
+///
+/// ```
+/// use tower_caching::http::CachedResponse;
+/// let cached = CachedResponse::from_parts(200, vec![("content-type".into(), "text/plain".into())], "hi");
+/// let response = cached.into_response();
+/// assert_eq!(response.status(), 200);
+/// assert_eq!(response.body().as_ref(), b"hi");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: StoredBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StoredBody {
+    Text(String),
+    Base64(String),
+}
+
+/// Headers that belong to one connection or one response, never to a stored one.
+fn is_stored_header(name: &HeaderName) -> bool {
+    ![
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::SET_COOKIE,
+        header::AGE,
+    ]
+    .contains(name)
+        && name.as_str() != "keep-alive"
+}
+
+impl CachedResponse {
+    /// A response from its parts.
+    pub fn from_parts(status: u16, headers: Vec<(String, String)>, body: impl Into<Bytes>) -> Self {
+        let body: Bytes = body.into();
+        let body = match std::str::from_utf8(&body) {
+            Ok(text) => StoredBody::Text(text.to_owned()),
+            Err(_) => StoredBody::Base64(base64::engine::general_purpose::STANDARD.encode(&body)),
+        };
+        CachedResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub(crate) fn new(parts: &http::response::Parts, body: Bytes) -> Self {
+        let headers = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| is_stored_header(name))
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect();
+        CachedResponse::from_parts(parts.status.as_u16(), headers, body)
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The response, with a body of bytes. Headers or a status that no longer parse (the
+    /// entry was tampered with) are dropped or read as 500, never a panic.
+    pub fn into_response(self) -> Response<Bytes> {
+        let body = match self.body {
+            StoredBody::Text(text) => Bytes::from(text),
+            StoredBody::Base64(encoded) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map(Bytes::from)
+                .unwrap_or_default(),
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        for (name, value) in self.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                response.headers_mut().append(name, value);
+            }
+        }
+        response
+    }
+}
+
+/// Whether a response is a success (2xx): the predicate for
+/// [`succeeded_if`](crate::CacheLayer::succeeded_if) on HTTP write-around.
+///
+/// ```
+/// use tower_caching::http::is_success;
+/// assert!(is_success(&http::Response::new(())));
+/// ```
+pub fn is_success<B>(response: &Response<B>) -> bool {
+    response.status().is_success()
+}
+
+/// What a mutating HTTP route invalidates: keys and patterns built from its path
+/// parameters with templates such as `entry:{id}` and `vsync:*`. Safe methods (`GET`,
+/// `HEAD`, …) invalidate nothing. For
+/// [`CacheLayer::write_around`](crate::CacheLayer::write_around)'s
+/// [`invalidate`](crate::CacheLayer::invalidate).
+///
+/// ```
+/// use tower_caching::http::PathInvalidation;
+/// use tower_caching::strategy::InvalidationPolicy;
+///
+/// let policy = PathInvalidation::new("/participants/{ispb}/entries/{id}")
+///     .key("entry:{id}")
+///     .pattern("participant:{ispb}*");
+/// let request = http::Request::post("/participants/123/entries/9").body(()).unwrap();
+/// let invalidation = InvalidationPolicy::<_, ()>::invalidation(&policy, &(), &request);
+/// assert_eq!(invalidation.key_list()[0].as_str(), "entry:9");
+/// assert_eq!(invalidation.pattern_list()[0].as_str(), "participant:123*");
+/// ```
+#[derive(Clone, Debug)]
+pub struct PathInvalidation {
+    path: String,
+    keys: Vec<PathKey>,
+    patterns: Vec<PathKey>,
+    prefix: Option<String>,
+}
+
+impl PathInvalidation {
+    /// For requests whose path matches `path` (axum's `{name}` syntax).
+    pub fn new(path: &str) -> Self {
+        PathInvalidation {
+            path: path.to_owned(),
+            keys: Vec::new(),
+            patterns: Vec::new(),
+            prefix: None,
+        }
+    }
+
+    /// Prefixes keys and patterns with `prefix`.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = Some(prefix.to_owned());
+        let rebuild = |k: &PathKey| k.clone().prefix(prefix);
+        self.keys = self.keys.iter().map(rebuild).collect();
+        self.patterns = self.patterns.iter().map(rebuild).collect();
+        self
+    }
+
+    fn path_key(&self, template: &str) -> PathKey {
+        let key = PathKey::new(&self.path, template);
+        match &self.prefix {
+            Some(prefix) => key.prefix(prefix),
+            None => key,
+        }
+    }
+
+    /// Invalidates the key `template` filled with the path parameters.
+    pub fn key(mut self, template: &str) -> Self {
+        let key = self.path_key(template);
+        self.keys.push(key);
+        self
+    }
+
+    /// Invalidates every key matching `template`: parameters are filled in escaped, and a
+    /// trailing `*` (the template's own) matches any suffix.
+    pub fn pattern(mut self, template: &str) -> Self {
+        let key = self.path_key(template.trim_end_matches('*'));
+        self.patterns.push(key);
+        self
+    }
+}
+
+impl<B, K> crate::strategy::InvalidationPolicy<http::Request<B>, K> for PathInvalidation {
+    fn invalidation(&self, _: &K, request: &http::Request<B>) -> Invalidation {
+        if request.method().is_safe() {
+            // GET, HEAD, OPTIONS, TRACE change nothing (and a layer on a whole method router
+            // sees them too).
+            return Invalidation::new();
+        }
+        let Some(params) = self
+            .keys
+            .first()
+            .or(self.patterns.first())
+            .and_then(|k| k.params(request.uri().path()))
+        else {
+            return Invalidation::new();
+        };
+        let mut invalidation = Invalidation::new();
+        for key in &self.keys {
+            if let Some(key) = key.fill(&params) {
+                invalidation = invalidation.key(key);
+            }
+        }
+        for pattern in &self.patterns {
+            if let Some(prefix) = pattern.fill(&params) {
+                invalidation = invalidation.pattern(Pattern::prefix(prefix.as_str()));
+            }
+        }
+        invalidation
+    }
+}
