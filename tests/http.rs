@@ -540,3 +540,35 @@ async fn binary_bodies_round_trip_through_redis_and_garbage_is_a_miss() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn refresh_ahead_reloads_in_the_background() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let route = get(move || {
+        let c = c.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            format!("body {}", c.fetch_add(1, Ordering::SeqCst) + 1)
+        }
+    });
+    let app = app_with(Cache::in_memory(), route, |l| {
+        l.ttl(tower_caching::ttl::FixedTtl(Duration::from_millis(600)))
+            .refresh_ahead(0.5)
+    });
+    assert_eq!(call(&app, get_req("/r")).await.2, "body 1");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // In the window: served at once from the cache, reloaded once behind it.
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let (_, headers, body) = call(&app, get_req("/r")).await;
+        assert_eq!(
+            (headers["x-cache"].to_str().unwrap(), body.as_str()),
+            ("HIT", "body 1")
+        );
+        assert!(started.elapsed() < Duration::from_millis(40));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(call(&app, get_req("/r")).await.2, "body 2");
+}

@@ -54,6 +54,9 @@ use crate::key::Pattern;
 use crate::strategy::Invalidation;
 
 mod body;
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub mod config;
 mod key;
 mod service;
 

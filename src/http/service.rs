@@ -64,7 +64,7 @@ use crate::BoxError;
 /// # let _ = app;
 /// ```
 pub struct HttpCacheLayer<St = MemoryStore, C = Json, K = HttpKey, T = FixedTtl> {
-    settings: Settings<St, C, K, T>,
+    settings: Arc<Settings<St, C, K, T>>,
 }
 
 struct Settings<St, C, K, T> {
@@ -76,13 +76,22 @@ struct Settings<St, C, K, T> {
     max_body_size: usize,
     cache_header: Option<HeaderName>,
     forward_headers: Vec<HeaderName>,
+    refresh_ahead: Option<f64>,
 }
 
-impl<St, C, K: Clone, T: Clone> Clone for HttpCacheLayer<St, C, K, T> {
+impl<St, C, K, T> Clone for HttpCacheLayer<St, C, K, T> {
     fn clone(&self) -> Self {
-        let s = &self.settings;
         HttpCacheLayer {
-            settings: Settings {
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+impl<St, C, K: Clone, T: Clone> Clone for Settings<St, C, K, T> {
+    fn clone(&self) -> Self {
+        let s = self;
+        {
+            Settings {
                 cache: s.cache.clone(),
                 key: s.key.clone(),
                 ttl: s.ttl.clone(),
@@ -91,7 +100,8 @@ impl<St, C, K: Clone, T: Clone> Clone for HttpCacheLayer<St, C, K, T> {
                 max_body_size: s.max_body_size,
                 cache_header: s.cache_header.clone(),
                 forward_headers: s.forward_headers.clone(),
-            },
+                refresh_ahead: s.refresh_ahead,
+            }
         }
     }
 }
@@ -111,7 +121,7 @@ impl<St, C> HttpCacheLayer<St, C> {
     /// Caches responses in `cache`, keyed by [`HttpKey`], for five minutes.
     pub fn new(cache: Cache<CachedResponse, St, C>) -> Self {
         HttpCacheLayer {
-            settings: Settings {
+            settings: Arc::new(Settings {
                 cache,
                 key: HttpKey::new(),
                 ttl: FixedTtl::default(),
@@ -120,17 +130,22 @@ impl<St, C> HttpCacheLayer<St, C> {
                 max_body_size: 1 << 20,
                 cache_header: Some(HeaderName::from_static("x-cache")),
                 forward_headers: Vec::new(),
-            },
+                refresh_ahead: None,
+            }),
         }
     }
 }
 
-impl<St, C, K, T> HttpCacheLayer<St, C, K, T> {
+impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
+    fn settings(self) -> Settings<St, C, K, T> {
+        Arc::try_unwrap(self.settings).unwrap_or_else(|shared| (*shared).clone())
+    }
+
     /// Keys requests with `key` ([`HttpKey`], [`PathKey`](super::PathKey), a closure).
     pub fn key<K2>(self, key: K2) -> HttpCacheLayer<St, C, K2, T> {
-        let s = self.settings;
+        let s = self.settings();
         HttpCacheLayer {
-            settings: Settings {
+            settings: Arc::new(Settings {
                 cache: s.cache,
                 key,
                 ttl: s.ttl,
@@ -139,16 +154,17 @@ impl<St, C, K, T> HttpCacheLayer<St, C, K, T> {
                 max_body_size: s.max_body_size,
                 cache_header: s.cache_header,
                 forward_headers: s.forward_headers,
-            },
+                refresh_ahead: s.refresh_ahead,
+            }),
         }
     }
 
     /// Keeps responses fresh for `ttl` (a `Duration`, [`Jitter`](crate::ttl::Jitter), a
     /// closure over the key and the response).
     pub fn ttl<T2>(self, ttl: T2) -> HttpCacheLayer<St, C, K, T2> {
-        let s = self.settings;
+        let s = self.settings();
         HttpCacheLayer {
-            settings: Settings {
+            settings: Arc::new(Settings {
                 cache: s.cache,
                 key: s.key,
                 ttl,
@@ -157,12 +173,13 @@ impl<St, C, K, T> HttpCacheLayer<St, C, K, T> {
                 max_body_size: s.max_body_size,
                 cache_header: s.cache_header,
                 forward_headers: s.forward_headers,
-            },
+                refresh_ahead: s.refresh_ahead,
+            }),
         }
     }
 
     fn update(mut self, f: impl FnOnce(&mut Settings<St, C, K, T>)) -> Self {
-        f(&mut self.settings);
+        f(Arc::make_mut(&mut self.settings));
         self
     }
 
@@ -187,6 +204,18 @@ impl<St, C, K, T> HttpCacheLayer<St, C, K, T> {
         self.update(|s| s.cache_header = Some(name))
     }
 
+    /// Read-through's refresh-ahead: a hit in the last `fraction` of its TTL is served and
+    /// reloaded in the background (once per key), with the request it arrived with. Counted
+    /// under the strategy `read_through`.
+    pub fn refresh_ahead(self, fraction: f64) -> Self {
+        let fraction = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.update(|s| s.refresh_ahead = Some(fraction))
+    }
+
     /// Leaves out the `HIT`/`MISS` header.
     pub fn no_cache_header(self) -> Self {
         self.update(|s| s.cache_header = None)
@@ -199,13 +228,13 @@ impl<St, C, K, T> HttpCacheLayer<St, C, K, T> {
     }
 }
 
-impl<Svc, St, C, K: Clone, T: Clone> Layer<Svc> for HttpCacheLayer<St, C, K, T> {
+impl<Svc, St, C, K, T> Layer<Svc> for HttpCacheLayer<St, C, K, T> {
     type Service = HttpCache<Svc, St, C, K, T>;
 
     fn layer(&self, inner: Svc) -> Self::Service {
         HttpCache {
             inner,
-            shared: Arc::new(self.clone().settings),
+            shared: self.settings.clone(),
         }
     }
 }
@@ -415,7 +444,11 @@ where
 {
     let cache = &settings.cache;
     let observer = cache.observer();
-    let strategy = Strategy::CacheAside;
+    let strategy = if settings.refresh_ahead.is_some() {
+        Strategy::ReadThrough
+    } else {
+        Strategy::CacheAside
+    };
     if lookup {
         let started = observer.start();
         let found = cache.lookup(&key).await;
@@ -423,7 +456,18 @@ where
         match found {
             Ok(Some(hit)) => {
                 observer.hit(strategy);
-                let age = now_ms().saturating_sub(hit.header.stored_at_ms) / 1000;
+                let now = now_ms();
+                if refresh_due(settings.refresh_ahead, &hit.header, now) {
+                    // Not awaited: the reload runs on its own task, once per key; its
+                    // response, if private, is dropped.
+                    let (load, unused) =
+                        start_load(&settings, &key, inner, request, oneshot::channel().0);
+                    drop(load);
+                    if unused.is_none() {
+                        observer.refresh(strategy);
+                    }
+                }
+                let age = now.saturating_sub(hit.header.stored_at_ms) / 1000;
                 return Ok(settings.respond(hit.value, "HIT", Some(age)));
             }
             Ok(None) => {}
@@ -436,17 +480,7 @@ where
     observer.miss(strategy);
 
     let (private_tx, private_rx) = oneshot::channel();
-    let load_settings = settings.clone();
-    let load_key = key.clone();
-    let (load, unused) = cache.flights().join_or_start_with(
-        &key,
-        (inner, request),
-        move |id, (mut inner, request): (Svc, Request<ReqBody>)| async move {
-            let outcome = load(&load_settings, &load_key, inner.call(request), private_tx).await;
-            load_settings.cache.flights().finish(&load_key, id);
-            outcome
-        },
-    );
+    let (load, unused) = start_load(&settings, &key, inner, request, private_tx);
     match (unwrap_outcome(load.await)?, unused) {
         (Shareable::Stored(cached), _) => Ok(settings.respond(cached, "MISS", None)),
         // The leader: its own response, handed over privately.
@@ -460,6 +494,54 @@ where
             Ok(inner.call(request).await?.map(CacheBody::stream))
         }
     }
+}
+
+/// Whether a hit is in its refresh-ahead window.
+fn refresh_due(fraction: Option<f64>, header: &crate::cache::frame::Header, now: u64) -> bool {
+    let (Some(fraction), Some(until)) = (fraction, header.fresh_until_ms) else {
+        return false;
+    };
+    let whole = until.saturating_sub(header.stored_at_ms) as f64;
+    until.saturating_sub(now) as f64 <= whole * fraction
+}
+
+type Started<ReqBody, Svc> = (
+    crate::cache::SharedLoad<Shareable, <Svc as Service<Request<ReqBody>>>::Error>,
+    Option<(Svc, Request<ReqBody>)>,
+);
+
+/// Starts the one load of `key` with `inner`, or joins the one in flight (then `inner` and
+/// `request` come back unused).
+fn start_load<Svc, ReqBody, ResBody, St, C, K, T>(
+    settings: &Arc<Settings<St, C, K, T>>,
+    key: &Key,
+    inner: Svc,
+    request: Request<ReqBody>,
+    private: oneshot::Sender<Response<CacheBody<ResBody>>>,
+) -> Started<ReqBody, Svc>
+where
+    Svc: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    Svc::Future: Send + 'static,
+    Svc::Error: Clone + Send + Sync + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+    St: Store,
+    C: Codec,
+    K: RequestKey<ReqBody> + Send + Sync + 'static,
+    T: TtlPolicy<CachedResponse> + Send + Sync + 'static,
+{
+    let load_settings = settings.clone();
+    let load_key = key.clone();
+    settings.cache.flights().join_or_start_with(
+        key,
+        (inner, request),
+        move |id, (mut inner, request): (Svc, Request<ReqBody>)| async move {
+            let outcome = load(&load_settings, &load_key, inner.call(request), private).await;
+            load_settings.cache.flights().finish(&load_key, id);
+            outcome
+        },
+    )
 }
 
 /// Calls the inner service, then stores and shares the response, or hands it privately to
