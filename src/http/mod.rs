@@ -5,6 +5,7 @@
 //!   defaults (see its docs) and `x-cache` / `Age` headers.
 //! - Keys: [`HttpKey`] (method, path, sorted query, chosen headers), [`PathKey`] (path
 //!   parameters into a key template such as `entry:{id}`), or any closure over the request.
+//! - gRPC: [`grpc::GrpcCacheLayer`] caches unary calls for tonic servers.
 //! - Writes: [`CacheLayer::write_around`](crate::CacheLayer::write_around) with
 //!   [`PathInvalidation`] and [`is_success`] invalidates keys and patterns built from a
 //!   mutating route's path parameters after a 2xx.
@@ -57,6 +58,7 @@ mod body;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
+pub mod grpc;
 mod key;
 mod service;
 
@@ -81,6 +83,9 @@ pub struct CachedResponse {
     status: u16,
     headers: Vec<(String, String)>,
     body: StoredBody,
+    /// gRPC responses end with trailers (`grpc-status`); HTTP ones kept here have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    trailers: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +124,7 @@ impl CachedResponse {
             status,
             headers,
             body,
+            trailers: Vec::new(),
         }
     }
 

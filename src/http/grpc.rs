@@ -1,0 +1,459 @@
+//! Caching of unary gRPC calls, for tonic (or any gRPC-over-HTTP/2 server): a layer for
+//! `tonic::transport::Server::builder().layer(..)`, keyed by the method path and the
+//! request message.
+//!
+//! The request message is read (unary requests are small; past
+//! [`max_request_size`](GrpcCacheLayer::max_request_size) the call passes through), the key
+//! is built from the method path and the encoded message — or by a typed extractor that
+//! decodes it — and a response whose `grpc-status` is `0` (OK) is stored with its body and
+//! trailers. A hit replays them: the client cannot tell it from the server's answer, but for
+//! the `x-cache: HIT` header.
+//!
+//! ```
+//! use tower_caching::http::grpc::{GrpcCacheLayer, GrpcKey};
+//! use tower_caching::http::CachedResponse;
+//! use tower_caching::Cache;
+//!
+//! let cache: Cache<CachedResponse> = Cache::in_memory();
+//! // Only `GetEntry` is cached; the key is the method path and a hash of the message.
+//! let layer = GrpcCacheLayer::new(cache).methods(["/directory.Directory/GetEntry"]);
+//! # let _ = layer;
+//! // A typed key: decode the message (with prost, say) and key on its id.
+//! let typed = GrpcKey::typed(|method: &str, message: &[u8]| {
+//!     let id = std::str::from_utf8(message).ok()?; // your_proto::GetEntry::decode(message)
+//!     Some(tower_caching::key::KeyBuilder::new().entry(id))
+//! });
+//! # let _ = typed;
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{CacheBody, CachedResponse};
+use crate::cache::frame::now_ms;
+use crate::cache::Cache;
+use crate::codec::{Codec, Json};
+use crate::key::{IntoKey, Key, KeyBuilder};
+use crate::metrics::{KeyDigest, Operation, Strategy};
+use crate::store::{MemoryStore, Store};
+use crate::BoxError;
+
+/// How a unary call is keyed: [`GrpcKey::encoded`] (the default: method path and a hash of
+/// the encoded message) or [`GrpcKey::typed`] (a closure over the method path and the
+/// decoded-from message bytes).
+#[derive(Clone)]
+pub struct GrpcKey {
+    kind: KeyKind,
+}
+
+type TypedKey = Arc<dyn Fn(&str, &[u8]) -> Option<Key> + Send + Sync>;
+
+#[derive(Clone)]
+enum KeyKind {
+    Encoded(KeyBuilder),
+    Typed(TypedKey),
+}
+
+impl fmt::Debug for GrpcKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            KeyKind::Encoded(builder) => f.debug_tuple("Encoded").field(builder).finish(),
+            KeyKind::Typed(_) => f.write_str("Typed"),
+        }
+    }
+}
+
+impl GrpcKey {
+    /// `grpc:{method path}#{hash of the encoded request}`.
+    pub fn encoded() -> Self {
+        GrpcKey {
+            kind: KeyKind::Encoded(KeyBuilder::new()),
+        }
+    }
+
+    /// [`GrpcKey::encoded`] under a prefix.
+    pub fn encoded_with_prefix(prefix: &str) -> Self {
+        GrpcKey {
+            kind: KeyKind::Encoded(KeyBuilder::new().prefix(prefix)),
+        }
+    }
+
+    /// A key from the method path and the request message (uncompressed protobuf bytes):
+    /// decode it and return the key, or `None` to pass the call through.
+    pub fn typed<F, K>(key: F) -> Self
+    where
+        F: Fn(&str, &[u8]) -> K + Send + Sync + 'static,
+        K: IntoKey,
+    {
+        GrpcKey {
+            kind: KeyKind::Typed(Arc::new(move |method, message| {
+                key(method, message).into_key()
+            })),
+        }
+    }
+
+    fn key(&self, method: &str, body: &Bytes) -> Option<Key> {
+        match &self.kind {
+            KeyKind::Encoded(builder) => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                body.hash(&mut hasher);
+                Some(builder.build("grpc", &format!("{method}#{:016x}", hasher.finish())))
+            }
+            KeyKind::Typed(key) => key(method, unary_message(body)?),
+        }
+    }
+}
+
+/// The message of a unary gRPC body: one uncompressed length-prefixed frame.
+fn unary_message(body: &Bytes) -> Option<&[u8]> {
+    let mut header = body.get(..5)?;
+    let compressed = header.get_u8();
+    let len = header.get_u32() as usize;
+    if compressed != 0 || body.len() != 5 + len {
+        return None;
+    }
+    Some(&body[5..])
+}
+
+/// Caches unary gRPC calls. See the [module docs](self).
+pub struct GrpcCacheLayer<St = MemoryStore, C = Json> {
+    settings: Arc<GrpcSettings<St, C>>,
+}
+
+struct GrpcSettings<St, C> {
+    cache: Cache<CachedResponse, St, C>,
+    key: GrpcKey,
+    methods: Option<Vec<String>>,
+    ttl: Duration,
+    max_request_size: usize,
+    max_response_size: usize,
+}
+
+impl<St, C> Clone for GrpcCacheLayer<St, C> {
+    fn clone(&self) -> Self {
+        GrpcCacheLayer {
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+impl<St: fmt::Debug, C: fmt::Debug> fmt::Debug for GrpcCacheLayer<St, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcCacheLayer")
+            .field("cache", &self.settings.cache)
+            .field("key", &self.settings.key)
+            .field("methods", &self.settings.methods)
+            .field("ttl", &self.settings.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St, C> GrpcCacheLayer<St, C> {
+    /// Caches every unary call's OK responses in `cache` for five minutes, keyed by
+    /// [`GrpcKey::encoded`]. Limit it with [`methods`](GrpcCacheLayer::methods).
+    pub fn new(cache: Cache<CachedResponse, St, C>) -> Self {
+        GrpcCacheLayer {
+            settings: Arc::new(GrpcSettings {
+                cache,
+                key: GrpcKey::encoded(),
+                methods: None,
+                ttl: crate::ttl::ENTRY,
+                max_request_size: 64 * 1024,
+                max_response_size: 1 << 20,
+            }),
+        }
+    }
+
+    fn update(self, f: impl FnOnce(&mut GrpcSettings<St, C>)) -> Self {
+        let mut settings = Arc::try_unwrap(self.settings).unwrap_or_else(|shared| GrpcSettings {
+            cache: shared.cache.clone(),
+            key: shared.key.clone(),
+            methods: shared.methods.clone(),
+            ttl: shared.ttl,
+            max_request_size: shared.max_request_size,
+            max_response_size: shared.max_response_size,
+        });
+        f(&mut settings);
+        GrpcCacheLayer {
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// Keys calls with `key`.
+    pub fn key(self, key: GrpcKey) -> Self {
+        self.update(|s| s.key = key)
+    }
+
+    /// Caches only these methods (`/package.Service/Method`); the others pass through.
+    pub fn methods<I: IntoIterator<Item = M>, M: Into<String>>(self, methods: I) -> Self {
+        let methods = methods.into_iter().map(Into::into).collect();
+        self.update(|s| s.methods = Some(methods))
+    }
+
+    /// How long a response stays fresh (default five minutes).
+    pub fn ttl(self, ttl: Duration) -> Self {
+        self.update(|s| s.ttl = ttl)
+    }
+
+    /// The largest request read to build a key (default 64 KiB); larger calls pass through.
+    pub fn max_request_size(self, bytes: usize) -> Self {
+        self.update(|s| s.max_request_size = bytes)
+    }
+
+    /// The largest response stored (default 1 MiB).
+    pub fn max_response_size(self, bytes: usize) -> Self {
+        self.update(|s| s.max_response_size = bytes)
+    }
+}
+
+impl<Svc, St, C> Layer<Svc> for GrpcCacheLayer<St, C> {
+    type Service = GrpcCache<Svc, St, C>;
+
+    fn layer(&self, inner: Svc) -> Self::Service {
+        GrpcCache {
+            inner,
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+/// The service of [`GrpcCacheLayer`].
+pub struct GrpcCache<Svc, St = MemoryStore, C = Json> {
+    inner: Svc,
+    settings: Arc<GrpcSettings<St, C>>,
+}
+
+impl<Svc: Clone, St, C> Clone for GrpcCache<Svc, St, C> {
+    fn clone(&self) -> Self {
+        GrpcCache {
+            inner: self.inner.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+impl<Svc: fmt::Debug, St, C> fmt::Debug for GrpcCache<Svc, St, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcCache")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request.method() == Method::POST
+        && request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+fn grpc_ok(headers: &HeaderMap) -> bool {
+    headers
+        .get("grpc-status")
+        .is_some_and(|status| status == "0")
+}
+
+fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect()
+}
+
+fn header_map(pairs: &[(String, String)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+impl<Svc, ReqBody, ResBody, St, C> Service<Request<ReqBody>> for GrpcCache<Svc, St, C>
+where
+    Svc:
+        Service<Request<CacheBody<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    Svc::Future: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+    St: Store,
+    C: Codec,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = Svc::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Svc::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let settings = self.settings.clone();
+        let method = request.uri().path().to_owned();
+        let cached = is_grpc(&request)
+            && !settings.cache.is_closed()
+            && settings
+                .methods
+                .as_ref()
+                .is_none_or(|methods| methods.contains(&method));
+        if !cached {
+            let future = inner.call(request.map(CacheBody::stream));
+            return Box::pin(async move { Ok(future.await?.map(CacheBody::stream)) });
+        }
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let (body, replay) = match read_all(body, settings.max_request_size).await {
+                Ok(bytes) => (Some(bytes.clone()), CacheBody::full(bytes)),
+                Err(partial) => (None, partial),
+            };
+            let key = body
+                .as_ref()
+                .and_then(|body| settings.key.key(&method, body));
+            let request = Request::from_parts(parts, replay);
+            let Some(key) = key else {
+                return Ok(inner.call(request).await?.map(CacheBody::stream));
+            };
+            let observer = settings.cache.observer();
+            let started = observer.start();
+            let found = settings.cache.lookup(&key).await;
+            observer.finish(Operation::Get, Strategy::CacheAside, started);
+            match found {
+                Ok(Some(hit)) => {
+                    observer.hit(Strategy::CacheAside);
+                    let age = now_ms().saturating_sub(hit.header.stored_at_ms) / 1000;
+                    return Ok(replay_response(hit.value, "HIT", Some(age)));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    observer.error(Operation::Get, error.kind());
+                    tracing::warn!(key = %KeyDigest(&key), %error, "cache lookup failed, calling");
+                }
+            }
+            observer.miss(Strategy::CacheAside);
+            let (parts, body) = inner.call(request).await?.into_parts();
+            let mut frames = VecDeque::new();
+            let mut data = BytesMut::new();
+            let mut trailers = None;
+            let mut body = body;
+            loop {
+                match body.frame().await {
+                    None => break,
+                    Some(Ok(frame)) => {
+                        if let Some(chunk) = frame.data_ref() {
+                            data.extend_from_slice(chunk);
+                        } else if let Some(t) = frame.trailers_ref() {
+                            trailers = Some(t.clone());
+                        }
+                        frames.push_back(frame);
+                        if data.len() > settings.max_response_size {
+                            return Ok(Response::from_parts(
+                                parts,
+                                CacheBody::resume(frames, Some(body)),
+                            ));
+                        }
+                    }
+                    Some(Err(_)) => {
+                        return Ok(Response::from_parts(parts, CacheBody::resume(frames, None)));
+                    }
+                }
+            }
+            // A trailers-only response carries its status in the headers.
+            let ok = trailers
+                .as_ref()
+                .map_or_else(|| grpc_ok(&parts.headers), grpc_ok);
+            if ok && parts.status == http::StatusCode::OK {
+                let mut cached =
+                    CachedResponse::from_parts(200, pairs(&parts.headers), data.freeze());
+                cached.trailers = trailers.as_ref().map(pairs).unwrap_or_default();
+                settings
+                    .cache
+                    .store_best_effort(Strategy::CacheAside, &key, &cached, Some(settings.ttl))
+                    .await;
+            }
+            Ok(Response::from_parts(parts, CacheBody::resume(frames, None)))
+        })
+    }
+}
+
+/// Reads a whole request body up to `limit`; past it, what was read and the rest, to be
+/// passed on as they are.
+async fn read_all<B>(mut body: B, limit: usize) -> Result<Bytes, CacheBody<B>>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut frames = VecDeque::new();
+    let mut size = 0;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                let is_data = frame.is_data();
+                size += frame.data_ref().map_or(0, Bytes::len);
+                frames.push_back(frame);
+                if !is_data || size > limit {
+                    return Err(CacheBody::resume(frames, Some(body)));
+                }
+            }
+            Some(Err(_)) => return Err(CacheBody::resume(frames, None)),
+        }
+    }
+    let mut bytes = BytesMut::with_capacity(size);
+    for frame in frames {
+        if let Ok(data) = frame.into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes.freeze())
+}
+
+fn replay_response<B>(
+    cached: CachedResponse,
+    outcome: &'static str,
+    age: Option<u64>,
+) -> Response<CacheBody<B>> {
+    let trailers = header_map(&cached.trailers);
+    let response = cached.into_response();
+    let (mut parts, body) = response.into_parts();
+    parts
+        .headers
+        .insert("x-cache", HeaderValue::from_static(outcome));
+    if let Some(age) = age {
+        parts
+            .headers
+            .insert(http::header::AGE, HeaderValue::from(age));
+    }
+    let mut frames = VecDeque::new();
+    if !body.is_empty() {
+        frames.push_back(Frame::data(body));
+    }
+    if !trailers.is_empty() {
+        frames.push_back(Frame::trailers(trailers));
+    }
+    Response::from_parts(parts, CacheBody::resume(frames, None))
+}

@@ -1,0 +1,113 @@
+//! Unary gRPC caching with a real tonic server and client over loopback.
+#![cfg(feature = "http")]
+
+#[path = "../examples/grpc_directory/directory.rs"]
+mod directory;
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use directory::{get_entry, DirectoryServer, GetEntryRequest, GET_ENTRY};
+use prost::Message;
+use tower_caching::http::grpc::{GrpcCacheLayer, GrpcKey};
+use tower_caching::http::CachedResponse;
+use tower_caching::key::KeyBuilder;
+use tower_caching::store::Store;
+use tower_caching::Cache;
+
+/// Serves the directory behind `layer` on a free loopback port; its call counter and a
+/// connected channel.
+async fn serve<St: Store, C: tower_caching::codec::Codec>(
+    layer: GrpcCacheLayer<St, C>,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicU32>,
+    tonic::transport::Channel,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = DirectoryServer::default();
+    let calls = server.0.calls.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(server)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (calls, channel)
+}
+
+fn x_cache<T>(response: &tonic::Response<T>) -> Option<String> {
+    response
+        .metadata()
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn typed_keys_cache_ok_replies_and_never_errors() {
+    let cache: Cache<CachedResponse> = Cache::in_memory();
+    let keys = KeyBuilder::new();
+    let layer = GrpcCacheLayer::new(cache.clone())
+        .methods([GET_ENTRY])
+        .key(GrpcKey::typed(move |_: &str, message: &[u8]| {
+            GetEntryRequest::decode(message)
+                .ok()
+                .map(|r| keys.entry(&r.id))
+        }));
+    let (calls, channel) = serve(layer).await;
+
+    let first = get_entry(channel.clone(), "e1").await.unwrap();
+    assert_eq!(x_cache(&first), None);
+    for _ in 0..3 {
+        let again = get_entry(channel.clone(), "e1").await.unwrap();
+        assert_eq!(again.get_ref(), first.get_ref());
+        assert_eq!(x_cache(&again).as_deref(), Some("HIT"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The entry sits under the same key as the HTTP service's `entry:{id}`.
+    assert!(cache.exists(&KeyBuilder::new().entry("e1")).await.unwrap());
+
+    for _ in 0..2 {
+        let status = get_entry(channel.clone(), "missing").await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert_eq!(status.message(), "no entry missing");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn encoded_keys_tell_messages_apart_and_unlisted_methods_pass() {
+    let (calls, channel) = serve(GrpcCacheLayer::new(Cache::in_memory())).await;
+    for id in ["a", "b", "a", "b"] {
+        let reply = get_entry(channel.clone(), id).await.unwrap();
+        assert_eq!(reply.get_ref().id, id);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    let (calls, channel) =
+        serve(GrpcCacheLayer::new(Cache::in_memory()).methods(["/other.Service/Method"])).await;
+    for _ in 0..2 {
+        get_entry(channel.clone(), "a").await.unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn replies_cached_in_redis_replay_with_their_trailers() {
+    let store = support::shared_redis_store().await;
+    let prefix = support::unique_prefix("grpc");
+    let cache: Cache<CachedResponse, _> = Cache::new(store);
+    let (calls, channel) =
+        serve(GrpcCacheLayer::new(cache).key(GrpcKey::encoded_with_prefix(&prefix))).await;
+    let first = get_entry(channel.clone(), "r1").await.unwrap();
+    let second = get_entry(channel.clone(), "r1").await.unwrap();
+    assert_eq!(first.get_ref(), second.get_ref());
+    assert_eq!(x_cache(&second).as_deref(), Some("HIT"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
