@@ -12,6 +12,7 @@
 //! | `{ns}_cache_coalesced_waiters_total` | counter | `strategy` |
 //! | `{ns}_cache_refreshes_total` | counter | `strategy` |
 //! | `{ns}_cache_negative_hits_total` | counter | `strategy` |
+//! | `{ns}_cache_stale_served_total` | counter | `strategy` |
 //! | `{ns}_cache_write_behind_retries_total` | counter | |
 //! | `{ns}_cache_write_behind_dead_letters_total` | counter | |
 //!
@@ -151,6 +152,7 @@ struct Handles {
     coalesced: [prometheus::IntCounter; 6],
     refreshes: [prometheus::IntCounter; 6],
     negative_hits: [prometheus::IntCounter; 6],
+    stale_served: [prometheus::IntCounter; 6],
     duration: Vec<[prometheus::Histogram; 6]>,
     errors: prometheus::IntCounterVec,
     flush_duration: prometheus::Histogram,
@@ -237,6 +239,10 @@ impl MetricsBuilder {
             "cache_negative_hits_total",
             "Hits on cached not-found values.",
         )?;
+        let stale_served = by_strategy(
+            "cache_stale_served_total",
+            "Stale values served because the loader failed or was slower than the soft timeout.",
+        )?;
         let errors = IntCounterVec::new(
             opts(
                 "cache_errors_total",
@@ -283,6 +289,7 @@ impl MetricsBuilder {
                 Box::new(coalesced.clone()),
                 Box::new(refreshes.clone()),
                 Box::new(negative_hits.clone()),
+                Box::new(stale_served.clone()),
                 Box::new(retries.clone()),
                 Box::new(dead_letters.clone()),
             ]
@@ -307,6 +314,7 @@ impl MetricsBuilder {
                 coalesced: per_strategy(&coalesced),
                 refreshes: per_strategy(&refreshes),
                 negative_hits: per_strategy(&negative_hits),
+                stale_served: per_strategy(&stale_served),
                 duration: Operation::ALL
                     .iter()
                     .map(|op| {
@@ -356,6 +364,7 @@ impl Observer {
         coalesced => coalesced,
         refresh => refreshes,
         negative_hit => negative_hits,
+        stale_served => stale_served,
     );
 
     /// Counts an error of `operation`, labelled with the error's kind.

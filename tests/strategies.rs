@@ -436,6 +436,9 @@ async fn coalescing_1000_concurrent_misses_one_load<S: Store>(store: S, prefix: 
     assert_eq!(db.reads(), 1);
 
     db.down.store(true, Ordering::SeqCst);
+    // A failed load caches nothing: the coalescing window is the load itself, so it must
+    // outlast the 1000 lookups that precede it on a busy machine.
+    db.latency_ms.store(300, Ordering::SeqCst);
     let calls = (0..1000).map(|_| service.clone().oneshot(get(&keys, "cold")));
     let results = futures_util::future::join_all(calls).await;
     assert!(results
@@ -781,6 +784,152 @@ async fn cache_if_rejects_values<S: Store>(store: S, prefix: &str) {
     assert!(!cache.exists(&keys.entry("e1")).await.unwrap());
 }
 
+async fn fail_safe_serves_stale_values_when_the_loader_fails<S: Store>(store: S, prefix: &str) {
+    let keys = KeyBuilder::new().prefix(prefix);
+    let db = Db::default();
+    db.insert(entry("e1", "v1"));
+    let cache: Cache<Option<Entry>, S> = Cache::new(store);
+    let service = CacheLayer::cache_aside(cache.clone())
+        .ttl(Duration::from_millis(200))
+        .fail_safe(Duration::from_secs(30), Duration::from_millis(300))
+        .layer(db.clone());
+    assert_eq!(
+        service.clone().oneshot(get(&keys, "e1")).await.unwrap(),
+        Some(entry("e1", "v1"))
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Stale, and the database is down: the stale value instead of the error.
+    db.down.store(true, Ordering::SeqCst);
+    assert_eq!(
+        service.clone().oneshot(get(&keys, "e1")).await.unwrap(),
+        Some(entry("e1", "v1"))
+    );
+    assert_eq!(db.reads(), 2);
+    // Throttled: the failing database is left alone for a while.
+    for _ in 0..5 {
+        assert_eq!(
+            service.clone().oneshot(get(&keys, "e1")).await.unwrap(),
+            Some(entry("e1", "v1"))
+        );
+    }
+    assert_eq!(db.reads(), 2);
+    // A key with nothing stale still fails.
+    let cold = service.clone().oneshot(get(&keys, "cold")).await;
+    assert_eq!(cold, Err(DbError("database down".into())));
+    // Back up, after the throttle: fresh values again.
+    db.down.store(false, Ordering::SeqCst);
+    db.insert(entry("e1", "v2"));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        service.oneshot(get(&keys, "e1")).await.unwrap(),
+        Some(entry("e1", "v2"))
+    );
+}
+
+async fn soft_timeout_serves_stale_while_the_reload_finishes<S: Store>(store: S, prefix: &str) {
+    let keys = KeyBuilder::new().prefix(prefix);
+    let db = Db::default();
+    db.insert(entry("e1", "v1"));
+    let cache: Cache<Option<Entry>, S> = Cache::new(store);
+    let service = CacheLayer::read_through(cache.clone())
+        .ttl(Duration::from_millis(200))
+        .fail_safe(Duration::from_secs(30), Duration::from_secs(1))
+        .soft_timeout(Duration::from_millis(50))
+        .layer(db.clone());
+    service.clone().oneshot(get(&keys, "e1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    db.insert(entry("e1", "v2"));
+    db.latency_ms.store(300, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        service.clone().oneshot(get(&keys, "e1")).await.unwrap(),
+        Some(entry("e1", "v1"))
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(45) && took < Duration::from_millis(250),
+        "{took:?}"
+    );
+    // The reload went on behind the stale answer and refreshed the entry.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    db.latency_ms.store(0, Ordering::SeqCst);
+    assert_eq!(
+        service.oneshot(get(&keys, "e1")).await.unwrap(),
+        Some(entry("e1", "v2"))
+    );
+    assert_eq!(db.reads(), 2);
+}
+
+async fn hard_timeout_is_tower_timeout_and_fail_safe_answers_it<S: Store>(store: S, prefix: &str) {
+    let keys = KeyBuilder::new().prefix(prefix);
+    let db = Db::default();
+    db.insert(entry("e1", "v1"));
+    let cache: Cache<Option<Entry>, S> = Cache::new(store);
+    let loader = ServiceBuilder::new()
+        .map_err(SharedError::from as fn(tower::BoxError) -> SharedError)
+        .timeout(Duration::from_millis(100))
+        .service(db.clone());
+    let service = CacheLayer::cache_aside(cache)
+        .ttl(Duration::from_millis(150))
+        .fail_safe(Duration::from_secs(30), Duration::from_millis(100))
+        .layer(loader);
+    service.clone().oneshot(get(&keys, "e1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    db.latency_ms.store(1000, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    // Stale entry: the timed-out reload is answered with the stale value.
+    assert_eq!(
+        service.clone().oneshot(get(&keys, "e1")).await.unwrap(),
+        Some(entry("e1", "v1"))
+    );
+    // No stale entry: the timeout is the error.
+    let cold = service.oneshot(get(&keys, "cold")).await.unwrap_err();
+    assert!(cold.to_string().contains("timed out"), "{cold}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+async fn early_expiration_reloads_before_expiry_without_waiting<S: Store>(store: S, prefix: &str) {
+    let keys = KeyBuilder::new().prefix(prefix);
+    let db = Db::default();
+    db.insert(entry("e1", "v1"));
+    db.latency_ms.store(100, Ordering::SeqCst);
+    let cache: Cache<Option<Entry>, S> = Cache::new(store);
+    let eager = CacheLayer::read_through(cache.clone())
+        .ttl(Duration::from_millis(1000))
+        .early_expiration(5.0)
+        .layer(db.clone());
+    eager.clone().oneshot(get(&keys, "e1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        eager.clone().oneshot(get(&keys, "e1")).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "a hit waited for a reload"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(db.reads() >= 2, "XFetch never reloaded");
+
+    // beta = 0: never early.
+    let reads = db.reads();
+    let lazy = CacheLayer::read_through(cache)
+        .key(|req: &GetEntry| req.keys.config(&req.id))
+        .ttl(Duration::from_millis(1000))
+        .early_expiration(0.0)
+        .layer(db.clone());
+    lazy.clone().oneshot(get(&keys, "e1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..20 {
+        lazy.clone().oneshot(get(&keys, "e1")).await.unwrap();
+    }
+    assert_eq!(db.reads(), reads + 1);
+}
+
 macro_rules! on_both_stores {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -829,6 +978,10 @@ on_both_stores!(
     refresh_ahead_reloads_hot_keys_in_the_background,
     negative_caching_is_off_by_default_and_uses_its_own_ttl,
     cache_if_rejects_values,
+    fail_safe_serves_stale_values_when_the_loader_fails,
+    soft_timeout_serves_stale_while_the_reload_finishes,
+    hard_timeout_is_tower_timeout_and_fail_safe_answers_it,
+    early_expiration_reloads_before_expiry_without_waiting,
 );
 
 /// Readiness: a loader or writer that is not ready makes the layered service not ready,

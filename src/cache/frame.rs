@@ -8,7 +8,14 @@
 //! 2       1     flags (reserved, 0)
 //! 3       8     stored at, Unix milliseconds, little endian
 //! 11      8     fresh until, Unix milliseconds, little endian (0: no expiry)
-//! 19      …     payload: the value as the codec encodes it
+//! 19      4     how long the load that produced it took, milliseconds (for XFetch)
+//! 23      …     payload: the value as the codec encodes it
+//! ```
+//!
+//! With fail-safe, an entry outlives its freshness: Redis or moka keep it for its TTL plus a
+//! grace period, and readers tell fresh from stale by "fresh until".
+//!
+//! ```text
 //! ```
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,13 +27,14 @@ use crate::codec::Codec;
 
 const MAGIC: u8 = 0xCA;
 const VERSION: u8 = 1;
-pub(crate) const HEADER_LEN: usize = 19;
+pub(crate) const HEADER_LEN: usize = 23;
 
 /// When a cached value was stored and until when it is fresh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Header {
     pub(crate) stored_at_ms: u64,
     pub(crate) fresh_until_ms: Option<u64>,
+    pub(crate) load_ms: u32,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -45,7 +53,13 @@ impl Header {
         Header {
             stored_at_ms,
             fresh_until_ms: ttl.map(|ttl| stored_at_ms.saturating_add(millis(ttl)).max(1)),
+            load_ms: 0,
         }
+    }
+
+    /// Whether the value is past its freshness at `now_ms` (kept only for fail-safe).
+    pub(crate) fn is_stale(&self, now_ms: u64) -> bool {
+        self.fresh_until_ms.is_some_and(|until| until <= now_ms)
     }
 }
 
@@ -59,6 +73,7 @@ pub(crate) fn encode<V: serde::Serialize, C: Codec>(
     buf.extend_from_slice(&[MAGIC, VERSION, 0]);
     buf.extend_from_slice(&header.stored_at_ms.to_le_bytes());
     buf.extend_from_slice(&header.fresh_until_ms.unwrap_or(0).to_le_bytes());
+    buf.extend_from_slice(&header.load_ms.to_le_bytes());
     codec
         .encode_into(value, &mut buf)
         .map_err(CacheError::Encode)?;
@@ -88,10 +103,13 @@ pub(crate) fn split(bytes: &[u8]) -> Result<(Header, &[u8]), CacheError> {
         u64::from_le_bytes(le)
     };
     let fresh_until = word(11);
+    let mut load_ms = [0u8; 4];
+    load_ms.copy_from_slice(&bytes[19..23]);
     Ok((
         Header {
             stored_at_ms: word(3),
             fresh_until_ms: (fresh_until != 0).then_some(fresh_until),
+            load_ms: u32::from_le_bytes(load_ms),
         },
         &bytes[HEADER_LEN..],
     ))

@@ -339,7 +339,11 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         value: &V,
         ttl: Option<Duration>,
     ) -> Result<StoreValue, CacheError> {
-        let bytes = frame::encode(&self.shared.codec, Header::new(ttl), value)?;
+        self.encode_with(value, Header::new(ttl))
+    }
+
+    fn encode_with(&self, value: &V, header: Header) -> Result<StoreValue, CacheError> {
+        let bytes = frame::encode(&self.shared.codec, header, value)?;
         if bytes.len() > self.shared.max_value_size {
             return Err(CacheError::ValueTooLarge {
                 size: bytes.len(),
@@ -753,6 +757,34 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             cache.flights().finish(&owned_key, id);
             result
         })
+    }
+
+    /// Caches `value` fresh for `fresh`, kept `grace` longer for fail-safe, recording how long
+    /// its load took (for XFetch); logs instead of failing.
+    pub(crate) async fn store_entry(
+        &self,
+        strategy: Strategy,
+        key: &Key,
+        value: &V,
+        fresh: Option<Duration>,
+        grace: Duration,
+        load: Duration,
+    ) {
+        if self.is_closed() {
+            return;
+        }
+        let mut header = Header::new(fresh);
+        header.load_ms = u32::try_from(load.as_millis()).unwrap_or(u32::MAX);
+        let keep = fresh.map(|fresh| fresh + grace);
+        let stored = self
+            .observed(Operation::Set, strategy, async {
+                let stored = self.encode_with(value, header)?;
+                Ok(self.shared.store.set(key, stored, keep).await?)
+            })
+            .await;
+        if let Err(error) = stored {
+            tracing::warn!(key = %KeyDigest(key), %error, "value not cached");
+        }
     }
 
     /// Caches `value`, logging instead of failing: for paths where caching is an

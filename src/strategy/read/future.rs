@@ -13,7 +13,7 @@ use crate::cache::{unwrap_outcome, Cacheable, Lookup, SharedLoad};
 use crate::codec::Codec;
 use crate::key::Key;
 use crate::layer::CacheLayer;
-use crate::metrics::{KeyDigest, Operation, Strategy};
+use crate::metrics::{KeyDigest, Observer, Operation, Strategy};
 use crate::store::Store;
 use crate::strategy::Predicate;
 use crate::ttl::TtlPolicy;
@@ -48,6 +48,11 @@ where
     Load {
         #[pin]
         load: SharedLoad<S::Value, Svc::Error>,
+        stale: Option<S::Value>,
+        #[pin]
+        soft_timeout: Option<tokio::time::Sleep>,
+        observer: Observer,
+        strategy: Strategy,
     },
     Bypass {
         #[pin]
@@ -106,14 +111,25 @@ where
         Some(ttl.ttl(key, value))
     }
 
-    /// Whether a hit stored with `header` is in its refresh-ahead window.
-    fn refresh_due(&self, header: &Header) -> bool {
-        let (Some(fraction), Some(until)) = (self.refresh_ahead, header.fresh_until_ms) else {
+    /// Whether a hit stored with `header` should be reloaded in the background now: in its
+    /// refresh-ahead window, or chosen by XFetch.
+    fn refresh_due(&self, header: &Header, now: u64) -> bool {
+        let Some(until) = header.fresh_until_ms else {
             return false;
         };
-        let whole = until.saturating_sub(header.stored_at_ms) as f64;
-        let left = until.saturating_sub(now_ms()) as f64;
-        left <= whole * fraction
+        if let Some(fraction) = self.refresh_ahead {
+            let whole = until.saturating_sub(header.stored_at_ms) as f64;
+            if until.saturating_sub(now) as f64 <= whole * fraction {
+                return true;
+            }
+        }
+        if let Some(beta) = self.early_expiration {
+            // now − δ·β·ln(rand) ≥ expiry, with δ the last load's duration.
+            let delta = f64::from(header.load_ms.max(1));
+            let draw = fastrand::f64().max(f64::MIN_POSITIVE);
+            return now as f64 - delta * beta * draw.ln() >= until as f64;
+        }
+        false
     }
 }
 
@@ -166,12 +182,14 @@ where
 }
 
 /// Calls the loader as the one load of `key` (or joins the load in flight; then `false`)
-/// and caches what the strategy admits.
+/// and caches what the strategy admits — or, when the load fails and a stale value is known,
+/// keeps serving that for fail-safe's throttle.
 fn load<Svc, Req, M, V, St, C, P, N, K, T>(
     layer: &Arc<CacheLayer<Read<M, V, St, C, P, N>, K, T>>,
     key: &Key,
     mut inner: Svc,
     request: Req,
+    stale: Option<V>,
 ) -> (SharedLoad<V, Svc::Error>, bool)
 where
     Svc: Service<Req, Response = V> + Send + 'static,
@@ -187,16 +205,43 @@ where
     K: Send + Sync + 'static,
     T: TtlPolicy<V> + Send + Sync + 'static,
 {
-    let admission = {
-        let (layer, key) = (layer.clone(), key.clone());
-        move |value: &V| layer.strategy.admission(&layer.ttl, &key, value)
-    };
-    // `call` runs on the load's own task, not under the coalescing lock.
-    let call = async move { inner.call(request).await };
-    layer
-        .strategy
-        .cache
-        .load_coalesced(strategy::<M>(), key, admission, call)
+    let layer = layer.clone();
+    let owned_key = key.clone();
+    let started = Instant::now();
+    let flights = layer.strategy.cache.clone();
+    flights.flights().join_or_start(key, move |id| async move {
+        // `call` runs on the load's own task, not under the coalescing lock.
+        let result = inner.call(request).await;
+        let read = &layer.strategy;
+        let grace = read.fail_safe.map_or(Duration::ZERO, |f| f.grace);
+        match &result {
+            Ok(value) => {
+                if let Some(ttl) = read.admission(&layer.ttl, &owned_key, value) {
+                    let took = started.elapsed();
+                    read.cache
+                        .store_entry(strategy::<M>(), &owned_key, value, ttl, grace, took)
+                        .await;
+                }
+            }
+            Err(_) => {
+                if let (Some(stale), Some(fail_safe)) = (&stale, read.fail_safe) {
+                    let throttle = Some(fail_safe.throttle);
+                    read.cache
+                        .store_entry(
+                            strategy::<M>(),
+                            &owned_key,
+                            stale,
+                            throttle,
+                            grace,
+                            Duration::ZERO,
+                        )
+                        .await;
+                }
+            }
+        }
+        read.cache.flights().finish(&owned_key, id);
+        result
+    })
 }
 
 /// The `strategy` label of a read mode.
@@ -252,34 +297,76 @@ where
                         }
                     };
                     let (inner, request) = call.take().expect("lookup polled after completion");
-                    match found {
-                        Some(hit) => {
+                    let now = now_ms();
+                    let fail_safe = layer.strategy.fail_safe.is_some();
+                    let stale = match found {
+                        Some(hit) if !(fail_safe && hit.header.is_stale(now)) => {
                             observer.hit(strategy);
                             if layer.strategy.not_found.test(&hit.value) {
                                 observer.negative_hit(strategy);
                             }
                             this.span.record("outcome", "hit");
-                            if layer.strategy.refresh_due(&hit.header) {
+                            if layer.strategy.refresh_due(&hit.header, now) {
                                 // Not awaited: the load runs on its own task, once per key.
-                                if load(layer, &key, inner, request).1 {
+                                if load(layer, &key, inner, request, None).1 {
                                     observer.refresh(strategy);
                                 }
                             }
                             return Poll::Ready(Ok(hit.value));
                         }
-                        None => {
-                            observer.miss(strategy);
-                            let (load, started) = load(layer, &key, inner, request);
-                            if !started {
-                                observer.coalesced(strategy);
+                        Some(stale) => Some(stale.value),
+                        None => None,
+                    };
+                    observer.miss(strategy);
+                    let soft_timeout = layer
+                        .strategy
+                        .soft_timeout
+                        .filter(|_| stale.is_some())
+                        .map(tokio::time::sleep);
+                    let (load, started) = load(layer, &key, inner, request, stale.clone());
+                    if !started {
+                        observer.coalesced(strategy);
+                    }
+                    this.span
+                        .record("outcome", if started { "miss" } else { "coalesced" });
+                    let observer = observer.clone();
+                    this.state.set(State::Load {
+                        load,
+                        stale,
+                        soft_timeout,
+                        observer,
+                        strategy,
+                    });
+                }
+                StateProj::Load {
+                    load,
+                    stale,
+                    soft_timeout,
+                    observer,
+                    strategy,
+                } => {
+                    if let Poll::Ready(outcome) = load.poll(cx) {
+                        return Poll::Ready(match (unwrap_outcome(outcome), stale.take()) {
+                            (Ok(value), _) => Ok(value),
+                            (Err(_), Some(value)) => {
+                                observer.stale_served(*strategy);
+                                this.span.record("outcome", "stale");
+                                Ok(value)
                             }
-                            this.span
-                                .record("outcome", if started { "miss" } else { "coalesced" });
-                            this.state.set(State::Load { load });
+                            (Err(error), None) => Err(error),
+                        });
+                    }
+                    if let Some(timer) = soft_timeout.as_pin_mut() {
+                        if timer.poll(cx).is_ready() {
+                            if let Some(value) = stale.take() {
+                                observer.stale_served(*strategy);
+                                this.span.record("outcome", "stale");
+                                return Poll::Ready(Ok(value));
+                            }
                         }
                     }
+                    return Poll::Pending;
                 }
-                StateProj::Load { load } => return load.poll(cx).map(unwrap_outcome),
                 StateProj::Bypass { future } => return future.poll(cx),
             }
         }

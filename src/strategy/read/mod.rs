@@ -22,7 +22,11 @@
 //!   TTL ends; use write-through or write-around on the write path to shorten that.
 //! - **Read-through's refresh-ahead**: a hit in the last fraction of its TTL returns the
 //!   cached value and reloads it in the background (one reload per key), so a hot key never
-//!   expires under load.
+//!   expires under load; or **XFetch** ([`early_expiration`](crate::CacheLayer::early_expiration)),
+//!   which reloads early with a probability that rises towards expiry.
+//! - **Fail-safe** ([`fail_safe`](crate::CacheLayer::fail_safe), off by default): entries
+//!   outlive their TTL by a grace period; when a stale entry's reload fails (or exceeds the
+//!   [`soft_timeout`](crate::CacheLayer::soft_timeout)), the stale value is served instead.
 //!
 //! # Example
 //!
@@ -72,7 +76,18 @@ pub struct Read<M, V, St = MemoryStore, C = Json, P = Always, N = Never> {
     pub(crate) not_found: N,
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) refresh_ahead: Option<f64>,
+    pub(crate) early_expiration: Option<f64>,
+    pub(crate) fail_safe: Option<FailSafe>,
+    pub(crate) soft_timeout: Option<Duration>,
     _mode: PhantomData<fn() -> M>,
+}
+
+/// Fail-safe settings: how long entries outlive their freshness, and how long a stale value
+/// served because the loader failed is served again before the loader is retried.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FailSafe {
+    pub(crate) grace: Duration,
+    pub(crate) throttle: Duration,
 }
 
 /// Cache-aside: the cache sits beside the loader. See the [module docs](self).
@@ -120,6 +135,9 @@ impl<M, V, St, C, P: Clone, N: Clone> Clone for Read<M, V, St, C, P, N> {
             not_found: self.not_found.clone(),
             negative_ttl: self.negative_ttl,
             refresh_ahead: self.refresh_ahead,
+            early_expiration: self.early_expiration,
+            fail_safe: self.fail_safe,
+            soft_timeout: self.soft_timeout,
             _mode: PhantomData,
         }
     }
@@ -132,6 +150,9 @@ impl<M: ReadMode, V, St: fmt::Debug, C: fmt::Debug, P, N> fmt::Debug for Read<M,
             .field("cache", &self.cache)
             .field("negative_ttl", &self.negative_ttl)
             .field("refresh_ahead", &self.refresh_ahead)
+            .field("early_expiration", &self.early_expiration)
+            .field("fail_safe", &self.fail_safe)
+            .field("soft_timeout", &self.soft_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -144,6 +165,9 @@ impl<M, V, St, C> Read<M, V, St, C> {
             not_found: Never,
             negative_ttl: None,
             refresh_ahead: None,
+            early_expiration: None,
+            fail_safe: None,
+            soft_timeout: None,
             _mode: PhantomData,
         }
     }
@@ -173,6 +197,9 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
             not_found: read.not_found,
             negative_ttl: read.negative_ttl,
             refresh_ahead: read.refresh_ahead,
+            early_expiration: read.early_expiration,
+            fail_safe: read.fail_safe,
+            soft_timeout: read.soft_timeout,
             _mode: PhantomData,
         })
     }
@@ -186,6 +213,9 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
             not_found: classifier,
             negative_ttl: read.negative_ttl,
             refresh_ahead: read.refresh_ahead,
+            early_expiration: read.early_expiration,
+            fail_safe: read.fail_safe,
+            soft_timeout: read.soft_timeout,
             _mode: PhantomData,
         })
     }
@@ -194,6 +224,26 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
     /// values), so repeated lookups of a missing key stop reaching the loader.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.strategy.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// Fail-safe (FusionCache's model): entries are kept `grace` past their TTL. When a
+    /// stale entry's reload fails, the stale value is served instead of the error (counted
+    /// as `stale_served`) and served again for `throttle` before the loader is retried, so a
+    /// failing source is not hammered.
+    ///
+    /// A hard loader timeout is tower's [`Timeout`](tower::timeout::Timeout) on the loader:
+    /// its error is a failure like any other, answered with the stale value when there is one.
+    pub fn fail_safe(mut self, grace: Duration, throttle: Duration) -> Self {
+        self.strategy.fail_safe = Some(FailSafe { grace, throttle });
+        self
+    }
+
+    /// Soft timeout (with [`fail_safe`](CacheLayer::fail_safe)): when the reload of a stale
+    /// entry takes longer than `timeout`, the stale value is served at once while the reload
+    /// finishes in the background and refreshes the entry.
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.strategy.soft_timeout = Some(timeout);
         self
     }
 }
@@ -208,6 +258,16 @@ impl<V, St, C, P, N, K, T> CacheLayer<ReadThrough<V, St, C, P, N>, K, T> {
         } else {
             0.0
         });
+        self
+    }
+
+    /// Probabilistic early expiration (XFetch, Vattani et al., VLDB 2015), an alternative
+    /// to [`refresh_ahead`](CacheLayer::refresh_ahead): each hit reloads in the background
+    /// with a probability that grows as expiry nears, scaled by how long the last load took
+    /// and by `beta` (1.0 is the paper's optimum; larger refreshes earlier). Concurrent hits
+    /// never synchronise into a herd.
+    pub fn early_expiration(mut self, beta: f64) -> Self {
+        self.strategy.early_expiration = Some(if beta.is_finite() { beta.max(0.0) } else { 1.0 });
         self
     }
 }
