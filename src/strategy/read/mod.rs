@@ -232,7 +232,7 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
     /// as `stale_served`) and served again for `throttle` before the loader is retried, so a
     /// failing source is not hammered.
     ///
-    /// A hard loader timeout is tower's [`Timeout`](tower::timeout::Timeout) on the loader:
+    /// A hard loader timeout is tower's `timeout::Timeout` (feature `timeout`) on the loader:
     /// its error is a failure like any other, answered with the stale value when there is one.
     pub fn fail_safe(mut self, grace: Duration, throttle: Duration) -> Self {
         self.strategy.fail_safe = Some(FailSafe { grace, throttle });
