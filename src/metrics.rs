@@ -15,6 +15,8 @@
 //! | `{ns}_cache_stale_served_total` | counter | `strategy` |
 //! | `{ns}_cache_write_behind_retries_total` | counter | |
 //! | `{ns}_cache_write_behind_dead_letters_total` | counter | |
+//! | `{ns}_cache_circuit_state` | gauge: 0 closed, 1 open, 2 half-open | |
+//! | `{ns}_cache_circuit_opened_total` | counter | |
 //!
 //! `strategy` is one of `cache_aside`, `read_through`, `write_through`, `write_behind`,
 //! `write_around`, or `direct` for calls on the [`Cache`](crate::Cache) handle itself
@@ -159,6 +161,8 @@ struct Handles {
     queue_size: prometheus::IntGauge,
     retries: prometheus::IntCounter,
     dead_letters: prometheus::IntCounter,
+    circuit_state: prometheus::IntGauge,
+    circuit_opened: prometheus::IntCounter,
 }
 
 /// Configures and registers [`Metrics`].
@@ -278,6 +282,14 @@ impl MetricsBuilder {
             "Write-behind writes abandoned after their last attempt.",
         ))?;
 
+        let circuit_state = IntGauge::with_opts(opts(
+            "cache_circuit_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+        ))?;
+        let circuit_opened = IntCounter::with_opts(opts(
+            "cache_circuit_opened_total",
+            "Times the circuit breaker opened.",
+        ))?;
         let collectors = || -> Vec<Box<dyn prometheus::core::Collector>> {
             vec![
                 Box::new(hits.clone()),
@@ -292,6 +304,8 @@ impl MetricsBuilder {
                 Box::new(stale_served.clone()),
                 Box::new(retries.clone()),
                 Box::new(dead_letters.clone()),
+                Box::new(circuit_state.clone()),
+                Box::new(circuit_opened.clone()),
             ]
         };
         for (index, collector) in collectors().into_iter().enumerate() {
@@ -326,13 +340,15 @@ impl MetricsBuilder {
                 queue_size,
                 retries,
                 dead_letters,
+                circuit_state,
+                circuit_opened,
             }),
         })
     }
 }
 
 /// Records what the cache does: into [`Metrics`] when the cache has them, nowhere otherwise.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Observer {
     #[cfg(feature = "metrics")]
     metrics: Option<Metrics>,
@@ -429,6 +445,22 @@ impl Observer {
         #[cfg(feature = "metrics")]
         if let Some(metrics) = &self.metrics {
             metrics.inner.retries.inc();
+        }
+    }
+
+    /// Sets the circuit breaker gauge.
+    pub(crate) fn circuit_state(&self, _state: i64) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.inner.circuit_state.set(_state);
+        }
+    }
+
+    /// Counts an opening of the circuit.
+    pub(crate) fn circuit_opened(&self) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.inner.circuit_opened.inc();
         }
     }
 

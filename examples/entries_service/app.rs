@@ -24,7 +24,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 use tower_caching::key::KeyBuilder;
 use tower_caching::metrics::Metrics;
-use tower_caching::store::{RedisConfig, RedisStore, Store};
+use tower_caching::store::{CircuitBreaker, RedisConfig, RedisStore, Store};
 use tower_caching::strategy::Invalidation;
 use tower_caching::ttl::{self, Jitter};
 use tower_caching::{Cache, CacheLayer, Cacheable, MemoryStore};
@@ -347,8 +347,11 @@ impl App {
                 (s, c, "memory".to_string())
             }
             CacheBackend::Redis(redis) => {
-                // Lazy: the service starts, and answers from the database, while Redis is down.
-                let store = RedisStore::connect_lazy(redis.clone())?;
+                // Lazy: the service starts, and answers from the database, while Redis is down;
+                // the breaker stops paying command timeouts while it stays down.
+                let store = CircuitBreaker::builder(RedisStore::connect_lazy(redis.clone())?)
+                    .metrics(&metrics)
+                    .build();
                 let (s, c) = services(store, &database, &config, metrics, registry);
                 (
                     s,

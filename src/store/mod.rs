@@ -37,10 +37,12 @@ use bytes::Bytes;
 
 use crate::key::{Key, Pattern};
 
+mod breaker;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 
+pub use self::breaker::{BreakerGet, CircuitBreaker, CircuitBreakerBuilder};
 pub use self::memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -222,6 +224,9 @@ pub enum StoreError {
         /// The timeout that elapsed.
         timeout: Duration,
     },
+    /// A [`CircuitBreaker`] is open: the operation was not sent.
+    #[error("cache store unavailable: circuit open")]
+    Unavailable,
     /// The backend answered with an error.
     #[error("cache store operation `{operation}` failed")]
     Backend {
@@ -234,7 +239,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A short stable name for metrics labels: `connect`, `timeout` or `backend`.
+    /// A short stable name for metrics labels: `connect`, `timeout`, `circuit_open` or
+    /// `backend`.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -246,6 +252,7 @@ impl StoreError {
         match self {
             StoreError::Connect { .. } => "connect",
             StoreError::Timeout { .. } => "timeout",
+            StoreError::Unavailable => "circuit_open",
             StoreError::Backend { .. } => "backend",
         }
     }

@@ -118,7 +118,7 @@ impl RedisConfig {
             password: None,
             db: None,
             connect_timeout: Duration::from_secs(1),
-            command_timeout: Duration::from_millis(100),
+            command_timeout: Duration::from_millis(50),
             retries: 6,
         }
     }
@@ -133,7 +133,7 @@ impl RedisConfig {
     /// | `REDIS_PASSWORD` | password (empty means none) | none |
     /// | `REDIS_DB` | database number | `0` |
     /// | `REDIS_CONNECT_TIMEOUT` | e.g. `500ms`, `1s` | `1s` |
-    /// | `REDIS_COMMAND_TIMEOUT` | e.g. `100ms` | `100ms` |
+    /// | `REDIS_COMMAND_TIMEOUT` | e.g. `100ms` | `50ms` |
     /// | `REDIS_MAX_RETRIES` | reconnection attempts per outage | `6` |
     /// | `REDIS_POOL_SIZE`, `REDIS_MIN_IDLE_CONNS` | validated, then unused | — |
     ///
@@ -223,7 +223,7 @@ impl RedisConfig {
         self
     }
 
-    /// Bounds every command, including the wait for a connection. Default 100 ms: a cache in
+    /// Bounds every command, including the wait for a connection. Default 50 ms: a cache in
     /// a request path should give up long before the request does.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
