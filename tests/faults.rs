@@ -213,7 +213,7 @@ async fn no_request_fails_and_no_write_is_lost_while_redis_is_killed_and_paused(
                     acknowledged.lock().unwrap().insert(ispb, seq);
                 }
 
-                if seq % 5 == 0 {
+                if seq.is_multiple_of(5) {
                     let started = Instant::now();
                     let created = writer
                         .clone()
