@@ -572,3 +572,45 @@ async fn refresh_ahead_reloads_in_the_background() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(call(&app, get_req("/r")).await.2, "body 2");
 }
+
+#[tokio::test]
+async fn fail_safe_serves_stale_responses_when_the_route_fails() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = Arc::new(AtomicU32::new(0));
+    let (f, c) = (failing.clone(), calls.clone());
+    let route = get(move || {
+        let (f, c) = (f.clone(), c.clone());
+        async move {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            if f.load(Ordering::SeqCst) {
+                (StatusCode::SERVICE_UNAVAILABLE, "down".to_string())
+            } else {
+                (StatusCode::OK, format!("body {n}"))
+            }
+        }
+    });
+    let app = app_with(Cache::in_memory(), route, |l| {
+        l.ttl(tower_caching::ttl::FixedTtl(Duration::from_millis(200)))
+            .fail_safe(Duration::from_secs(30), Duration::from_millis(300))
+    });
+    assert_eq!(call(&app, get_req("/r")).await.2, "body 1");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    failing.store(true, Ordering::SeqCst);
+    let (status, headers, body) = call(&app, get_req("/r")).await;
+    assert_eq!(
+        (status, headers["x-cache"].to_str().unwrap(), body.as_str()),
+        (StatusCode::OK, "STALE", "body 1")
+    );
+    // Throttled: the failing route is not asked again for a while.
+    for _ in 0..3 {
+        assert_eq!(call(&app, get_req("/r")).await.2, "body 1");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (_, headers, body) = call(&app, get_req("/r")).await;
+    assert_eq!(
+        (headers["x-cache"].to_str().unwrap(), body.as_str()),
+        ("MISS", "body 3")
+    );
+}

@@ -45,8 +45,8 @@ use crate::BoxError;
 ///   streamed through, not cached (counted as a `too_large` error).
 /// - `Cache-Control: no-cache` on a request skips the lookup and refreshes the entry.
 ///
-/// Responses carry `x-cache: HIT` or `MISS` (name configurable, or off) and, on hits, an
-/// `Age` in seconds. Concurrent misses of one key make one inner call; its response is
+/// Responses carry `x-cache: HIT`, `MISS` or (with [`fail_safe`](HttpCacheLayer::fail_safe))
+/// `STALE` (name configurable, or off) and, on hits, an `Age` in seconds. Concurrent misses of one key make one inner call; its response is
 /// shared only if it is stored — a response that is not (it may be private) is never handed
 /// to another request, which calls the inner service itself.
 ///
@@ -77,6 +77,7 @@ struct Settings<St, C, K, T> {
     cache_header: Option<HeaderName>,
     forward_headers: Vec<HeaderName>,
     refresh_ahead: Option<f64>,
+    fail_safe: Option<(Duration, Duration)>,
 }
 
 impl<St, C, K, T> Clone for HttpCacheLayer<St, C, K, T> {
@@ -101,6 +102,7 @@ impl<St, C, K: Clone, T: Clone> Clone for Settings<St, C, K, T> {
                 cache_header: s.cache_header.clone(),
                 forward_headers: s.forward_headers.clone(),
                 refresh_ahead: s.refresh_ahead,
+                fail_safe: s.fail_safe,
             }
         }
     }
@@ -131,6 +133,7 @@ impl<St, C> HttpCacheLayer<St, C> {
                 cache_header: Some(HeaderName::from_static("x-cache")),
                 forward_headers: Vec::new(),
                 refresh_ahead: None,
+                fail_safe: None,
             }),
         }
     }
@@ -155,6 +158,7 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
                 cache_header: s.cache_header,
                 forward_headers: s.forward_headers,
                 refresh_ahead: s.refresh_ahead,
+                fail_safe: s.fail_safe,
             }),
         }
     }
@@ -174,6 +178,7 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
                 cache_header: s.cache_header,
                 forward_headers: s.forward_headers,
                 refresh_ahead: s.refresh_ahead,
+                fail_safe: s.fail_safe,
             }),
         }
     }
@@ -214,6 +219,14 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
             0.0
         };
         self.update(|s| s.refresh_ahead = Some(fraction))
+    }
+
+    /// Fail-safe: responses are kept `grace` past their TTL, and when the reload of a stale
+    /// one fails — the inner service answers 5xx or errs — the stale response is served
+    /// with `x-cache: STALE` (counted as `stale_served`) and served again for `throttle`
+    /// before the inner service is asked again.
+    pub fn fail_safe(self, grace: Duration, throttle: Duration) -> Self {
+        self.update(|s| s.fail_safe = Some((grace, throttle)))
     }
 
     /// Leaves out the `HIT`/`MISS` header.
@@ -289,8 +302,8 @@ pub type ResponseFuture<B, E> =
 enum Shareable {
     /// The response was stored: everyone may be served it.
     Stored(CachedResponse),
-    /// It was not: only the request that caused it gets it.
-    Private,
+    /// It was not: only the request that caused it gets it. `failed`: it was a 5xx.
+    Private { failed: bool },
 }
 
 fn has_token(value: &HeaderValue, tokens: &[&str]) -> bool {
@@ -444,6 +457,7 @@ where
 {
     let cache = &settings.cache;
     let observer = cache.observer();
+    let mut stale = None;
     let strategy = if settings.refresh_ahead.is_some() {
         Strategy::ReadThrough
     } else {
@@ -453,10 +467,17 @@ where
         let started = observer.start();
         let found = cache.lookup(&key).await;
         observer.finish(Operation::Get, strategy, started);
+        let now = now_ms();
+        let found = match found {
+            Ok(Some(hit)) if settings.fail_safe.is_some() && hit.header.is_stale(now) => {
+                stale = Some(hit);
+                Ok(None)
+            }
+            found => found,
+        };
         match found {
             Ok(Some(hit)) => {
                 observer.hit(strategy);
-                let now = now_ms();
                 if refresh_due(settings.refresh_ahead, &hit.header, now) {
                     // Not awaited: the reload runs on its own task, once per key; its
                     // response, if private, is dropped.
@@ -481,15 +502,47 @@ where
 
     let (private_tx, private_rx) = oneshot::channel();
     let (load, unused) = start_load(&settings, &key, inner, request, private_tx);
-    match (unwrap_outcome(load.await)?, unused) {
-        (Shareable::Stored(cached), _) => Ok(settings.respond(cached, "MISS", None)),
-        // The leader: its own response, handed over privately.
-        (Shareable::Private, None) => match private_rx.await {
-            Ok(response) => Ok(response),
-            Err(_) => unreachable!("the load sends the private response before it ends"),
+    let outcome = unwrap_outcome(load.await);
+    let serve_stale = |stale: crate::cache::Hit<CachedResponse>| {
+        observer.stale_served(strategy);
+        let age = now_ms().saturating_sub(stale.header.stored_at_ms) / 1000;
+        settings.respond(stale.value, "STALE", Some(age))
+    };
+    let (shared, unused) = match (outcome, stale) {
+        (Ok(shared), stale) => ((shared, stale), unused),
+        (Err(_), Some(stale)) => return Ok(serve_stale(stale)),
+        (Err(error), None) => return Err(error),
+    };
+    match (shared, unused) {
+        ((Shareable::Stored(cached), _), _) => Ok(settings.respond(cached, "MISS", None)),
+        // The leader: its own response, handed over privately — unless it is a failure and a
+        // stale response can stand in for it.
+        ((Shareable::Private { .. }, stale), None) => match (private_rx.await, stale) {
+            (Ok(response), Some(stale)) if response.status().is_server_error() => {
+                let throttle = settings
+                    .fail_safe
+                    .map(|(grace, throttle)| (grace, throttle));
+                if let Some((grace, throttle)) = throttle {
+                    cache
+                        .store_entry(
+                            strategy,
+                            &key,
+                            &stale.value,
+                            Some(throttle),
+                            grace,
+                            Duration::ZERO,
+                        )
+                        .await;
+                }
+                Ok(serve_stale(stale))
+            }
+            (Ok(response), _) => Ok(response),
+            (Err(_), _) => unreachable!("the load sends the private response before it ends"),
         },
+        // A failure elsewhere, and something stale to stand in for it.
+        ((Shareable::Private { failed: true }, Some(stale)), Some(_)) => Ok(serve_stale(stale)),
         // Another request's private response is not ours to serve: ask the inner service.
-        (Shareable::Private, Some((mut inner, request))) => {
+        ((Shareable::Private { .. }, _), Some((mut inner, request))) => {
             observer.coalesced(strategy);
             Ok(inner.call(request).await?.map(CacheBody::stream))
         }
@@ -562,23 +615,35 @@ where
 {
     let (parts, body) = call.await?.into_parts();
     let Some(ttl_cap) = settings.admits::<ReqBody>(&parts, &settings.key) else {
+        let failed = parts.status.is_server_error();
         let _ = private.send(Response::from_parts(parts, CacheBody::stream(body)));
-        return Ok(Shareable::Private);
+        return Ok(Shareable::Private { failed });
     };
     match read_limited(body, settings.max_body_size).await {
         Read::Complete(bytes) => {
             let cached = CachedResponse::new(&parts, bytes);
             let ttl = ttl_cap.or_else(|| settings.ttl.ttl(key, &cached));
+            let grace = settings
+                .fail_safe
+                .map_or(Duration::ZERO, |(grace, _)| grace);
             settings
                 .cache
-                .store_best_effort(Strategy::CacheAside, key, &cached, ttl)
+                .store_entry(
+                    Strategy::CacheAside,
+                    key,
+                    &cached,
+                    ttl,
+                    grace,
+                    Duration::ZERO,
+                )
                 .await;
             Ok(Shareable::Stored(cached))
         }
         Read::Partial(frames, rest) => {
             settings.cache.observer().error(Operation::Set, "too_large");
+            let failed = parts.status.is_server_error();
             let _ = private.send(Response::from_parts(parts, CacheBody::resume(frames, rest)));
-            Ok(Shareable::Private)
+            Ok(Shareable::Private { failed })
         }
     }
 }
