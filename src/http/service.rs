@@ -519,9 +519,7 @@ where
         // stale response can stand in for it.
         ((Shareable::Private { .. }, stale), None) => match (private_rx.await, stale) {
             (Ok(response), Some(stale)) if response.status().is_server_error() => {
-                let throttle = settings
-                    .fail_safe
-                    .map(|(grace, throttle)| (grace, throttle));
+                let throttle = settings.fail_safe;
                 if let Some((grace, throttle)) = throttle {
                     cache
                         .store_entry(
