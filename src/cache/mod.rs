@@ -575,6 +575,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         E: Clone + Send + Sync + 'static,
     {
         let strategy = Strategy::CacheAside;
+        let mut store_healthy = true;
         match self
             .observed(Operation::Get, strategy, self.lookup(key))
             .await
@@ -585,6 +586,8 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             }
             Ok(None) => {}
             Err(error) => {
+                // A failing store is not written to after the load: one timeout is enough.
+                store_healthy = !matches!(error, CacheError::Store(_));
                 tracing::warn!(key = %KeyDigest(key), %error, "cache lookup failed, loading")
             }
         }
@@ -596,7 +599,8 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             }
         }
         let load = loader();
-        let (load, started) = self.load_coalesced(strategy, key, move |_| Some(ttl), load);
+        let (load, started) =
+            self.load_coalesced(strategy, key, move |_| store_healthy.then_some(ttl), load);
         if !started {
             self.observer().coalesced(strategy);
         }
@@ -784,6 +788,41 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             .await;
         if let Err(error) = stored {
             tracing::warn!(key = %KeyDigest(key), %error, "value not cached");
+        }
+    }
+
+    /// Stores `value` under `key` — or, when there is no value or it cannot be stored, deletes
+    /// `key`, so that the previous value is not served after a write. When the store itself
+    /// is failing, the delete runs in the background: the caller waits for one timeout, not
+    /// two. Logs instead of failing.
+    pub(crate) async fn store_or_invalidate(
+        &self,
+        strategy: Strategy,
+        key: &Key,
+        value: Option<&V>,
+        ttl: Option<Duration>,
+    ) {
+        let stored = match value {
+            Some(value) => self.set_as(strategy, key, value, ttl).await,
+            None => Ok(()),
+        };
+        if value.is_some() && stored.is_ok() {
+            return;
+        }
+        if let Err(error) = &stored {
+            tracing::warn!(key = %KeyDigest(key), %error, "could not cache the written value, invalidating");
+        }
+        let cache = self.clone();
+        let key = key.clone();
+        let invalidate = async move {
+            if let Err(error) = cache.delete_as(strategy, &key).await {
+                tracing::error!(key = %KeyDigest(&key), %error, "could not invalidate the key either: its previous value may be served until it expires");
+            }
+        };
+        if matches!(stored, Err(CacheError::Store(_))) {
+            tokio::spawn(invalidate);
+        } else {
+            invalidate.await;
         }
     }
 

@@ -458,6 +458,7 @@ where
     let cache = &settings.cache;
     let observer = cache.observer();
     let mut stale = None;
+    let mut store_healthy = true;
     let strategy = if settings.refresh_ahead.is_some() {
         Strategy::ReadThrough
     } else {
@@ -482,7 +483,7 @@ where
                     // Not awaited: the reload runs on its own task, once per key; its
                     // response, if private, is dropped.
                     let (load, unused) =
-                        start_load(&settings, &key, inner, request, oneshot::channel().0);
+                        start_load(&settings, &key, inner, request, oneshot::channel().0, true);
                     drop(load);
                     if unused.is_none() {
                         observer.refresh(strategy);
@@ -494,6 +495,8 @@ where
             Ok(None) => {}
             Err(error) => {
                 observer.error(Operation::Get, error.kind());
+                // A failing store is not written to after the load: one timeout is enough.
+                store_healthy = !matches!(error, crate::CacheError::Store(_));
                 tracing::warn!(key = %KeyDigest(&key), %error, "cache lookup failed, loading");
             }
         }
@@ -501,7 +504,7 @@ where
     observer.miss(strategy);
 
     let (private_tx, private_rx) = oneshot::channel();
-    let (load, unused) = start_load(&settings, &key, inner, request, private_tx);
+    let (load, unused) = start_load(&settings, &key, inner, request, private_tx, store_healthy);
     let outcome = unwrap_outcome(load.await);
     let serve_stale = |stale: crate::cache::Hit<CachedResponse>| {
         observer.stale_served(strategy);
@@ -569,6 +572,7 @@ fn start_load<Svc, ReqBody, ResBody, St, C, K, T>(
     inner: Svc,
     request: Request<ReqBody>,
     private: oneshot::Sender<Response<CacheBody<ResBody>>>,
+    store_healthy: bool,
 ) -> Started<ReqBody, Svc>
 where
     Svc: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -588,7 +592,8 @@ where
         key,
         (inner, request),
         move |id, (mut inner, request): (Svc, Request<ReqBody>)| async move {
-            let outcome = load(&load_settings, &load_key, inner.call(request), private).await;
+            let call = inner.call(request);
+            let outcome = load(&load_settings, &load_key, call, private, store_healthy).await;
             load_settings.cache.flights().finish(&load_key, id);
             outcome
         },
@@ -602,6 +607,7 @@ async fn load<Fut, ResBody, E, St, C, K, T, ReqBody>(
     key: &Key,
     call: Fut,
     private: oneshot::Sender<Response<CacheBody<ResBody>>>,
+    store_healthy: bool,
 ) -> Result<Shareable, E>
 where
     Fut: Future<Output = Result<Response<ResBody>, E>>,
@@ -624,17 +630,19 @@ where
             let grace = settings
                 .fail_safe
                 .map_or(Duration::ZERO, |(grace, _)| grace);
-            settings
-                .cache
-                .store_entry(
-                    Strategy::CacheAside,
-                    key,
-                    &cached,
-                    ttl,
-                    grace,
-                    Duration::ZERO,
-                )
-                .await;
+            if store_healthy {
+                let cache = &settings.cache;
+                cache
+                    .store_entry(
+                        Strategy::CacheAside,
+                        key,
+                        &cached,
+                        ttl,
+                        grace,
+                        Duration::ZERO,
+                    )
+                    .await;
+            }
             Ok(Shareable::Stored(cached))
         }
         Read::Partial(frames, rest) => {

@@ -313,22 +313,30 @@ async fn invalidate<V: Cacheable, St: Store, C: Codec>(
     cache: Cache<V, St, C>,
     invalidation: Invalidation,
 ) {
-    if !invalidation.keys.is_empty() {
+    // Concurrently: a failing store costs the response one timeout, not one per command.
+    let keys = async {
+        if invalidation.keys.is_empty() {
+            return;
+        }
         if let Err(error) = cache
             .delete_many_as(Strategy::WriteAround, &invalidation.keys)
             .await
         {
             tracing::error!(keys = invalidation.keys.len(), %error, "write-around could not invalidate keys: stale values may be served until they expire");
         }
-    }
-    for pattern in &invalidation.patterns {
-        if let Err(error) = cache
-            .delete_pattern_as(Strategy::WriteAround, pattern)
-            .await
-        {
-            tracing::error!(%pattern, %error, "write-around could not invalidate a pattern: stale values may be served until they expire");
+    };
+    let patterns = futures_util::future::join_all(invalidation.patterns.iter().map(|pattern| {
+        let cache = &cache;
+        async move {
+            if let Err(error) = cache
+                .delete_pattern_as(Strategy::WriteAround, pattern)
+                .await
+            {
+                tracing::error!(%pattern, %error, "write-around could not invalidate a pattern: stale values may be served until they expire");
+            }
         }
-    }
+    }));
+    futures_util::future::join(keys, patterns).await;
 }
 
 /// The response future of [`WriteAroundService`]: the write, then the invalidation.

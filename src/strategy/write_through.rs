@@ -305,28 +305,6 @@ impl<V, St, C, F> StrategyValue for WriteThrough<V, St, C, F> {
     type Value = V;
 }
 
-/// Stores `value` under `key`, or deletes `key` when that fails, so the previous value is
-/// never served after a successful write.
-async fn store_or_invalidate<V: Cacheable, St: Store, C: Codec>(
-    cache: Cache<V, St, C>,
-    key: Key,
-    value: Option<V>,
-    ttl: Option<std::time::Duration>,
-) {
-    let stored = match &value {
-        Some(value) => cache.set_as(Strategy::WriteThrough, &key, value, ttl).await,
-        None => Ok(()),
-    };
-    if value.is_none() || stored.is_err() {
-        if let Err(error) = &stored {
-            tracing::warn!(key = %KeyDigest(&key), %error, "write-through could not cache the written value, invalidating");
-        }
-        if let Err(error) = cache.delete_as(Strategy::WriteThrough, &key).await {
-            tracing::error!(key = %KeyDigest(&key), %error, "write-through could not invalidate the key either: its previous value may be served until it expires");
-        }
-    }
-}
-
 impl<Fut, Req, Resp, E, V, St, C, F, K, T> Future
     for WriteThroughFuture<Fut, Req, Resp, WriteThrough<V, St, C, F>, K, T>
 where
@@ -356,9 +334,19 @@ where
                         operation = "write",
                         key = %KeyDigest(&key),
                     );
+                    let cache = layer.strategy.cache.clone();
                     let store = Box::pin(
-                        store_or_invalidate(layer.strategy.cache.clone(), key, value, ttl)
-                            .instrument(span),
+                        async move {
+                            cache
+                                .store_or_invalidate(
+                                    Strategy::WriteThrough,
+                                    &key,
+                                    value.as_ref(),
+                                    ttl,
+                                )
+                                .await
+                        }
+                        .instrument(span),
                     );
                     this.state.set(WriteState::Store {
                         store,

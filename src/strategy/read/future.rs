@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::{Read, ReadMode, ReadThroughMode};
 use crate::cache::frame::{now_ms, Header};
-use crate::cache::{unwrap_outcome, Cacheable, Lookup, SharedLoad};
+use crate::cache::{unwrap_outcome, CacheError, Cacheable, Lookup, SharedLoad};
 use crate::codec::Codec;
 use crate::key::Key;
 use crate::layer::CacheLayer;
@@ -190,6 +190,7 @@ fn load<Svc, Req, M, V, St, C, P, N, K, T>(
     mut inner: Svc,
     request: Req,
     stale: Option<V>,
+    store_healthy: bool,
 ) -> (SharedLoad<V, Svc::Error>, bool)
 where
     Svc: Service<Req, Response = V> + Send + 'static,
@@ -215,6 +216,8 @@ where
         let read = &layer.strategy;
         let grace = read.fail_safe.map_or(Duration::ZERO, |f| f.grace);
         match &result {
+            // The lookup already met a failing store: no second timeout for the write.
+            _ if !store_healthy => {}
             Ok(value) => {
                 if let Some(ttl) = read.admission(&layer.ttl, &owned_key, value) {
                     let took = started.elapsed();
@@ -288,6 +291,7 @@ where
                     let result = ready!(lookup.poll(cx));
                     observer.finish(Operation::Get, strategy, *started);
                     let key = key.take().expect("lookup polled after completion");
+                    let store_healthy = !matches!(result, Err(CacheError::Store(_)));
                     let found = match result {
                         Ok(found) => found,
                         Err(error) => {
@@ -308,7 +312,7 @@ where
                             this.span.record("outcome", "hit");
                             if layer.strategy.refresh_due(&hit.header, now) {
                                 // Not awaited: the load runs on its own task, once per key.
-                                if load(layer, &key, inner, request, None).1 {
+                                if load(layer, &key, inner, request, None, true).1 {
                                     observer.refresh(strategy);
                                 }
                             }
@@ -323,7 +327,8 @@ where
                         .soft_timeout
                         .filter(|_| stale.is_some())
                         .map(tokio::time::sleep);
-                    let (load, started) = load(layer, &key, inner, request, stale.clone());
+                    let (load, started) =
+                        load(layer, &key, inner, request, stale.clone(), store_healthy);
                     if !started {
                         observer.coalesced(strategy);
                     }

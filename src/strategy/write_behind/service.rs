@@ -13,9 +13,9 @@ use tracing::Instrument;
 
 use super::queue::Queue;
 use super::{Acknowledge, DeadLetterHook, RequestToValue, WriteBehind};
-use crate::cache::{Cache, Cacheable, PendingWrites};
+use crate::cache::{Cacheable, PendingWrites};
 use crate::codec::Codec;
-use crate::key::{Key, KeyExtractor};
+use crate::key::KeyExtractor;
 use crate::layer::CacheLayer;
 use crate::metrics::{KeyDigest, Strategy};
 use crate::store::Store;
@@ -178,34 +178,25 @@ where
                 );
                 WriteBehindFuture {
                     state: State::Cache {
-                        store: Box::pin(cache_value(cache, key, value, ttl).instrument(span)),
+                        // Reads see the queued value before the writer runs.
+                        store: Box::pin(
+                            async move {
+                                cache
+                                    .store_or_invalidate(
+                                        Strategy::WriteBehind,
+                                        &key,
+                                        value.as_ref(),
+                                        ttl,
+                                    )
+                                    .await
+                            }
+                            .instrument(span),
+                        ),
                         response: Some(response),
                     },
                 }
             }
             Err(request) => WriteBehindFuture::direct(inner.call(request)),
-        }
-    }
-}
-
-/// Caches the queued value, so reads see it before the writer runs; invalidates the key
-/// when there is no value or it cannot be cached, so an older value is not served.
-async fn cache_value<V: Cacheable, St: Store, C: Codec>(
-    cache: Cache<V, St, C>,
-    key: Key,
-    value: Option<V>,
-    ttl: Option<std::time::Duration>,
-) {
-    let stored = match &value {
-        Some(value) => cache.set_as(Strategy::WriteBehind, &key, value, ttl).await,
-        None => Ok(()),
-    };
-    if value.is_none() || stored.is_err() {
-        if let Err(error) = &stored {
-            tracing::warn!(key = %KeyDigest(&key), %error, "write-behind could not cache the queued value, invalidating");
-        }
-        if let Err(error) = cache.delete_as(Strategy::WriteBehind, &key).await {
-            tracing::warn!(key = %KeyDigest(&key), %error, "write-behind could not invalidate the key either");
         }
     }
 }
