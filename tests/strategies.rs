@@ -930,6 +930,55 @@ async fn early_expiration_reloads_before_expiry_without_waiting<S: Store>(store:
     assert_eq!(db.reads(), reads + 1);
 }
 
+async fn a_read_sees_a_queued_write_before_the_writer_runs<S: Store>(store: S, prefix: &str) {
+    let keys = KeyBuilder::new().prefix(prefix);
+    let db = Db::default();
+    let counters: Cache<u64, S> = Cache::new(store);
+    let mut writer = CacheLayer::write_behind(counters.clone())
+        .value(|req: &UpdateMetrics| Some(req.seq))
+        .batch_interval(Duration::from_secs(60))
+        .layer(db.clone());
+    writer
+        .ready()
+        .await
+        .unwrap()
+        .call(update(&keys, "111", 42))
+        .await
+        .unwrap();
+    // The cached copy is gone (evicted, expired, or never written while the store was down).
+    counters.delete(&keys.metrics("111")).await.unwrap();
+
+    // The database still has the old row; reads must not return it.
+    let reads: Cache<Option<u64>, S> = counters.typed();
+    let stale_row = || async { Ok::<_, String>(Some(7)) };
+    assert_eq!(
+        reads
+            .get_or_load(&keys.metrics("111"), None, stale_row)
+            .await,
+        Ok(Some(42))
+    );
+    let reader = CacheLayer::cache_aside(reads.clone())
+        .key(|req: &String| {
+            KeyBuilder::new()
+                .prefix(req.split('|').next().unwrap())
+                .metrics("111")
+        })
+        .layer(tower::service_fn(|_: String| async {
+            Ok::<_, String>(Some(7u64))
+        }));
+    assert_eq!(reader.oneshot(format!("{prefix}|")).await, Ok(Some(42)));
+
+    // Once written, reads go back to the cache and the database.
+    counters.flush_pending_writes().await.unwrap();
+    assert_eq!(db.metrics("111"), Some(42));
+    assert_eq!(
+        reads
+            .get_or_load(&keys.metrics("111"), None, stale_row)
+            .await,
+        Ok(Some(7))
+    );
+}
+
 macro_rules! on_both_stores {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -982,6 +1031,7 @@ on_both_stores!(
     soft_timeout_serves_stale_while_the_reload_finishes,
     hard_timeout_is_tower_timeout_and_fail_safe_answers_it,
     early_expiration_reloads_before_expiry_without_waiting,
+    a_read_sees_a_queued_write_before_the_writer_runs,
 );
 
 /// Readiness: a loader or writer that is not ready makes the layered service not ready,

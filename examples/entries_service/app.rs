@@ -434,7 +434,8 @@ fn services<S: Store>(
     let entries: Cache<Option<Entry>, S> = cache(&metrics).build();
     let created: Cache<Entry, S> = cache(&metrics).build();
     let participant_metrics: Cache<ParticipantMetrics, S> = cache(&metrics).build();
-    let metrics_reads: Cache<Option<ParticipantMetrics>, S> = cache(&metrics).build();
+    // A view of the write-behind cache: its reads see metrics still queued for the database.
+    let metrics_reads: Cache<Option<ParticipantMetrics>, S> = participant_metrics.typed();
     let configs: Cache<Option<Config>, S> = cache(&metrics).build();
     let keys = KeyBuilder::new().prefix(&config.key_prefix);
 
@@ -504,7 +505,6 @@ fn services<S: Store>(
         closer(&participant_metrics),
         closer(&entries),
         closer(&created),
-        closer(&metrics_reads),
         closer(&configs),
     ];
     (services, closers)

@@ -87,6 +87,8 @@ pub(crate) trait PendingWrites: Send + Sync {
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<u64, CacheError>> + Send + '_>>;
     /// Stops the queue after a last flush.
     fn close(&self) -> Pin<Box<dyn Future<Output = Result<u64, CacheError>> + Send + '_>>;
+    /// The framed value of the newest write of `key` still queued or being written.
+    fn pending_value(&self, key: &Key) -> Option<StoreValue>;
 }
 
 impl<V, S, C> Clone for Cache<V, S, C> {
@@ -226,6 +228,38 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.shared.store
+    }
+
+    /// The same cache viewed with another value type: it shares the store, codec, metrics,
+    /// coalescing and write-behind queues. Reads through either see the other's queued
+    /// write-behind writes, so give the reading side of a write-behind key a view of the
+    /// writing side's cache (`Cache<Metrics>` writes, `Cache<Option<Metrics>>` reads).
+    ///
+    /// ```
+    /// # use tower_caching::Cache;
+    /// let counters: Cache<u64> = Cache::in_memory();
+    /// let reads: Cache<Option<u64>> = counters.typed();
+    /// # let _ = reads;
+    /// ```
+    pub fn typed<V2: Cacheable>(&self) -> Cache<V2, S, C> {
+        Cache {
+            shared: self.shared.clone(),
+            _value: PhantomData,
+        }
+    }
+
+    /// The value of a write-behind write of `key` still queued on this cache (or a
+    /// [`typed`](Cache::typed) view of it), newest first: what a read must see before the
+    /// writer has run.
+    pub(crate) fn pending_value(&self, key: &Key) -> Option<V> {
+        let stored = self
+            .pending_queues()
+            .iter()
+            .find_map(|queue| queue.pending_value(key))?;
+        decode::<V, C>(&self.shared.codec, &stored)
+            .map(|hit| hit.value)
+            .map_err(|error| tracing::warn!(key = %KeyDigest(key), %error, "queued value does not decode as this cache's type"))
+            .ok()
     }
 
     pub(crate) fn flights(&self) -> &Flights {
@@ -591,6 +625,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
                 tracing::warn!(key = %KeyDigest(key), %error, "cache lookup failed, loading")
             }
         }
+        if let Some(value) = self.pending_value(key) {
+            self.observer().hit(strategy);
+            return Ok(value);
+        }
         self.observer().miss(strategy);
         if let Some(batch) = self.flights().join_batch::<V, E>(key) {
             self.observer().coalesced(strategy);
@@ -802,11 +840,31 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         value: Option<&V>,
         ttl: Option<Duration>,
     ) {
-        let stored = match value {
-            Some(value) => self.set_as(strategy, key, value, ttl).await,
+        let encoded = value.map(|value| self.encode(value, ttl));
+        self.store_encoded_or_invalidate(strategy, key, encoded, ttl)
+            .await
+    }
+
+    /// [`Cache::store_or_invalidate`] with the value already framed.
+    pub(crate) async fn store_encoded_or_invalidate(
+        &self,
+        strategy: Strategy,
+        key: &Key,
+        encoded: Option<Result<StoreValue, CacheError>>,
+        ttl: Option<Duration>,
+    ) {
+        let value = encoded.is_some();
+        let stored = match encoded {
+            Some(encoded) => {
+                self.observed(Operation::Set, strategy, async {
+                    self.check_open()?;
+                    Ok(self.shared.store.set(key, encoded?, ttl).await?)
+                })
+                .await
+            }
             None => Ok(()),
         };
-        if value.is_some() && stored.is_ok() {
+        if value && stored.is_ok() {
             return;
         }
         if let Err(error) = &stored {

@@ -321,6 +321,13 @@ where
                         Some(stale) => Some(stale.value),
                         None => None,
                     };
+                    // A write-behind write of this key still queued: its value, not the
+                    // loader's older one.
+                    if let Some(value) = layer.strategy.cache.pending_value(&key) {
+                        observer.hit(strategy);
+                        this.span.record("outcome", "pending");
+                        return Poll::Ready(Ok(value));
+                    }
                     observer.miss(strategy);
                     let soft_timeout = layer
                         .strategy

@@ -17,6 +17,7 @@ use super::{DeadLetter, DeadLetterHook, Settings};
 use crate::cache::{CacheError, PendingWrites};
 use crate::key::Key;
 use crate::metrics::{KeyDigest, Observer, Operation};
+use crate::store::StoreValue;
 use crate::BoxError;
 
 /// The queued writes of one write-behind layer, shared by its services, its worker and the
@@ -49,6 +50,8 @@ struct Slot<Req> {
 
 struct Write<Req> {
     request: Req,
+    /// The framed value the write puts in the cache, for reads before the writer runs.
+    value: Option<StoreValue>,
     seq: u64,
     attempts: u32,
     not_before: Instant,
@@ -124,6 +127,7 @@ where
         self: &Arc<Self>,
         key: Key,
         request: Req,
+        value: Option<StoreValue>,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), Req> {
         self.start_worker();
@@ -137,6 +141,7 @@ where
         state.next_seq += 1;
         let write = Write {
             request,
+            value,
             seq,
             attempts: 0,
             not_before: Instant::now(),
@@ -355,6 +360,15 @@ where
 {
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<u64, CacheError>> + Send + '_>> {
         Box::pin(async move { Ok(self.flush_all().await) })
+    }
+
+    fn pending_value(&self, key: &Key) -> Option<StoreValue> {
+        let state = self.lock();
+        let slot = state.slots.get(key)?;
+        slot.pending
+            .as_ref()
+            .or(slot.in_flight.as_ref())
+            .and_then(|write| write.value.clone())
     }
 
     fn close(&self) -> Pin<Box<dyn Future<Output = Result<u64, CacheError>> + Send + '_>> {

@@ -166,9 +166,12 @@ where
         let strategy = &self.layer.strategy;
         let value = strategy.value.value(&request);
         let response = strategy.ack.acknowledge(&request);
-        match self.queue.enqueue(key.clone(), request, permit) {
+        let ttl = value.as_ref().and_then(|v| self.layer.ttl.ttl(&key, v));
+        // Framed once: for the queue (reads before the writer runs) and for the cache.
+        let framed = value.as_ref().map(|v| strategy.cache.encode(v, ttl));
+        let queued = framed.as_ref().and_then(|f| f.as_ref().ok().cloned());
+        match self.queue.enqueue(key.clone(), request, queued, permit) {
             Ok(()) => {
-                let ttl = value.as_ref().and_then(|v| self.layer.ttl.ttl(&key, v));
                 let cache = strategy.cache.clone();
                 let span = tracing::debug_span!(
                     "cache",
