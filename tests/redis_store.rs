@@ -296,3 +296,109 @@ async fn concurrent_callers_under_timeouts_get_their_own_values() {
     }
     assert!(answered >= 2000, "only {answered} answered");
 }
+
+/// `rediss://` against a redis-server with TLS, its certificate signed by a CA made here
+/// with the `openssl` command.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(support::unique_prefix("tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("the openssl command is needed for this test (apt-get install openssl)");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let tls_port_arg = tls_port.to_string();
+    let (cert, key, ca) = (path("server.crt"), path("server.key"), path("ca.crt"));
+    let _server = RedisServer::spawn_with(&[
+        "--tls-port",
+        &tls_port_arg,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let ca_pem = std::fs::read(dir.join("ca.crt")).unwrap();
+
+    let store = RedisStore::connect(RedisConfig::new(url.clone()).tls_root_certificate(ca_pem))
+        .await
+        .unwrap();
+    let key = Key::new("secure").unwrap();
+    store
+        .set(&key, StoreValue::from_static(b"v"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&key).await.unwrap().unwrap().bytes().as_ref(),
+        b"v"
+    );
+
+    // Without the private CA, the server's certificate is not trusted.
+    let untrusted = RedisStore::connect(RedisConfig::new(url)).await;
+    assert!(
+        matches!(untrusted, Err(StoreError::Connect { .. })),
+        "{untrusted:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

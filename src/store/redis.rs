@@ -72,6 +72,8 @@ pub struct RedisConfig {
     connect_timeout: Duration,
     command_timeout: Duration,
     retries: usize,
+    #[cfg(feature = "tls")]
+    tls_root_certificate: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -120,6 +122,8 @@ impl RedisConfig {
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(50),
             retries: 6,
+            #[cfg(feature = "tls")]
+            tls_root_certificate: None,
         }
     }
 
@@ -237,12 +241,25 @@ impl RedisConfig {
         self
     }
 
+    /// Trusts the CA certificate `pem` (PEM) for `rediss://` instead of the public roots: for
+    /// servers with a private CA.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_certificate = Some(pem.into());
+        self
+    }
+
     /// The URL (which may carry credentials; `Debug` redacts them).
     pub fn url(&self) -> &str {
         &self.url
     }
 
     fn client(&self) -> Result<Client, StoreError> {
+        // rustls needs a process-wide crypto provider; a process that installed its own keeps
+        // it (the call then fails, harmlessly).
+        #[cfg(feature = "tls")]
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let invalid = |e: RedisError| StoreError::Connect {
             message: format!("invalid redis address {}", redact_url(&self.url)),
             source: Some(Box::new(e)),
@@ -259,6 +276,14 @@ impl RedisConfig {
             settings = settings.set_db(db);
         }
         info = info.set_redis_settings(settings);
+        #[cfg(feature = "tls")]
+        if let Some(root) = &self.tls_root_certificate {
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root.clone()),
+            };
+            return Client::build_with_tls(info, certificates).map_err(invalid);
+        }
         Client::open(info).map_err(invalid)
     }
 
