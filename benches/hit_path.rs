@@ -66,7 +66,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn loader() -> impl tower::Service<String, Response = Entry, Error = Infallible, Future = impl Send> + Clone {
+fn loader(
+) -> impl tower::Service<String, Response = Entry, Error = Infallible, Future = impl Send> + Clone {
     tower::service_fn(|_: String| async { Ok::<_, Infallible>(entry()) })
 }
 
@@ -85,12 +86,15 @@ fn hit_path(c: &mut Criterion) {
     rt.block_on(memory.clone().oneshot(ID.to_string())).unwrap();
 
     let redis_store = rt
-        .block_on(RedisStore::connect(RedisConfig::new(url).command_timeout(Duration::from_secs(1))))
+        .block_on(RedisStore::connect(
+            RedisConfig::new(url).command_timeout(Duration::from_secs(1)),
+        ))
         .unwrap();
     let layered = CacheLayer::cache_aside(Cache::<Entry, _>::new(redis_store))
         .key(by_id)
         .layer(loader());
-    rt.block_on(layered.clone().oneshot(ID.to_string())).unwrap();
+    rt.block_on(layered.clone().oneshot(ID.to_string()))
+        .unwrap();
 
     let raw = rt.block_on(async {
         let mut connection = redis::Client::open(url)
@@ -108,13 +112,14 @@ fn hit_path(c: &mut Criterion) {
     });
 
     let cached_redis = rt.block_on(async {
-        let cache: cached::AsyncRedisCache<String, Entry> = cached::AsyncRedisCache::builder("bench")
-            .connection_string(url)
-            .connection_manager(true)
-            .ttl(Duration::from_secs(3600))
-            .build()
-            .await
-            .unwrap();
+        let cache: cached::AsyncRedisCache<String, Entry> =
+            cached::AsyncRedisCache::builder("bench")
+                .connection_string(url)
+                .connection_manager(true)
+                .ttl(Duration::from_secs(3600))
+                .build()
+                .await
+                .unwrap();
         cache.async_cache_set(key_of(ID), entry()).await.unwrap();
         cache
     });
@@ -144,8 +149,9 @@ fn hit_path(c: &mut Criterion) {
             .iter(|| async { black_box(layered.clone().oneshot(black_box(ID).to_string()).await) })
     });
     group.bench_function("cached_redis", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(cached_redis.async_cache_get(&key_of(black_box(ID))).await) })
+        b.to_async(&rt).iter(|| async {
+            black_box(cached_redis.async_cache_get(&key_of(black_box(ID))).await)
+        })
     });
     group.finish();
 
@@ -153,47 +159,57 @@ fn hit_path(c: &mut Criterion) {
     for in_flight in [1usize, 16, 64, 256] {
         let batch = 2048;
         group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::new("raw_redis", in_flight), &in_flight, |b, &n| {
-            b.to_async(&rt).iter_custom(|iterations| {
-                let raw = raw.clone();
-                async move {
-                    let started = Instant::now();
-                    for _ in 0..iterations {
-                        run_in_flight(n, batch, || {
-                            let mut connection = raw.clone();
-                            async move {
-                                let bytes: Option<Vec<u8>> = redis::cmd("GET")
-                                    .arg("raw:entry:0b9d6b0e")
-                                    .query_async(&mut connection)
-                                    .await
-                                    .unwrap();
-                                black_box(serde_json::from_slice::<Entry>(&bytes.unwrap()).unwrap());
-                            }
-                        })
-                        .await;
+        group.bench_with_input(
+            BenchmarkId::new("raw_redis", in_flight),
+            &in_flight,
+            |b, &n| {
+                b.to_async(&rt).iter_custom(|iterations| {
+                    let raw = raw.clone();
+                    async move {
+                        let started = Instant::now();
+                        for _ in 0..iterations {
+                            run_in_flight(n, batch, || {
+                                let mut connection = raw.clone();
+                                async move {
+                                    let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                                        .arg("raw:entry:0b9d6b0e")
+                                        .query_async(&mut connection)
+                                        .await
+                                        .unwrap();
+                                    black_box(
+                                        serde_json::from_slice::<Entry>(&bytes.unwrap()).unwrap(),
+                                    );
+                                }
+                            })
+                            .await;
+                        }
+                        started.elapsed()
                     }
-                    started.elapsed()
-                }
-            })
-        });
-        group.bench_with_input(BenchmarkId::new("layer_redis", in_flight), &in_flight, |b, &n| {
-            b.to_async(&rt).iter_custom(|iterations| {
-                let layered = layered.clone();
-                async move {
-                    let started = Instant::now();
-                    for _ in 0..iterations {
-                        run_in_flight(n, batch, || {
-                            let service = layered.clone();
-                            async move {
-                                black_box(service.oneshot(ID.to_string()).await.unwrap());
-                            }
-                        })
-                        .await;
+                })
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("layer_redis", in_flight),
+            &in_flight,
+            |b, &n| {
+                b.to_async(&rt).iter_custom(|iterations| {
+                    let layered = layered.clone();
+                    async move {
+                        let started = Instant::now();
+                        for _ in 0..iterations {
+                            run_in_flight(n, batch, || {
+                                let service = layered.clone();
+                                async move {
+                                    black_box(service.oneshot(ID.to_string()).await.unwrap());
+                                }
+                            })
+                            .await;
+                        }
+                        started.elapsed()
                     }
-                    started.elapsed()
-                }
-            })
-        });
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -50,6 +50,7 @@ pub mod codec;
 pub mod http;
 pub mod key;
 mod layer;
+mod macros;
 pub mod metrics;
 pub mod store;
 pub mod strategy;

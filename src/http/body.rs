@@ -103,3 +103,16 @@ where
         }
     }
 }
+
+/// The response future of a call the cache leaves alone: the inner future, its body
+/// wrapped as a streaming [`CacheBody`].
+pub(crate) fn passthrough<Fut, B, E>(
+    future: Fut,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<http::Response<CacheBody<B>>, E>> + Send>,
+>
+where
+    Fut: std::future::Future<Output = Result<http::Response<B>, E>> + Send + 'static,
+{
+    Box::pin(async move { Ok(future.await?.map(CacheBody::stream)) })
+}

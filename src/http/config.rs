@@ -79,6 +79,7 @@ use serde::Deserialize;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::body::passthrough;
 use super::{
     is_success, CacheBody, CachedResponse, HttpCacheLayer, HttpKey, PathInvalidation, PathKey,
     RequestKey,
@@ -708,14 +709,10 @@ where
         });
         match route.map(|(_, _, action)| action) {
             Some(Action::Read(layer)) => Box::pin(layer.layer(inner).call(request)),
-            Some(Action::Invalidate(layer)) => {
-                let future = layer.layer(inner).call(request);
-                Box::pin(async move { Ok(future.await?.map(CacheBody::stream)) })
-            }
+            Some(Action::Invalidate(layer)) => passthrough(layer.layer(inner).call(request)),
             None => {
                 let mut inner = inner;
-                let future = inner.call(request);
-                Box::pin(async move { Ok(future.await?.map(CacheBody::stream)) })
+                passthrough(inner.call(request))
             }
         }
     }

@@ -43,6 +43,7 @@ use http_body_util::BodyExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::body::passthrough;
 use super::{CacheBody, CachedResponse};
 use crate::cache::frame::now_ms;
 use crate::cache::Cache;
@@ -323,8 +324,7 @@ where
                 .as_ref()
                 .is_none_or(|methods| methods.contains(&method));
         if !cached {
-            let future = inner.call(request.map(CacheBody::stream));
-            return Box::pin(async move { Ok(future.await?.map(CacheBody::stream)) });
+            return passthrough(inner.call(request.map(CacheBody::stream)));
         }
         Box::pin(async move {
             let (parts, body) = request.into_parts();

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::body::CacheBody;
+use super::body::{passthrough, CacheBody};
 use super::key::{HttpKey, RequestKey};
 use super::CachedResponse;
 use crate::cache::frame::now_ms;
@@ -416,8 +416,7 @@ where
             None
         };
         let Some(key) = key else {
-            let future = inner.call(request);
-            return Box::pin(async move { Ok(future.await?.map(CacheBody::stream)) });
+            return passthrough(inner.call(request));
         };
         let lookup = !cache_control_has(request.headers(), &["no-cache"]);
         // Only what the key covers reaches the inner service on the cached path.

@@ -200,54 +200,11 @@ impl<V, St, C, I, O, K, T> CacheLayer<WriteAround<V, St, C, I, O>, K, T> {
     }
 }
 
-/// The service of [`WriteAround`] around the writer `Svc`.
-pub struct WriteAroundService<Svc, S, K, T> {
-    inner: Svc,
-    layer: Arc<CacheLayer<S, K, T>>,
-}
-
-impl<Svc, S, K, T> WriteAroundService<Svc, S, K, T> {
-    /// Wraps `inner` with the settings of `layer`.
-    pub fn new(inner: Svc, layer: CacheLayer<S, K, T>) -> Self {
-        WriteAroundService {
-            inner,
-            layer: Arc::new(layer),
-        }
-    }
-
-    /// The inner writer.
-    pub fn get_ref(&self) -> &Svc {
-        &self.inner
-    }
-
-    /// The inner writer, mutably.
-    pub fn get_mut(&mut self) -> &mut Svc {
-        &mut self.inner
-    }
-
-    /// The inner writer, consuming the service.
-    pub fn into_inner(self) -> Svc {
-        self.inner
-    }
-}
-
-impl<Svc: Clone, S, K, T> Clone for WriteAroundService<Svc, S, K, T> {
-    fn clone(&self) -> Self {
-        WriteAroundService {
-            inner: self.inner.clone(),
-            layer: self.layer.clone(),
-        }
-    }
-}
-
-impl<Svc: fmt::Debug, S: fmt::Debug, K, T> fmt::Debug for WriteAroundService<Svc, S, K, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WriteAroundService")
-            .field("inner", &self.inner)
-            .field("layer", &self.layer)
-            .finish()
-    }
-}
+crate::macros::strategy_service!(
+    /// The service of [`WriteAround`] around the writer `Svc`.
+    WriteAroundService,
+    "writer"
+);
 
 impl<Svc, V, St, C, I: Clone, O, K: Clone, T: Clone> Layer<Svc>
     for CacheLayer<WriteAround<V, St, C, I, O>, K, T>

@@ -170,54 +170,11 @@ impl<Req, Resp, V, F: Fn(&Resp) -> Option<V>> WriteValue<Req, Resp, V> for FromR
     }
 }
 
-/// The service of [`WriteThrough`] around the writer `Svc`.
-pub struct WriteThroughService<Svc, S, K, T> {
-    inner: Svc,
-    layer: Arc<CacheLayer<S, K, T>>,
-}
-
-impl<Svc, S, K, T> WriteThroughService<Svc, S, K, T> {
-    /// Wraps `inner` with the settings of `layer`.
-    pub fn new(inner: Svc, layer: CacheLayer<S, K, T>) -> Self {
-        WriteThroughService {
-            inner,
-            layer: Arc::new(layer),
-        }
-    }
-
-    /// The inner writer.
-    pub fn get_ref(&self) -> &Svc {
-        &self.inner
-    }
-
-    /// The inner writer, mutably.
-    pub fn get_mut(&mut self) -> &mut Svc {
-        &mut self.inner
-    }
-
-    /// The inner writer, consuming the service.
-    pub fn into_inner(self) -> Svc {
-        self.inner
-    }
-}
-
-impl<Svc: Clone, S, K, T> Clone for WriteThroughService<Svc, S, K, T> {
-    fn clone(&self) -> Self {
-        WriteThroughService {
-            inner: self.inner.clone(),
-            layer: self.layer.clone(),
-        }
-    }
-}
-
-impl<Svc: fmt::Debug, S: fmt::Debug, K, T> fmt::Debug for WriteThroughService<Svc, S, K, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WriteThroughService")
-            .field("inner", &self.inner)
-            .field("layer", &self.layer)
-            .finish()
-    }
-}
+crate::macros::strategy_service!(
+    /// The service of [`WriteThrough`] around the writer `Svc`.
+    WriteThroughService,
+    "writer"
+);
 
 impl<Svc, V, St, C, F: Clone, K: Clone, T: Clone> Layer<Svc>
     for CacheLayer<WriteThrough<V, St, C, F>, K, T>

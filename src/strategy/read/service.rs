@@ -1,5 +1,3 @@
-use std::fmt;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_layer::Layer;
@@ -15,55 +13,12 @@ use crate::store::Store;
 use crate::strategy::Predicate;
 use crate::ttl::TtlPolicy;
 
-/// The service of a read strategy ([`CacheAside`](super::CacheAside) or
-/// [`ReadThrough`](super::ReadThrough)) around the loader `Svc`.
-pub struct ReadService<Svc, S, K, T> {
-    inner: Svc,
-    layer: Arc<CacheLayer<S, K, T>>,
-}
-
-impl<Svc, S, K, T> ReadService<Svc, S, K, T> {
-    /// Wraps `inner` with the settings of `layer`.
-    pub fn new(inner: Svc, layer: CacheLayer<S, K, T>) -> Self {
-        ReadService {
-            inner,
-            layer: Arc::new(layer),
-        }
-    }
-
-    /// The inner loader.
-    pub fn get_ref(&self) -> &Svc {
-        &self.inner
-    }
-
-    /// The inner loader, mutably.
-    pub fn get_mut(&mut self) -> &mut Svc {
-        &mut self.inner
-    }
-
-    /// The inner loader, consuming the service.
-    pub fn into_inner(self) -> Svc {
-        self.inner
-    }
-}
-
-impl<Svc: Clone, S, K, T> Clone for ReadService<Svc, S, K, T> {
-    fn clone(&self) -> Self {
-        ReadService {
-            inner: self.inner.clone(),
-            layer: self.layer.clone(),
-        }
-    }
-}
-
-impl<Svc: fmt::Debug, S: fmt::Debug, K, T> fmt::Debug for ReadService<Svc, S, K, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReadService")
-            .field("inner", &self.inner)
-            .field("layer", &self.layer)
-            .finish()
-    }
-}
+crate::macros::strategy_service!(
+    /// The service of a read strategy ([`CacheAside`](super::CacheAside) or
+    /// [`ReadThrough`](super::ReadThrough)) around the loader `Svc`.
+    ReadService,
+    "loader"
+);
 
 impl<Svc, M, V, St, C, P, N, K, T> Layer<Svc> for CacheLayer<Read<M, V, St, C, P, N>, K, T>
 where
