@@ -105,7 +105,8 @@ where
     type Service = WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D>, K, T, D>;
 
     /// Makes the service and its queue: each call makes one queue, shared by the service's
-    /// clones, flushed by [`Cache::flush_pending_writes`] and [`Cache::close`].
+    /// clones, flushed by [`Cache::flush_pending_writes`](crate::Cache::flush_pending_writes)
+    /// and [`Cache::close`](crate::Cache::close).
     fn layer(&self, inner: Svc) -> Self::Service {
         let queue = Queue::new(
             inner.clone(),
