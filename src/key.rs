@@ -333,7 +333,8 @@ fn match_class(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
 ///
 /// Every `part` is percent-escaped (see the [module docs](self)), so the result is always a
 /// valid key unless it is longer than [`Key::MAX_LEN`], in which case the builder keeps the
-/// part's first bytes and appends a hash of the whole part, so distinct parts stay distinct.
+/// part's first bytes and appends `#` and a SHA-256 digest of the whole part, so distinct
+/// parts stay distinct.
 ///
 /// ```
 /// use tower_caching::key::KeyBuilder;
@@ -342,7 +343,7 @@ fn match_class(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
 /// assert_eq!(keys.entry("e1").as_str(), "entry:e1");
 /// assert_eq!(keys.metrics("12345678").as_str(), "metrics:12345678");
 /// assert_eq!(keys.dict_key("+55 11 9").as_str(), "dict:key:+55%2011%209");
-/// assert_eq!(keys.build("custom", "x:y").as_str(), "custom:x%3Ay");
+/// assert_eq!(keys.build("custom", "x:y#z").as_str(), "custom:x%3Ay%23z");
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyBuilder {
@@ -379,11 +380,10 @@ impl KeyBuilder {
     }
 
     fn build_hashed(&self, kind: &str, escaped_part: &str) -> Key {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        escaped_part.hash(&mut hasher);
-        let room =
-            Key::MAX_LEN - self.prefix.as_ref().map_or(0, |p| p.len() + 1) - kind.len() - 1 - 17;
+        let digest = digest(escaped_part.as_bytes());
+        let room = Key::MAX_LEN
+            .saturating_sub(self.prefix.as_ref().map_or(0, |p| p.len() + 1))
+            .saturating_sub(kind.len() + 1 + 1 + digest.len());
         let mut cut = room.min(escaped_part.len());
         while !escaped_part.is_char_boundary(cut) {
             cut -= 1;
@@ -396,7 +396,8 @@ impl KeyBuilder {
         key.push_str(kind);
         key.push(':');
         key.push_str(&escaped_part[..cut]);
-        key.push_str(&format!("#{:016x}", hasher.finish()));
+        key.push('#');
+        key.push_str(&digest);
         Key(key)
     }
 
@@ -454,13 +455,23 @@ impl KeyBuilder {
     }
 }
 
+/// The first 128 bits of the SHA-256 of `bytes`, in hex: a stable digest (the same in
+/// every process and Rust version) that nobody can make two inputs share.
+pub(crate) fn digest(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(bytes);
+    hash[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Percent-escapes everything in a user-supplied key part that Redis or the key layout
-/// gives a meaning to.
+/// gives a meaning to (`#` too: it marks the digest of an over-long part).
 fn escape_part(part: &str) -> String {
     let mut escaped = String::with_capacity(part.len());
     for c in part.chars() {
-        if matches!(c, '%' | ':' | '*' | '?' | '[' | ']' | '\\' | '{' | '}')
-            || c.is_whitespace()
+        if matches!(
+            c,
+            '%' | ':' | '*' | '?' | '[' | ']' | '\\' | '{' | '}' | '#'
+        ) || c.is_whitespace()
             || c.is_control()
         {
             let mut buf = [0u8; 4];
@@ -637,6 +648,15 @@ mod tests {
         assert!(a.as_str().len() <= Key::MAX_LEN);
         assert_ne!(a, b);
         assert!(keys.entries().matches(a.as_str()));
+    }
+
+    #[test]
+    fn a_short_part_cannot_forge_the_digest_of_a_long_one() {
+        let keys = KeyBuilder::new();
+        let hashed = keys.entry(&"a".repeat(5000));
+        let forged = hashed.as_str().strip_prefix("entry:").unwrap();
+        assert!(forged.contains('#'));
+        assert_ne!(keys.entry(forged), hashed);
     }
 
     #[test]

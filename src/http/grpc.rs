@@ -29,7 +29,6 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -79,7 +78,7 @@ impl fmt::Debug for GrpcKey {
 }
 
 impl GrpcKey {
-    /// `grpc:{method path}#{hash of the encoded request}`.
+    /// `grpc:{method path} {SHA-256 digest of the encoded request}`.
     pub fn encoded() -> Self {
         GrpcKey {
             kind: KeyKind::Encoded(KeyBuilder::new()),
@@ -110,9 +109,9 @@ impl GrpcKey {
     fn key(&self, method: &str, body: &Bytes) -> Option<Key> {
         match &self.kind {
             KeyKind::Encoded(builder) => {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                body.hash(&mut hasher);
-                Some(builder.build("grpc", &format!("{method}#{:016x}", hasher.finish())))
+                // A digest nobody can collide: two messages never share a reply.
+                let part = format!("{method} {}", crate::key::digest(body));
+                Some(builder.build("grpc", &part))
             }
             KeyKind::Typed(key) => key(method, unary_message(body)?),
         }

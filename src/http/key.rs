@@ -85,19 +85,27 @@ pub(crate) fn canonical_query(query: Option<&str>) -> String {
 
 impl<B> RequestKey<B> for HttpKey {
     fn key(&self, request: &Request<B>) -> Option<Key> {
+        // Every field is length-prefixed, so no path, query or header value can be crafted
+        // to read as another request's fields.
+        let path = request.uri().path();
+        let query = canonical_query(request.uri().query());
         let mut part = format!(
-            "{} {}?{}",
+            "{} {}:{path}?{}:{query}",
             request.method(),
-            request.uri().path(),
-            canonical_query(request.uri().query())
+            path.len(),
+            query.len()
         );
         for name in &self.headers {
-            part.push('|');
-            part.push_str(name.as_str());
-            part.push('=');
-            for value in request.headers().get_all(name) {
-                part.push_str(&String::from_utf8_lossy(value.as_bytes()));
-                part.push(',');
+            let values = request.headers().get_all(name);
+            part.push_str(&format!("|{name}={}", values.iter().count()));
+            for value in values {
+                match std::str::from_utf8(value.as_bytes()) {
+                    Ok(text) => part.push_str(&format!(":t{}:{text}", text.len())),
+                    Err(_) => {
+                        let digest = crate::key::digest(value.as_bytes());
+                        part.push_str(&format!(":b{}:{digest}", digest.len()));
+                    }
+                }
             }
         }
         Some(self.builder.build("http", &part))
@@ -280,6 +288,29 @@ mod tests {
         );
         let unknown = PathKey::new("/e/{id}", "entry:{nope}");
         assert_eq!(unknown.key(&Request::get("/e/1").body(()).unwrap()), None);
+    }
+
+    #[test]
+    fn a_query_cannot_pose_as_a_keyed_header() {
+        let key = HttpKey::new().header("accept-language");
+        let forged = Request::get("/x?a=1|accept-language=1:t2:pt")
+            .body(())
+            .unwrap();
+        let real = Request::get("/x?a=1")
+            .header("accept-language", "pt")
+            .body(())
+            .unwrap();
+        assert_ne!(key.key(&forged), key.key(&real));
+        let two = Request::get("/x")
+            .header("accept-language", "pt,en")
+            .body(())
+            .unwrap();
+        let split = Request::get("/x")
+            .header("accept-language", "pt")
+            .header("accept-language", "en")
+            .body(())
+            .unwrap();
+        assert_ne!(key.key(&two), key.key(&split));
     }
 
     #[test]
