@@ -927,6 +927,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// of at their next batch; how many writes were written. Without write-behind layers
     /// there is nothing to write and this returns 0.
     ///
+    /// A write that fails is retried on its backoff schedule until it is written or
+    /// dead-lettered, so against a failing writer this returns only when every queued write
+    /// has used its attempts (bound it with `tokio::time::timeout` if that is too long).
+    ///
     /// ```
     /// # use tower_caching::Cache;
     /// # #[tokio::main(flavor = "current_thread")]

@@ -20,8 +20,8 @@ const SCAN_BATCH: usize = 1000;
 /// unreachable Redis yields [`StoreError::Timeout`], never a hung caller. After a lost
 /// connection the next command reconnects in the background, with exponential backoff.
 ///
-/// Pattern deletes walk the keyspace with `SCAN` and remove each batch with one `UNLINK`
-/// (never `KEYS`, which blocks the server).
+/// Pattern deletes walk the keyspace with `SCAN` and remove each batch with one `UNLINK`,
+/// pipelined with the next `SCAN` step (never `KEYS`, which blocks the server).
 ///
 /// ```no_run
 /// use tower_caching::store::{RedisConfig, RedisStore};
@@ -490,28 +490,46 @@ impl Store for RedisStore {
     }
 
     async fn delete_pattern(&self, pattern: &Pattern) -> Result<u64, StoreError> {
-        let mut cursor: u64 = 0;
-        let mut deleted = 0;
-        loop {
+        // Each round trip unlinks the keys the previous SCAN step found and asks for the
+        // next step: one pipeline per batch.
+        let scan = |cursor: u64| {
             let mut scan = redis::cmd("SCAN");
             scan.arg(cursor)
                 .arg("MATCH")
                 .arg(pattern.as_str())
                 .arg("COUNT")
                 .arg(SCAN_BATCH);
-            let (next, keys): (u64, Vec<Vec<u8>>) = self.run("delete_pattern", &scan).await?;
-            if !keys.is_empty() {
-                let mut unlink = redis::cmd("UNLINK");
-                for key in &keys {
-                    unlink.arg(key.as_slice());
-                }
-                deleted += self.run::<u64>("delete_pattern", &unlink).await?;
+            scan
+        };
+        let unlink = |keys: &[Vec<u8>]| {
+            let mut unlink = redis::cmd("UNLINK");
+            for key in keys {
+                unlink.arg(key.as_slice());
             }
-            if next == 0 {
-                return Ok(deleted);
+            unlink
+        };
+        let (mut cursor, mut found): (u64, Vec<Vec<u8>>) =
+            self.run("delete_pattern", &scan(0)).await?;
+        let mut deleted = 0;
+        while cursor != 0 {
+            let mut pipeline = redis::pipe();
+            pipeline.add_command(scan(cursor));
+            if found.is_empty() {
+                let ((next, keys),): ((u64, Vec<Vec<u8>>),) =
+                    self.run_pipeline("delete_pattern", &pipeline).await?;
+                (cursor, found) = (next, keys);
+            } else {
+                pipeline.add_command(unlink(&found));
+                let ((next, keys), unlinked): ((u64, Vec<Vec<u8>>), u64) =
+                    self.run_pipeline("delete_pattern", &pipeline).await?;
+                deleted += unlinked;
+                (cursor, found) = (next, keys);
             }
-            cursor = next;
         }
+        if !found.is_empty() {
+            deleted += self.run::<u64>("delete_pattern", &unlink(&found)).await?;
+        }
+        Ok(deleted)
     }
 
     async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
