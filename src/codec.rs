@@ -21,6 +21,27 @@
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Encodes and decodes values.
+///
+/// ```
+/// use serde::{de::DeserializeOwned, Serialize};
+/// use tower_caching::codec::{Codec, CodecError, Json};
+///
+/// /// JSON, pretty-printed.
+/// #[derive(Clone)]
+/// struct Pretty;
+///
+/// impl Codec for Pretty {
+///     fn encode_into<V: Serialize + ?Sized>(&self, value: &V, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+///         serde_json::to_writer_pretty(buf, value).map_err(|e| CodecError::new("pretty", e))
+///     }
+///     fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, CodecError> {
+///         Json.decode(bytes)
+///     }
+/// }
+/// let cache: tower_caching::Cache<u8, _, _> =
+///     tower_caching::Cache::builder(tower_caching::MemoryStore::new()).codec(Pretty).build();
+/// # let _ = cache;
+/// ```
 pub trait Codec: Clone + Send + Sync + 'static {
     /// Appends the encoding of `value` to `buf`.
     fn encode_into<V: Serialize + ?Sized>(

@@ -142,6 +142,12 @@ impl TryFrom<&str> for Key {
 }
 
 /// Why a string is not a valid [`Key`].
+///
+/// ```
+/// use tower_caching::key::{Key, KeyError};
+/// let error = Key::new("x".repeat(2000)).unwrap_err();
+/// assert_eq!(error, KeyError::TooLong { len: 2000, max: Key::MAX_LEN });
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
@@ -543,6 +549,7 @@ pub trait CacheKey {
 }
 
 /// The layers' default [`KeyExtractor`]: the request's own [`CacheKey`].
+/// See [`CacheKey`] for an example.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DefaultKey;
 

@@ -130,6 +130,17 @@ impl Operation {
 /// The metrics of one or more caches, registered on a Prometheus registry. Cheap to clone;
 /// clones record into the same metrics. Attach with
 /// [`CacheBuilder::metrics`](crate::CacheBuilder::metrics).
+///
+/// ```
+/// use tower_caching::{metrics::Metrics, Cache, MemoryStore};
+///
+/// let metrics = Metrics::builder().register(prometheus::default_registry())?;
+/// let store = MemoryStore::new();
+/// let entries: Cache<String> = Cache::builder(store.clone()).metrics(metrics.clone()).build();
+/// let counters: Cache<u64> = Cache::builder(store).metrics(metrics).build();
+/// # let _ = (entries, counters);
+/// # Ok::<(), prometheus::Error>(())
+/// ```
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 #[derive(Clone)]

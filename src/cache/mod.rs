@@ -58,6 +58,11 @@ use self::frame::Header;
 
 /// What a [`Cache`] can hold: serde round-trippable, cloneable, shareable across threads.
 /// Implemented for every such type.
+///
+/// ```
+/// fn cacheable<V: tower_caching::Cacheable>() {}
+/// cacheable::<Option<Vec<String>>>();
+/// ```
 pub trait Cacheable: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
 
 impl<V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Cacheable for V {}
@@ -66,6 +71,18 @@ impl<V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Cacheable 
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
 
 /// A typed handle on a store. See the [module docs](self).
+///
+/// ```
+/// # use tower_caching::{key::Key, Cache};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_caching::CacheError> {
+/// let cache: Cache<String> = Cache::in_memory();
+/// let key = Key::new("greeting")?;
+/// cache.set(&key, &"olá".to_string(), None).await?;
+/// assert_eq!(cache.get(&key).await?.as_deref(), Some("olá"));
+/// # Ok(())
+/// # }
+/// ```
 pub struct Cache<V, S = MemoryStore, C = Json> {
     shared: Arc<Shared<S, C>>,
     _value: PhantomData<fn() -> V>,
@@ -1017,6 +1034,20 @@ impl<V: Cacheable, S: Store, C: Codec> Future for Lookup<V, S, C> {
 }
 
 /// A cache operation failed.
+///
+/// ```
+/// use tower_caching::{key::Key, Cache, CacheError};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache: Cache<String> = tower_caching::Cache::builder(tower_caching::MemoryStore::new())
+///     .max_value_size(8)
+///     .build();
+/// let error = cache.set(&Key::new("k")?, &"far too long".to_string(), None).await.unwrap_err();
+/// assert!(matches!(error, CacheError::ValueTooLarge { max: 8, .. }));
+/// assert_eq!(error.kind(), "too_large");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CacheError {

@@ -147,6 +147,19 @@ impl fmt::Debug for StoreValue {
 
 /// A key-value store of bytes with per-entry TTLs.
 ///
+/// Any `Store` works under every layer; the conformance suite in `tests/store_conformance.rs`
+/// is what a new one must pass. Wrapping one is the usual way to add behaviour:
+///
+/// ```
+/// use tower_caching::store::{CircuitBreaker, MemoryStore, Store};
+///
+/// fn takes_any_store<S: Store>(store: S) -> tower_caching::Cache<String, S> {
+///     tower_caching::Cache::new(store)
+/// }
+/// let cache = takes_any_store(CircuitBreaker::new(MemoryStore::new()));
+/// # let _ = cache;
+/// ```
+///
 /// Implementations are cheap to clone and every clone shares the same data. [`Store::get`]
 /// returns a named `'static` future, so the cache layers' response futures can hold it
 /// without boxing; the other operations are off the hit path and may borrow.
@@ -204,6 +217,12 @@ pub trait Store: Clone + Send + Sync + 'static {
 }
 
 /// A store operation failed.
+///
+/// ```
+/// use tower_caching::store::StoreError;
+/// assert_eq!(StoreError::Unavailable.kind(), "circuit_open");
+/// assert_eq!(StoreError::Unavailable.to_string(), "cache store unavailable: circuit open");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {

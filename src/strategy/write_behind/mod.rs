@@ -155,6 +155,25 @@ impl<Req, V, St: fmt::Debug, C: fmt::Debug, F, A, D> fmt::Debug
 
 /// A write that failed [`max_attempts`](crate::CacheLayer::max_attempts) times and left the
 /// queue: the dead-letter hook's input. Persist it, alert on it, replay it.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tower_caching::{strategy::DeadLetter, Cache, CacheLayer};
+///
+/// #[derive(Clone)]
+/// struct Update { id: String, value: u64 }
+///
+/// let parked = Arc::new(Mutex::new(Vec::new()));
+/// let layer = CacheLayer::write_behind(Cache::<u64>::in_memory())
+///     .key(|u: &Update| tower_caching::key::KeyBuilder::new().metrics(&u.id))
+///     .value(|u: &Update| Some(u.value))
+///     .max_attempts(5)
+///     .on_dead_letter({
+///         let parked = parked.clone();
+///         move |letter: DeadLetter<Update>| parked.lock().unwrap().push(letter.request)
+///     });
+/// # let _ = layer;
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct DeadLetter<Req> {
