@@ -172,7 +172,9 @@ impl<Req, V, St: fmt::Debug, C: fmt::Debug, F, A, D> fmt::Debug
 ///         let parked = parked.clone();
 ///         move |letter: DeadLetter<Update>| parked.lock().unwrap().push(letter.request)
 ///     });
-/// # let _ = layer;
+/// let writer = tower::service_fn(|_: Update| async { Ok::<_, std::convert::Infallible>(()) });
+/// let service = tower_layer::Layer::layer(&layer, writer);
+/// # let _ = service;
 /// ```
 #[derive(Debug)]
 #[non_exhaustive]
