@@ -28,7 +28,9 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn slow_loader(calls: Arc<AtomicU64>) -> impl Service<u64, Response = u64, Error = Infallible, Future = impl Send> + Clone {
+fn slow_loader(
+    calls: Arc<AtomicU64>,
+) -> impl Service<u64, Response = u64, Error = Infallible, Future = impl Send> + Clone {
     tower::service_fn(move |id: u64| {
         let calls = calls.clone();
         async move {
@@ -119,7 +121,16 @@ fn writes(c: &mut Criterion) {
     group.bench_function("write_behind", |b| {
         b.to_async(&rt).iter(|| {
             let mut service = behind.clone();
-            async move { black_box(service.ready().await.unwrap().call((fastrand::u64(0..100), 1)).await) }
+            async move {
+                black_box(
+                    service
+                        .ready()
+                        .await
+                        .unwrap()
+                        .call((fastrand::u64(0..100), 1))
+                        .await,
+                )
+            }
         })
     });
     group.bench_function("write_through", |b| {
@@ -138,7 +149,13 @@ fn writes(c: &mut Criterion) {
         for i in 0..2000u64 {
             let started = Instant::now();
             let mut service = behind.clone();
-            service.ready().await.unwrap().call((i % 100, i)).await.unwrap();
+            service
+                .ready()
+                .await
+                .unwrap()
+                .call((i % 100, i))
+                .await
+                .unwrap();
             behind_latencies.push(started.elapsed());
             let started = Instant::now();
             through.clone().oneshot((i % 100, i)).await.unwrap();

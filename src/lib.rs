@@ -33,6 +33,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `redis` (default) | [`store::RedisStore`] |
+//! | `cluster` | `store::RedisClusterStore` for Redis Cluster |
 //! | `tls` | `rediss://` URLs for the Redis store (rustls) |
 //! | `msgpack` | [`codec::MsgPack`] |
 //! | `metrics` (default) | Prometheus [`metrics::Metrics`] |

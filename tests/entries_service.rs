@@ -399,3 +399,23 @@ async fn every_route_keeps_answering_while_redis_is_down() {
     running.app.shutdown().await;
     running.server.abort();
 }
+
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_on_a_redis_cluster() {
+    let db = TempDb::new("every-route-cluster");
+    let config = tower_caching::store::RedisClusterConfig::new(support::shared_cluster().to_vec())
+        .connect_timeout(Duration::from_secs(5))
+        .command_timeout(Duration::from_secs(1));
+    let prefix = support::unique_prefix("svc");
+    let running = start(
+        db.url(),
+        CacheBackend::Cluster(config),
+        Duration::from_secs(10),
+        &prefix,
+    )
+    .await;
+    every_route(&running).await;
+    running.app.shutdown().await;
+    running.server.abort();
+}

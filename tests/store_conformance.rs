@@ -219,3 +219,5 @@ macro_rules! conformance {
 
 conformance!(memory, MemoryStore::new());
 conformance!(redis, support::shared_redis_store().await);
+#[cfg(feature = "cluster")]
+conformance!(cluster, support::shared_cluster_store().await);

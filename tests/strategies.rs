@@ -1000,6 +1000,16 @@ macro_rules! on_both_stores {
                 }
             )*
         }
+        #[cfg(feature = "cluster")]
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let prefix = super::support::unique_prefix(stringify!($test));
+                    super::$test(super::support::shared_cluster_store().await, &prefix).await;
+                }
+            )*
+        }
     };
 }
 

@@ -62,6 +62,9 @@ pub enum CacheBackend {
     Memory,
     /// Redis, single node.
     Redis(RedisConfig),
+    /// Redis Cluster (feature `cluster`).
+    #[cfg(feature = "cluster")]
+    Cluster(tower_caching::store::RedisClusterConfig),
 }
 
 /// Everything the service reads from its environment.
@@ -78,15 +81,9 @@ impl AppConfig {
     /// `REDIS_CLUSTER_NODES`, `REDIS_WRITE_BEHIND_BATCH`, `CACHE_PREFIX`.
     pub fn from_env() -> Result<Self, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        if var("REDIS_CLUSTER_NODES").is_some() {
-            return Err(
-                "REDIS_CLUSTER_NODES is set, but Redis Cluster support has not landed yet \
-                        (tower-caching's scale-out issue); unset it to use REDIS_URL or the \
-                        in-memory store"
-                    .into(),
-            );
-        }
-        let cache = if var("REDIS_URL").is_some() || var("REDIS_ADDR").is_some() {
+        let cache = if let Some(cluster) = cluster_backend()? {
+            cluster
+        } else if var("REDIS_URL").is_some() || var("REDIS_ADDR").is_some() {
             CacheBackend::Redis(RedisConfig::from_env().map_err(|e| e.to_string())?)
         } else {
             CacheBackend::Memory
@@ -103,6 +100,24 @@ impl AppConfig {
             write_behind_interval,
             key_prefix: var("CACHE_PREFIX").unwrap_or_default(),
         })
+    }
+}
+
+/// `REDIS_CLUSTER_NODES`, when set.
+#[cfg(feature = "cluster")]
+fn cluster_backend() -> Result<Option<CacheBackend>, String> {
+    let config = tower_caching::store::RedisClusterConfig::from_env().map_err(|e| e.to_string())?;
+    Ok(config.map(CacheBackend::Cluster))
+}
+
+/// `REDIS_CLUSTER_NODES`, when set: refused without the `cluster` feature.
+#[cfg(not(feature = "cluster"))]
+fn cluster_backend() -> Result<Option<CacheBackend>, String> {
+    match std::env::var("REDIS_CLUSTER_NODES") {
+        Ok(nodes) if !nodes.trim().is_empty() => Err(
+            "REDIS_CLUSTER_NODES is set: build with `--features cluster` for Redis Cluster".into(),
+        ),
+        _ => Ok(None),
     }
 }
 
@@ -361,6 +376,15 @@ impl App {
                         redis.url().rsplit('@').next().unwrap_or_default()
                     ),
                 )
+            }
+            #[cfg(feature = "cluster")]
+            CacheBackend::Cluster(cluster) => {
+                let nodes = cluster.nodes().join(",");
+                let store =
+                    tower_caching::store::RedisClusterStore::connect(cluster.clone()).await?;
+                let store = CircuitBreaker::builder(store).metrics(&metrics).build();
+                let (s, c) = services(store, &database, &config, metrics, registry);
+                (s, c, format!("redis cluster {nodes}"))
             }
         };
         let router = Router::new()

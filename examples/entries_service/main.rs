@@ -17,7 +17,8 @@
 //! | `POST /vsync` | write-around | invalidates `entry:{id}`, `vsync:*` | — |
 //! | `GET /metrics` | Prometheus text, namespace `conn_dict` | | |
 //!
-//! Environment: `DATABASE_URL` (default `sqlite://entries.db`), `REDIS_URL` or `REDIS_ADDR`
+//! Environment: `DATABASE_URL` (default `sqlite://entries.db`), `REDIS_CLUSTER_NODES` (with
+//! `--features cluster`), `REDIS_URL` or `REDIS_ADDR`
 //! (+ `REDIS_PASSWORD`, `REDIS_DB`; otherwise the in-memory store), `REDIS_WRITE_BEHIND_BATCH`
 //! (default `10s`), `CACHE_PREFIX`, `BIND_ADDR` (default `127.0.0.1:3000`).
 //!

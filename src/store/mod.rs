@@ -38,11 +38,16 @@ use bytes::Bytes;
 use crate::key::{Key, Pattern};
 
 mod breaker;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 
 pub use self::breaker::{BreakerGet, CircuitBreaker, CircuitBreakerBuilder};
+#[cfg(feature = "cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+pub use self::cluster::{RedisClusterConfig, RedisClusterStore};
 pub use self::memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

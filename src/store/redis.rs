@@ -11,7 +11,7 @@ use super::{Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern};
 
 /// How many keys one `SCAN` step asks for, and so how many one `UNLINK` removes at most.
-const SCAN_BATCH: usize = 1000;
+pub(super) const SCAN_BATCH: usize = 1000;
 
 /// The Redis store: one auto-reconnecting multiplexed connection (redis-rs
 /// [`ConnectionManager`]) shared by every clone, on which concurrent commands are pipelined.
@@ -311,8 +311,8 @@ fn parse_var<T>(
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("environment variable {variable} has an invalid value {value:?}")]
 pub struct ConfigError {
-    variable: &'static str,
-    value: String,
+    pub(super) variable: &'static str,
+    pub(super) value: String,
 }
 
 impl RedisStore {
@@ -392,7 +392,7 @@ impl RedisStore {
     }
 }
 
-async fn bounded<T>(
+pub(super) async fn bounded<T>(
     operation: &'static str,
     timeout: Duration,
     future: impl Future<Output = Result<T, RedisError>>,
@@ -408,7 +408,7 @@ async fn bounded<T>(
     }
 }
 
-fn set_command(key: &Key, value: &StoreValue, ttl: Option<Duration>) -> redis::Cmd {
+pub(super) fn set_command(key: &Key, value: &StoreValue, ttl: Option<Duration>) -> redis::Cmd {
     let mut command = redis::cmd("SET");
     command.arg(key.as_str()).arg(value.bytes().as_ref());
     if let Some(ttl) = ttl {

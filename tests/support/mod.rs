@@ -215,3 +215,101 @@ pub async fn raw_connection(url: &str) -> redis::aio::MultiplexedConnection {
         .await
         .expect("raw redis connection")
 }
+
+/// A Redis Cluster of `redis-server --cluster-enabled yes` processes on loopback, with slots
+/// spread over the primaries by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// `primaries` primaries with `replicas` replicas each.
+    pub fn spawn(primaries: usize, replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
+            .map(|_| {
+                let config =
+                    std::env::temp_dir().join(format!("{}.conf", unique_prefix("cluster-nodes")));
+                let config = config.to_string_lossy().into_owned();
+                RedisServer::spawn_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &config,
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--appendonly",
+                    "no",
+                ])
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(node.addr());
+        }
+        create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let status = create
+            .status()
+            .expect("redis-cli is needed to create a test cluster");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = RedisCluster { nodes };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// Waits until every live node reports `cluster_state:ok`.
+    pub fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port().to_string(), "cluster", "info"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster never became ok: {info}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// `host:port` of every node.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::addr).collect()
+    }
+}
+
+/// A cluster of three primaries shared by every test of this binary (see [`shared_redis`]).
+pub fn shared_cluster() -> &'static [String] {
+    static ADDRS: OnceLock<Vec<String>> = OnceLock::new();
+    ADDRS.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let cluster = RedisCluster::spawn(3, 0);
+            sender.send(cluster.addrs()).expect("test thread gone");
+            loop {
+                std::thread::park();
+            }
+        });
+        receiver.recv().expect("the cluster thread died")
+    })
+}
+
+/// A cluster store on the shared cluster.
+#[cfg(feature = "cluster")]
+pub async fn shared_cluster_store() -> tower_caching::store::RedisClusterStore {
+    use tower_caching::store::{RedisClusterConfig, RedisClusterStore};
+    RedisClusterStore::connect(
+        RedisClusterConfig::new(shared_cluster().to_vec())
+            .command_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(5)),
+    )
+    .await
+    .expect("cannot connect to the test cluster")
+}
