@@ -89,12 +89,6 @@ impl Flights {
             loads.remove(key);
         }
     }
-
-    /// How many keys are being loaded.
-    #[allow(dead_code)]
-    pub(crate) fn len(&self) -> usize {
-        self.loads.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
 
 /// One key's share of a batch load: `None` when the loader did not return the key.

@@ -920,7 +920,6 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
 
     /// Registers a write-behind queue, so that [`Cache::flush_pending_writes`] and
     /// [`Cache::close`] reach it.
-    #[allow(dead_code)]
     pub(crate) fn register_pending(&self, queue: Weak<dyn PendingWrites>) {
         let mut pending = self
             .shared
