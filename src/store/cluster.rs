@@ -1,14 +1,12 @@
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
-use super::redis::{bounded, set_command, ConfigError, SCAN_BATCH};
+use super::commands::{bounded, set_command, Commands, GetFuture, SCAN_BATCH};
+use super::redis::ConfigError;
 use super::{Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern};
 
@@ -39,14 +37,13 @@ use crate::key::{Key, Pattern};
 /// ```
 #[derive(Clone)]
 pub struct RedisClusterStore {
-    connection: ClusterConnection,
-    command_timeout: Duration,
+    commands: Commands<ClusterConnection>,
 }
 
 impl fmt::Debug for RedisClusterStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisClusterStore")
-            .field("command_timeout", &self.command_timeout)
+            .field("command_timeout", &self.commands.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -222,28 +219,17 @@ impl RedisClusterStore {
                 }
             };
         Ok(RedisClusterStore {
-            connection,
-            command_timeout: config.command_timeout,
+            commands: Commands {
+                connection,
+                timeout: config.command_timeout,
+            },
         })
-    }
-
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        operation: &'static str,
-        command: &redis::Cmd,
-    ) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
-        bounded(
-            operation,
-            self.command_timeout,
-            command.query_async(&mut connection),
-        )
-        .await
     }
 
     /// The primaries' addresses, from `CLUSTER NODES`.
     async fn primaries(&self) -> Result<Vec<(String, u16)>, StoreError> {
         let nodes: String = self
+            .commands
             .run(
                 "delete_pattern",
                 &redis::cmd("CLUSTER").arg("NODES").to_owned(),
@@ -281,10 +267,10 @@ impl RedisClusterStore {
             host: host.to_owned(),
             port,
         });
-        let mut connection = self.connection.clone();
+        let mut connection = self.commands.connection.clone();
         let reply = bounded(
             "delete_pattern",
-            self.command_timeout,
+            self.commands.timeout,
             connection.route_command(scan, routing),
         )
         .await?;
@@ -296,32 +282,15 @@ impl RedisClusterStore {
 }
 
 impl Store for RedisClusterStore {
-    type GetFuture =
-        Pin<Box<dyn Future<Output = Result<Option<StoreValue>, StoreError>> + Send + 'static>>;
+    type GetFuture = GetFuture;
 
     fn get(&self, key: &Key) -> Self::GetFuture {
-        let store = self.clone();
-        let mut command = redis::cmd("GET");
-        command.arg(key.as_str());
-        Box::pin(async move {
-            let value: Option<Vec<u8>> = store.run("get", &command).await?;
-            Ok(value.map(|bytes| StoreValue::new(Bytes::from(bytes))))
-        })
+        self.commands.get(key)
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<StoreValue>>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut command = redis::cmd("MGET");
-        for key in keys {
-            command.arg(key.as_str());
-        }
-        let values: Vec<Option<Vec<u8>>> = self.run("get_many", &command).await?;
-        Ok(values
-            .into_iter()
-            .map(|value| value.map(|bytes| StoreValue::new(Bytes::from(bytes))))
-            .collect())
+        // The client splits MGET by slot.
+        self.commands.get_many(keys).await
     }
 
     async fn set(
@@ -330,7 +299,7 @@ impl Store for RedisClusterStore {
         value: StoreValue,
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        self.run::<()>("set", &set_command(key, &value, ttl)).await
+        self.commands.set(key, value, ttl).await
     }
 
     async fn set_many(
@@ -344,7 +313,7 @@ impl Store for RedisClusterStore {
             .collect();
         let sets = commands
             .iter()
-            .map(|command| self.run::<()>("set_many", command));
+            .map(|command| self.commands.run::<()>("set_many", command));
         futures_util::future::join_all(sets)
             .await
             .into_iter()
@@ -352,20 +321,12 @@ impl Store for RedisClusterStore {
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
-        let mut command = redis::cmd("UNLINK");
-        command.arg(key.as_str());
-        Ok(self.run::<u64>("delete", &command).await? > 0)
+        self.commands.delete(key).await
     }
 
     async fn delete_many(&self, keys: &[Key]) -> Result<u64, StoreError> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let mut command = redis::cmd("UNLINK");
-        for key in keys {
-            command.arg(key.as_str());
-        }
-        self.run("delete_many", &command).await
+        // The client splits UNLINK by slot.
+        self.commands.delete_many(keys).await
     }
 
     async fn delete_pattern(&self, pattern: &Pattern) -> Result<u64, StoreError> {
@@ -381,7 +342,7 @@ impl Store for RedisClusterStore {
                     }
                     // UNLINK counts only keys it removed: a key met twice (a slot that
                     // moved during the scan) is counted once.
-                    deleted += self.run::<u64>("delete_pattern", &unlink).await?;
+                    deleted += self.commands.run::<u64>("delete_pattern", &unlink).await?;
                 }
                 if next == 0 {
                     break;
@@ -393,8 +354,6 @@ impl Store for RedisClusterStore {
     }
 
     async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
-        let mut command = redis::cmd("EXISTS");
-        command.arg(key.as_str());
-        Ok(self.run::<u64>("exists", &command).await? > 0)
+        self.commands.exists(key).await
     }
 }

@@ -40,6 +40,8 @@ use crate::key::{Key, Pattern};
 mod breaker;
 #[cfg(feature = "cluster")]
 mod cluster;
+#[cfg(feature = "redis")]
+mod commands;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;

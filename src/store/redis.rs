@@ -1,17 +1,12 @@
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, RedisError};
 
+use super::commands::{set_command, Commands, GetFuture, SCAN_BATCH};
 use super::{Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern};
-
-/// How many keys one `SCAN` step asks for, and so how many one `UNLINK` removes at most.
-pub(super) const SCAN_BATCH: usize = 1000;
 
 /// The Redis store: one auto-reconnecting multiplexed connection (redis-rs
 /// [`ConnectionManager`]) shared by every clone, on which concurrent commands are pipelined.
@@ -35,14 +30,13 @@ pub(super) const SCAN_BATCH: usize = 1000;
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
-    command_timeout: Duration,
+    commands: Commands<ConnectionManager>,
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
-            .field("command_timeout", &self.command_timeout)
+            .field("command_timeout", &self.commands.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -341,8 +335,10 @@ impl RedisStore {
             }
         };
         Ok(RedisStore {
-            connection,
-            command_timeout: config.command_timeout,
+            commands: Commands {
+                connection,
+                timeout: config.command_timeout,
+            },
         })
     }
 
@@ -357,96 +353,23 @@ impl RedisStore {
             source: Some(Box::new(e)),
         })?;
         Ok(RedisStore {
-            connection,
-            command_timeout: config.command_timeout,
+            commands: Commands {
+                connection,
+                timeout: config.command_timeout,
+            },
         })
     }
-
-    /// Runs `command` under the command timeout.
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        operation: &'static str,
-        command: &redis::Cmd,
-    ) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
-        bounded(
-            operation,
-            self.command_timeout,
-            command.query_async(&mut connection),
-        )
-        .await
-    }
-
-    async fn run_pipeline<T: redis::FromRedisValue>(
-        &self,
-        operation: &'static str,
-        pipeline: &redis::Pipeline,
-    ) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
-        bounded(
-            operation,
-            self.command_timeout,
-            pipeline.query_async(&mut connection),
-        )
-        .await
-    }
-}
-
-pub(super) async fn bounded<T>(
-    operation: &'static str,
-    timeout: Duration,
-    future: impl Future<Output = Result<T, RedisError>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(timeout, future).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout { operation, timeout }),
-        Ok(Err(e)) => Err(StoreError::Backend {
-            operation,
-            source: Box::new(e),
-        }),
-        Err(_) => Err(StoreError::Timeout { operation, timeout }),
-    }
-}
-
-pub(super) fn set_command(key: &Key, value: &StoreValue, ttl: Option<Duration>) -> redis::Cmd {
-    let mut command = redis::cmd("SET");
-    command.arg(key.as_str()).arg(value.bytes().as_ref());
-    if let Some(ttl) = ttl {
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        command.arg("PX").arg(millis);
-    }
-    command
 }
 
 impl Store for RedisStore {
-    // redis-rs's futures are unnameable; the box costs a few tens of nanoseconds against a
-    // network round trip (see benches/store.rs).
-    type GetFuture =
-        Pin<Box<dyn Future<Output = Result<Option<StoreValue>, StoreError>> + Send + 'static>>;
+    type GetFuture = GetFuture;
 
     fn get(&self, key: &Key) -> Self::GetFuture {
-        let store = self.clone();
-        let mut command = redis::cmd("GET");
-        command.arg(key.as_str());
-        Box::pin(async move {
-            let value: Option<Vec<u8>> = store.run("get", &command).await?;
-            Ok(value.map(|bytes| StoreValue::new(Bytes::from(bytes))))
-        })
+        self.commands.get(key)
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<StoreValue>>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut command = redis::cmd("MGET");
-        for key in keys {
-            command.arg(key.as_str());
-        }
-        let values: Vec<Option<Vec<u8>>> = self.run("get_many", &command).await?;
-        Ok(values
-            .into_iter()
-            .map(|value| value.map(|bytes| StoreValue::new(Bytes::from(bytes))))
-            .collect())
+        self.commands.get_many(keys).await
     }
 
     async fn set(
@@ -455,7 +378,7 @@ impl Store for RedisStore {
         value: StoreValue,
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        self.run::<()>("set", &set_command(key, &value, ttl)).await
+        self.commands.set(key, value, ttl).await
     }
 
     async fn set_many(
@@ -469,24 +392,17 @@ impl Store for RedisStore {
         for (key, value, ttl) in &entries {
             pipeline.add_command(set_command(key, value, *ttl)).ignore();
         }
-        self.run_pipeline::<()>("set_many", &pipeline).await
+        self.commands
+            .run_pipeline::<()>("set_many", &pipeline)
+            .await
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
-        let mut command = redis::cmd("UNLINK");
-        command.arg(key.as_str());
-        Ok(self.run::<u64>("delete", &command).await? > 0)
+        self.commands.delete(key).await
     }
 
     async fn delete_many(&self, keys: &[Key]) -> Result<u64, StoreError> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let mut command = redis::cmd("UNLINK");
-        for key in keys {
-            command.arg(key.as_str());
-        }
-        self.run("delete_many", &command).await
+        self.commands.delete_many(keys).await
     }
 
     async fn delete_pattern(&self, pattern: &Pattern) -> Result<u64, StoreError> {
@@ -509,33 +425,38 @@ impl Store for RedisStore {
             unlink
         };
         let (mut cursor, mut found): (u64, Vec<Vec<u8>>) =
-            self.run("delete_pattern", &scan(0)).await?;
+            self.commands.run("delete_pattern", &scan(0)).await?;
         let mut deleted = 0;
         while cursor != 0 {
             let mut pipeline = redis::pipe();
             pipeline.add_command(scan(cursor));
             if found.is_empty() {
-                let ((next, keys),): ((u64, Vec<Vec<u8>>),) =
-                    self.run_pipeline("delete_pattern", &pipeline).await?;
+                let ((next, keys),): ((u64, Vec<Vec<u8>>),) = self
+                    .commands
+                    .run_pipeline("delete_pattern", &pipeline)
+                    .await?;
                 (cursor, found) = (next, keys);
             } else {
                 pipeline.add_command(unlink(&found));
-                let ((next, keys), unlinked): ((u64, Vec<Vec<u8>>), u64) =
-                    self.run_pipeline("delete_pattern", &pipeline).await?;
+                let ((next, keys), unlinked): ((u64, Vec<Vec<u8>>), u64) = self
+                    .commands
+                    .run_pipeline("delete_pattern", &pipeline)
+                    .await?;
                 deleted += unlinked;
                 (cursor, found) = (next, keys);
             }
         }
         if !found.is_empty() {
-            deleted += self.run::<u64>("delete_pattern", &unlink(&found)).await?;
+            deleted += self
+                .commands
+                .run::<u64>("delete_pattern", &unlink(&found))
+                .await?;
         }
         Ok(deleted)
     }
 
     async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
-        let mut command = redis::cmd("EXISTS");
-        command.arg(key.as_str());
-        Ok(self.run::<u64>("exists", &command).await? > 0)
+        self.commands.exists(key).await
     }
 }
 
