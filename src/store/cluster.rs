@@ -178,9 +178,15 @@ impl RedisClusterConfig {
     }
 
     fn client(&self) -> Result<ClusterClient, StoreError> {
+        // redis-rs retries a failed cluster request up to 16 times, waiting up to minutes:
+        // right for a database client, wrong for a cache that can ask the loader instead. A
+        // short retry keeps MOVED/ASK and a failover's slot refresh working.
         let mut builder = ClusterClientBuilder::new(self.nodes.iter().map(String::as_str))
             .connection_timeout(self.connect_timeout)
-            .response_timeout(self.command_timeout);
+            .response_timeout(self.command_timeout)
+            .retries(2)
+            .min_retry_wait(5)
+            .max_retry_wait(100);
         if let Some(username) = &self.username {
             builder = builder.username(username);
         }

@@ -22,6 +22,9 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     extra_args: Vec<String>,
+    /// Its own directory: a replica's sync writes `dump.rdb` there, and another server
+    /// starting in the same directory would load it.
+    dir: std::path::PathBuf,
 }
 
 impl RedisServer {
@@ -36,10 +39,17 @@ impl RedisServer {
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
+            let dir = std::env::temp_dir().join(format!(
+                "{}-{:016x}",
+                unique_prefix("redis"),
+                fastrand::u64(..)
+            ));
+            std::fs::create_dir_all(&dir).expect("cannot create a directory for redis-server");
             let mut server = RedisServer {
                 child: None,
                 port,
                 extra_args: extra_args.clone(),
+                dir,
             };
             match server.start() {
                 Ok(()) => return server,
@@ -55,7 +65,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
-            .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+            .args(["--dir", &self.dir.to_string_lossy()])
             .args(["--logfile", ""])
             .args(&self.extra_args)
             .stdout(Stdio::null())
@@ -145,6 +155,7 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.pause(false);
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -227,8 +238,15 @@ impl RedisCluster {
     pub fn spawn(primaries: usize, replicas: usize) -> Self {
         let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
             .map(|_| {
-                let config =
-                    std::env::temp_dir().join(format!("{}.conf", unique_prefix("cluster-nodes")));
+                // Process ids are reused: a random name, and no file left from an earlier run
+                // (a node that finds one rejoins that old cluster).
+                let name = format!(
+                    "{}-{:016x}.conf",
+                    unique_prefix("cluster-nodes"),
+                    fastrand::u64(..)
+                );
+                let config = std::env::temp_dir().join(name);
+                let _ = std::fs::remove_file(&config);
                 let config = config.to_string_lossy().into_owned();
                 RedisServer::spawn_with(&[
                     "--cluster-enabled",
@@ -237,6 +255,12 @@ impl RedisCluster {
                     &config,
                     "--cluster-node-timeout",
                     "1000",
+                    // Replicas in sync at once (the default waits 5 s for more replicas),
+                    // and allowed to take over however long the primary has been gone.
+                    "--repl-diskless-sync-delay",
+                    "0",
+                    "--cluster-replica-validity-factor",
+                    "0",
                     "--appendonly",
                     "no",
                 ])
@@ -247,16 +271,20 @@ impl RedisCluster {
         for node in &nodes {
             create.arg(node.addr());
         }
-        create
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let status = create
-            .status()
+        create.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
+        let output = create
+            .output()
             .expect("redis-cli is needed to create a test cluster");
-        assert!(status.success(), "redis-cli --cluster create failed");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
         let cluster = RedisCluster { nodes };
         cluster.wait_until_ok();
+        if replicas > 0 {
+            cluster.wait_for_replicas();
+        }
         cluster
     }
 
@@ -277,6 +305,59 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+
+    /// Waits until every replica is in sync with its primary.
+    fn wait_for_replicas(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &self.nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port().to_string(), "info", "replication"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "a replica never synced: {info}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Waits until the live nodes have marked the node on `port` as failed and the cluster
+    /// is whole again (its replica promoted).
+    pub fn wait_for_failover(&self, port: u16) {
+        let live = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a live node");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let nodes = Command::new("redis-cli")
+                .args(["-p", &live.port().to_string(), "cluster", "nodes"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let failed = nodes.lines().any(|line| {
+                line.contains(&format!(":{port}@"))
+                    && line
+                        .split_whitespace()
+                        .nth(2)
+                        .is_some_and(|flags| flags.split(',').any(|f| f == "fail"))
+            });
+            if failed {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node on {port} was never marked failed: {nodes}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.wait_until_ok();
     }
 
     /// `host:port` of every node.

@@ -1,0 +1,146 @@
+//! Redis Cluster under failover: a primary killed under load, its replica promoted; requests
+//! keep succeeding (from the loader while the slot map changes), and caching resumes.
+#![cfg(all(feature = "cluster", feature = "metrics"))]
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::db::{entry, Db, Entry, GetEntry};
+use support::RedisCluster;
+use tower::ServiceExt;
+use tower_caching::key::KeyBuilder;
+use tower_caching::metrics::Metrics;
+use tower_caching::store::{CircuitBreaker, RedisClusterConfig, RedisClusterStore};
+use tower_caching::{Cache, CacheLayer};
+use tower_layer::Layer;
+
+fn hits(registry: &prometheus::Registry) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "tower_caching_cache_hits_total")
+        .flat_map(|f| {
+            f.get_metric()
+                .iter()
+                .map(|m| m.get_counter().get_value())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_fails_over_under_load_and_caching_resumes() {
+    let mut cluster = RedisCluster::spawn(3, 1);
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::builder().register(&registry).unwrap();
+    let store = RedisClusterStore::connect(
+        RedisClusterConfig::new(cluster.addrs())
+            .connect_timeout(Duration::from_millis(300))
+            .command_timeout(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    let store = CircuitBreaker::builder(store)
+        .failures(5)
+        .open_for(Duration::from_millis(300))
+        .metrics(&metrics)
+        .build();
+    let db = Db::default();
+    for id in 0..100 {
+        db.insert(entry(&id.to_string(), "v"));
+    }
+    let cache: Cache<Option<Entry>, _> = Cache::builder(store).metrics(metrics).build();
+    let reader = CacheLayer::cache_aside(cache).layer(db.clone());
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (reader, sent, failed, stop) =
+            (reader.clone(), sent.clone(), failed.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let keys = KeyBuilder::new();
+            while !stop.load(Ordering::Relaxed) {
+                let id = fastrand::u32(0..100).to_string();
+                let read = reader
+                    .clone()
+                    .oneshot(GetEntry {
+                        keys: keys.clone(),
+                        id,
+                    })
+                    .await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if read.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // `redis-cli --cluster create` makes the first nodes the primaries.
+    let killed_port = cluster.nodes[0].port();
+    cluster.nodes[0].kill();
+    let killed = Instant::now();
+    // The cluster is kept (and dropped, killing its nodes) only at the end of the test.
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait_for_failover(killed_port);
+        cluster
+    })
+    .await
+    .unwrap();
+    let failed_over = killed.elapsed();
+    // Caching resumes once the client has the new slot map.
+    let hits_before = hits(&registry);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while hits(&registry) < hits_before + 200.0 {
+        assert!(
+            Instant::now() < deadline,
+            "caching did not resume after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resumed = killed.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    // Every key is cached again, the failed primary's slots included: a second pass over
+    // all of them is all hits.
+    let keys = KeyBuilder::new();
+    for _ in 0..2 {
+        for id in 0..100 {
+            let get = GetEntry {
+                keys: keys.clone(),
+                id: id.to_string(),
+            };
+            reader.clone().oneshot(get).await.unwrap();
+        }
+    }
+    let reads = db.reads();
+    for id in 0..100 {
+        let get = GetEntry {
+            keys: keys.clone(),
+            id: id.to_string(),
+        };
+        reader.clone().oneshot(get).await.unwrap();
+    }
+    assert_eq!(
+        db.reads(),
+        reads,
+        "some keys are no longer cached after the failover"
+    );
+    println!(
+        "cluster failover: requests {}, failed {}, cluster ok again after {failed_over:?}, \
+         caching resumed after {resumed:?}, cache hits {}",
+        sent.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        hits(&registry),
+    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    drop(cluster);
+}
