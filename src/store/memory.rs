@@ -78,6 +78,21 @@ impl MemoryStore {
         self.entries.entry_count()
     }
 
+    /// The value under `key`, synchronously: for stores layered on this one.
+    pub(crate) fn get_now(&self, key: &Key) -> Option<StoreValue> {
+        self.entries.get(key).map(|slot| slot.value)
+    }
+
+    /// Removes every entry.
+    ///
+    /// ```
+    /// # use tower_caching::store::MemoryStore;
+    /// MemoryStore::new().clear();
+    /// ```
+    pub fn clear(&self) {
+        self.entries.invalidate_all();
+    }
+
     fn insert(&self, key: &Key, value: StoreValue, ttl: Option<Duration>) {
         let ttl = ttl.map(|ttl| ttl.max(Duration::from_millis(1)));
         self.entries.insert(key.clone(), Slot { value, ttl });
@@ -154,7 +169,7 @@ impl Store for MemoryStore {
 
     #[inline]
     fn get(&self, key: &Key) -> Self::GetFuture {
-        ready(Ok(self.entries.get(key).map(|slot| slot.value)))
+        ready(Ok(self.get_now(key)))
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<StoreValue>>, StoreError> {

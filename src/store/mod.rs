@@ -45,6 +45,8 @@ mod commands;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+mod tiered;
 
 pub use self::breaker::{BreakerGet, CircuitBreaker, CircuitBreakerBuilder};
 #[cfg(feature = "cluster")]
@@ -54,6 +56,9 @@ pub use self::memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{ConfigError, RedisConfig, RedisStore};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::tiered::{TieredGet, TieredStore, DEFAULT_CHANNEL};
 
 /// A value as a store keeps it: bytes, plus an optional decoded form that only in-process
 /// stores keep.

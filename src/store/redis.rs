@@ -249,7 +249,7 @@ impl RedisConfig {
         &self.url
     }
 
-    fn client(&self) -> Result<Client, StoreError> {
+    pub(super) fn client(&self) -> Result<Client, StoreError> {
         // rustls needs a process-wide crypto provider; a process that installed its own keeps
         // it (the call then fails, harmlessly).
         #[cfg(feature = "tls")]
@@ -358,6 +358,18 @@ impl RedisStore {
                 timeout: config.command_timeout,
             },
         })
+    }
+}
+
+impl RedisStore {
+    /// Publishes `message` on `channel` (the tiered store's backplane).
+    pub(super) async fn publish(&self, channel: &str, message: &str) -> Result<(), StoreError> {
+        let mut command = redis::cmd("PUBLISH");
+        command.arg(channel).arg(message);
+        self.commands
+            .run::<u64>("publish", &command)
+            .await
+            .map(|_| ())
     }
 }
 

@@ -1,0 +1,299 @@
+use std::fmt;
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use pin_project::pin_project;
+
+use super::commands::GetFuture;
+use super::{MemoryStore, RedisConfig, RedisStore, Store, StoreError, StoreValue};
+use crate::key::{Key, Pattern};
+
+/// The default Redis channel of invalidations between instances.
+pub const DEFAULT_CHANNEL: &str = "tower-caching:invalidations";
+
+/// Two tiers: an in-process [`MemoryStore`] (L1, typed values, no decode on a hit) in front
+/// of a shared [`RedisStore`] (L2), kept coherent across app instances by a Redis pub/sub
+/// **backplane**.
+///
+/// - A read tries L1, then L2; an L2 hit is copied into L1 for at most `l1_ttl`.
+/// - A write or delete goes to L2, then L1, then is **published**: every other instance on
+///   the channel drops the key (or pattern) from its L1.
+/// - When the backplane's connection drops, L1 is **cleared** — it may have missed
+///   invalidations — and refilled from L2 as reads come.
+///
+/// Why pub/sub and not RESP3 client-side caching (`CLIENT TRACKING`): it works on every
+/// Redis (and Redis Cluster) version, carries pattern invalidations (tracking only knows
+/// keys the client read), and keeps L1 typed — redis-rs's client cache holds raw replies, so
+/// every hit would decode again. The cost is one `PUBLISH` per write; the guarantee is the
+/// same (an instance that misses messages clears its L1).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_caching::store::{MemoryStore, RedisConfig, RedisStore, TieredStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = RedisConfig::from_env()?;
+/// let l2 = RedisStore::connect(config.clone()).await?;
+/// let store = TieredStore::new(MemoryStore::new(), l2, &config, Duration::from_secs(30))?;
+/// # let _ = store;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TieredStore {
+    l1: MemoryStore,
+    l2: RedisStore,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// This instance, so that it ignores its own messages.
+    id: String,
+    channel: String,
+    l1_ttl: Duration,
+    connected: AtomicBool,
+}
+
+impl fmt::Debug for TieredStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredStore")
+            .field("l1", &self.l1)
+            .field("l2", &self.l2)
+            .field("channel", &self.shared.channel)
+            .field("l1_ttl", &self.shared.l1_ttl)
+            .finish()
+    }
+}
+
+/// An invalidation on the backplane: `{instance} k {key}` or `{instance} p {pattern}`.
+fn message(id: &str, kind: char, target: &str) -> String {
+    format!("{id} {kind} {target}")
+}
+
+impl TieredStore {
+    /// L1 `l1` in front of L2 `l2`, with the backplane on the default channel; `config`
+    /// tells the subscriber where Redis is. Must be called within a Tokio runtime.
+    pub fn new(
+        l1: MemoryStore,
+        l2: RedisStore,
+        config: &RedisConfig,
+        l1_ttl: Duration,
+    ) -> Result<Self, StoreError> {
+        Self::with_channel(l1, l2, config, l1_ttl, DEFAULT_CHANNEL)
+    }
+
+    /// [`TieredStore::new`] on another channel (one per application sharing a Redis).
+    pub fn with_channel(
+        l1: MemoryStore,
+        l2: RedisStore,
+        config: &RedisConfig,
+        l1_ttl: Duration,
+        channel: &str,
+    ) -> Result<Self, StoreError> {
+        let client = config.client()?;
+        let shared = Arc::new(Shared {
+            id: format!("{:016x}", fastrand::u64(..)),
+            channel: channel.to_owned(),
+            l1_ttl,
+            connected: AtomicBool::new(false),
+        });
+        tokio::spawn(subscribe(client, l1.clone(), Arc::downgrade(&shared)));
+        Ok(TieredStore { l1, l2, shared })
+    }
+
+    /// Whether the backplane is subscribed now (L1 is only used while it is).
+    pub fn is_coherent(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    async fn publish(&self, kind: char, target: &str) {
+        let text = message(&self.shared.id, kind, target);
+        if let Err(error) = self.l2.publish(&self.shared.channel, &text).await {
+            // Other instances may keep a stale L1 entry until its TTL: log it loudly.
+            tracing::error!(%error, "cache invalidation not published to other instances");
+        }
+    }
+}
+
+/// Listens to the backplane for as long as the store lives, reconnecting with backoff and
+/// clearing L1 whenever it was disconnected.
+async fn subscribe(client: redis::Client, l1: MemoryStore, shared: std::sync::Weak<Shared>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(channel) = shared.upgrade().map(|s| s.channel.clone()) else {
+            return;
+        };
+        let connected = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(Duration::from_secs(2), connected).await {
+            Ok(Ok(pubsub)) => {
+                backoff = Duration::from_millis(50);
+                // Whatever L1 holds may have missed invalidations while disconnected.
+                l1.clear();
+                if let Some(shared) = shared.upgrade() {
+                    shared.connected.store(true, Ordering::Release);
+                }
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    let Ok(text) = message.get_payload::<String>() else {
+                        continue;
+                    };
+                    let mut parts = text.splitn(3, ' ');
+                    let (Some(from), Some(kind), Some(target)) =
+                        (parts.next(), parts.next(), parts.next())
+                    else {
+                        continue;
+                    };
+                    if from == shared.id {
+                        continue;
+                    }
+                    match kind {
+                        "k" => {
+                            if let Ok(key) = Key::new(target) {
+                                let _ = l1.delete(&key).await;
+                            }
+                        }
+                        "p" => {
+                            let _ = l1.delete_pattern(&Pattern::glob(target)).await;
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(shared) = shared.upgrade() {
+                    shared.connected.store(false, Ordering::Release);
+                }
+                l1.clear();
+                tracing::warn!("cache backplane disconnected: L1 cleared");
+            }
+            _ => {
+                l1.clear();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// The future of [`TieredStore`]'s `get`: an L1 hit at once, or the L2 lookup that fills L1.
+#[pin_project(project = TieredGetProj)]
+pub enum TieredGet {
+    /// Found in L1.
+    L1(#[pin] Ready<Result<Option<StoreValue>, StoreError>>),
+    /// Looked up in L2.
+    L2(#[pin] GetFuture),
+}
+
+impl fmt::Debug for TieredGet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TieredGet::L1(_) => "TieredGet::L1",
+            TieredGet::L2(_) => "TieredGet::L2",
+        })
+    }
+}
+
+impl Future for TieredGet {
+    type Output = Result<Option<StoreValue>, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            TieredGetProj::L1(found) => found.poll(cx),
+            TieredGetProj::L2(lookup) => lookup.poll(cx),
+        }
+    }
+}
+
+impl Store for TieredStore {
+    type GetFuture = TieredGet;
+
+    fn get(&self, key: &Key) -> Self::GetFuture {
+        if self.is_coherent() {
+            if let Some(value) = self.l1.get_now(key) {
+                return TieredGet::L1(ready(Ok(Some(value))));
+            }
+        }
+        let (l1, l2, key) = (self.l1.clone(), self.l2.clone(), key.clone());
+        let l1_ttl = self.shared.l1_ttl;
+        let coherent = self.is_coherent();
+        TieredGet::L2(Box::pin(async move {
+            let found = l2.get(&key).await?;
+            if let (Some(value), true) = (&found, coherent) {
+                let _ = l1.set(&key, value.clone(), Some(l1_ttl)).await;
+            }
+            Ok(found)
+        }))
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<StoreValue>>, StoreError> {
+        self.l2.get_many(keys).await
+    }
+
+    async fn set(
+        &self,
+        key: &Key,
+        value: StoreValue,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.l2.set(key, value.clone(), ttl).await?;
+        let l1_ttl = Some(ttl.map_or(self.shared.l1_ttl, |ttl| ttl.min(self.shared.l1_ttl)));
+        let _ = self.l1.set(key, value, l1_ttl).await;
+        self.publish('k', key.as_str()).await;
+        Ok(())
+    }
+
+    async fn set_many(
+        &self,
+        entries: Vec<(Key, StoreValue, Option<Duration>)>,
+    ) -> Result<(), StoreError> {
+        let keys: Vec<Key> = entries.iter().map(|(key, _, _)| key.clone()).collect();
+        self.l2.set_many(entries).await?;
+        let _ = self.l1.delete_many(&keys).await;
+        for key in &keys {
+            self.publish('k', key.as_str()).await;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
+        let _ = self.l1.delete(key).await;
+        let deleted = self.l2.delete(key).await;
+        self.publish('k', key.as_str()).await;
+        deleted
+    }
+
+    async fn delete_many(&self, keys: &[Key]) -> Result<u64, StoreError> {
+        let _ = self.l1.delete_many(keys).await;
+        let deleted = self.l2.delete_many(keys).await;
+        for key in keys {
+            self.publish('k', key.as_str()).await;
+        }
+        deleted
+    }
+
+    async fn delete_pattern(&self, pattern: &Pattern) -> Result<u64, StoreError> {
+        let _ = self.l1.delete_pattern(pattern).await;
+        let deleted = self.l2.delete_pattern(pattern).await;
+        self.publish('p', pattern.as_str()).await;
+        deleted
+    }
+
+    async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
+        self.l2.exists(key).await
+    }
+
+    fn keeps_decoded(&self) -> bool {
+        true
+    }
+}

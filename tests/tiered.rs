@@ -1,0 +1,117 @@
+//! Two-tier L1/L2 caching: two stores on one redis-server act as two app instances; a write
+//! on one is invisible in the other's L1 within 100 ms, pattern deletes propagate, and a
+//! lost backplane connection clears L1.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::RedisServer;
+use tower_caching::key::KeyBuilder;
+use tower_caching::store::{MemoryStore, RedisConfig, RedisStore, Store, TieredStore};
+use tower_caching::Cache;
+
+async fn instance(
+    config: &RedisConfig,
+    channel: &str,
+) -> (Cache<String, TieredStore>, MemoryStore, TieredStore) {
+    let l1 = MemoryStore::new();
+    let l2 = RedisStore::connect(config.clone()).await.unwrap();
+    let store = TieredStore::with_channel(l1.clone(), l2, config, Duration::from_secs(60), channel)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !store.is_coherent() {
+        assert!(Instant::now() < deadline, "the backplane never subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (Cache::new(store.clone()), l1, store)
+}
+
+/// How long until `check` holds, polling every millisecond (at most `limit`).
+async fn within(limit: Duration, check: impl AsyncFn() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_instance_leaves_no_stale_l1_on_another() {
+    let server = RedisServer::spawn();
+    let config = RedisConfig::new(server.url()).command_timeout(Duration::from_secs(1));
+    let channel = support::unique_prefix("backplane");
+    let (a, _, _) = instance(&config, &channel).await;
+    let (b, b_l1, _) = instance(&config, &channel).await;
+    let keys = KeyBuilder::new();
+    let key = keys.entry("e1");
+
+    a.set(&key, &"v1".to_string(), None).await.unwrap();
+    assert_eq!(b.get(&key).await.unwrap().as_deref(), Some("v1"));
+    // Now in B's L1: served without Redis.
+    assert!(b_l1.get(&key).await.unwrap().is_some());
+
+    let mut delays = Vec::new();
+    for round in 2..12 {
+        let value = format!("v{round}");
+        a.set(&key, &value, None).await.unwrap();
+        let seen = within(Duration::from_millis(100), async || {
+            b.get(&key).await.unwrap().as_deref() == Some(value.as_str())
+        })
+        .await;
+        delays.push(seen.unwrap_or_else(|| {
+            panic!("B still served a stale value after 100 ms (round {round})")
+        }));
+    }
+    delays.sort();
+    println!(
+        "tiered: invalidation seen by the other instance after {:?} (median), {:?} (max)",
+        delays[delays.len() / 2],
+        delays[delays.len() - 1]
+    );
+
+    // Pattern deletes reach the other L1 too.
+    for id in ["1", "2", "3"] {
+        a.set(&keys.vsync(id), &id.to_string(), None).await.unwrap();
+        b.get(&keys.vsync(id)).await.unwrap();
+    }
+    a.delete_pattern(&keys.vsyncs()).await.unwrap();
+    let gone = within(Duration::from_millis(100), async || {
+        b_l1.get(&keys.vsync("2")).await.unwrap().is_none()
+    })
+    .await;
+    assert!(gone.is_some(), "pattern invalidation did not reach B's L1");
+    assert_eq!(b.get(&keys.vsync("2")).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_backplane_clears_l1() {
+    let mut server = RedisServer::spawn();
+    let config = RedisConfig::new(server.url()).command_timeout(Duration::from_millis(200));
+    let channel = support::unique_prefix("backplane");
+    let (a, a_l1, store) = instance(&config, &channel).await;
+    let key = KeyBuilder::new().entry("e1");
+    a.set(&key, &"v1".to_string(), None).await.unwrap();
+    assert!(a_l1.get(&key).await.unwrap().is_some());
+
+    server.kill();
+    let cleared = within(Duration::from_secs(2), async || {
+        a_l1.get(&key).await.unwrap().is_none()
+    })
+    .await;
+    assert!(
+        cleared.is_some(),
+        "L1 kept entries after losing the backplane"
+    );
+    assert!(!store.is_coherent());
+    // Without a backplane, L1 is not used: reads go to L2 (down now, so an error).
+    assert!(a.get(&key).await.is_err());
+
+    server.restart();
+    let back = within(Duration::from_secs(10), async || store.is_coherent()).await;
+    assert!(back.is_some(), "the backplane never came back");
+}
