@@ -183,5 +183,44 @@ fn layer_hit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, memory, redis, layer_hit);
+/// The two-tier store: an L1 hit (typed, in process) against an L2 hit (Redis round trip +
+/// decode) for the same value.
+fn tiered(c: &mut Criterion) {
+    use tower_caching::store::TieredStore;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = RedisConfig::new(support::shared_redis());
+    let key = Key::new("tiered:entry:0b9d6b0e").unwrap();
+    let (l1_cache, l2_cache) = rt.block_on(async {
+        let l2 = RedisStore::connect(config.clone()).await.unwrap();
+        let tiered = TieredStore::new(
+            MemoryStore::new(),
+            l2.clone(),
+            &config,
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap();
+        while !tiered.is_coherent() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let l1_cache: Cache<Entry, TieredStore> = Cache::new(tiered);
+        l1_cache.set(&key, &entry(), None).await.unwrap();
+        let l2_cache: Cache<Entry, RedisStore> = Cache::new(l2);
+        (l1_cache, l2_cache)
+    });
+    let mut group = c.benchmark_group("tiered_get");
+    group.bench_function("l1_hit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(l1_cache.get(black_box(&key)).await.unwrap()) })
+    });
+    group.bench_function("l2_hit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(l2_cache.get(black_box(&key)).await.unwrap()) })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, memory, redis, layer_hit, tiered);
 criterion_main!(benches);
