@@ -43,6 +43,9 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+// Type-changing builders (`CacheLayer<WriteBehind<Req, V, St, C, F, A, D>, K, T>`) are the
+// point of the API, not an accident of it.
+#![allow(clippy::type_complexity)]
 
 pub mod cache;
 pub mod codec;

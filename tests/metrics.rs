@@ -17,8 +17,10 @@ use tower_caching::strategy::Invalidation;
 use tower_caching::{Cache, CacheLayer};
 use tower_layer::Layer;
 
+type Labels = BTreeMap<String, String>;
+
 /// The metrics' text exposition, parsed: `name` → [(labels, value)].
-struct Scrape(BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>);
+struct Scrape(BTreeMap<String, Vec<(Labels, f64)>>);
 
 fn scrape(registry: &Registry) -> Scrape {
     let mut text = Vec::new();
