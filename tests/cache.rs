@@ -1,6 +1,7 @@
 //! The typed `Cache` handle on both stores: round trips, bad bytes, size limits,
 //! coalescing, cancellation, close.
 
+#[macro_use]
 mod support;
 
 use std::collections::HashMap;
@@ -374,41 +375,7 @@ async fn bulk_and_single_loads_coalesce<S: Store>(store: S, prefix: &str) {
     );
 }
 
-macro_rules! on_both_stores {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let prefix = super::support::unique_prefix(stringify!($test));
-                    super::$test(super::MemoryStore::new(), &prefix).await;
-                }
-            )*
-        }
-        #[cfg(feature = "redis")]
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let prefix = super::support::unique_prefix(stringify!($test));
-                    super::$test(super::support::shared_redis_store().await, &prefix).await;
-                }
-            )*
-        }
-        #[cfg(feature = "cluster")]
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let prefix = super::support::unique_prefix(stringify!($test));
-                    super::$test(super::support::shared_cluster_store().await, &prefix).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+on_every_store!(
     typed_round_trip,
     undecodable_values_are_typed_errors_and_misses,
     oversized_values_are_refused_but_served,

@@ -2,6 +2,7 @@
 //! `MemoryStore`: the original service's 13 cases, then coalescing, write-behind under
 //! failures, backpressure and shutdown, refresh-ahead and negative caching.
 
+#[macro_use]
 mod support;
 
 use std::sync::atomic::Ordering;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use support::db::{entry, CreateEntry, Db, DbError, Entry, GetEntry, UpdateMetrics, Vsync};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_caching::key::{Key, KeyBuilder};
-use tower_caching::store::{MemoryStore, Store};
+use tower_caching::store::Store;
 use tower_caching::strategy::{DeadLetter, Invalidation};
 use tower_caching::{ttl, Cache, CacheLayer};
 use tower_layer::Layer;
@@ -979,41 +980,7 @@ async fn a_read_sees_a_queued_write_before_the_writer_runs<S: Store>(store: S, p
     );
 }
 
-macro_rules! on_both_stores {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let prefix = super::support::unique_prefix(stringify!($test));
-                    super::$test(super::MemoryStore::new(), &prefix).await;
-                }
-            )*
-        }
-        #[cfg(feature = "redis")]
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let prefix = super::support::unique_prefix(stringify!($test));
-                    super::$test(super::support::shared_redis_store().await, &prefix).await;
-                }
-            )*
-        }
-        #[cfg(feature = "cluster")]
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let prefix = super::support::unique_prefix(stringify!($test));
-                    super::$test(super::support::shared_cluster_store().await, &prefix).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores!(
+on_every_store!(
     cache_aside_hit,
     cache_aside_miss,
     write_through_success,

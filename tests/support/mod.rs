@@ -9,6 +9,44 @@
 
 pub mod db;
 
+/// Defines, for each named `async fn test<S: Store>(store: S, prefix: &str)`, one
+/// `#[tokio::test]` per store: `memory::test`, `redis::test` (shared redis-server) and
+/// `cluster::test` (shared cluster), each with a key prefix of its own.
+#[allow(unused_macros)]
+macro_rules! on_every_store {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let prefix = super::support::unique_prefix(stringify!($test));
+                    super::$test(tower_caching::store::MemoryStore::new(), &prefix).await;
+                }
+            )*
+        }
+        #[cfg(feature = "redis")]
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let prefix = super::support::unique_prefix(stringify!($test));
+                    super::$test(super::support::shared_redis_store().await, &prefix).await;
+                }
+            )*
+        }
+        #[cfg(feature = "cluster")]
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let prefix = super::support::unique_prefix(stringify!($test));
+                    super::$test(super::support::shared_cluster_store().await, &prefix).await;
+                }
+            )*
+        }
+    };
+}
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;

@@ -301,8 +301,13 @@ where
                         }
                     };
                     let (inner, request) = call.take().expect("lookup polled after completion");
-                    let now = now_ms();
-                    let fail_safe = layer.strategy.fail_safe.is_some();
+                    let read = &layer.strategy;
+                    let fail_safe = read.fail_safe.is_some();
+                    // The wall clock only for the options that need it: a plain hit reads none.
+                    let timed = fail_safe
+                        || read.refresh_ahead.is_some()
+                        || read.early_expiration.is_some();
+                    let now = if timed { now_ms() } else { 0 };
                     let stale = match found {
                         Some(hit) if !(fail_safe && hit.header.is_stale(now)) => {
                             observer.hit(strategy);
@@ -310,7 +315,7 @@ where
                                 observer.negative_hit(strategy);
                             }
                             this.span.record("outcome", "hit");
-                            if layer.strategy.refresh_due(&hit.header, now) {
+                            if timed && layer.strategy.refresh_due(&hit.header, now) {
                                 // Not awaited: the load runs on its own task, once per key.
                                 if load(layer, &key, inner, request, None, true).1 {
                                     observer.refresh(strategy);
