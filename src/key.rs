@@ -170,6 +170,78 @@ pub enum KeyError {
     },
 }
 
+/// A tag: a name that groups entries so that one call drops them all, wherever their keys
+/// live — see [`Cache::tag_with`](crate::Cache::tag_with) and
+/// [`Cache::invalidate_tag`](crate::Cache::invalidate_tag).
+///
+/// A tag is any UTF-8 string of at most [`Tag::MAX_LEN`] bytes without control characters.
+/// Tags share one namespace per store: two applications on one Redis should prefix theirs,
+/// as they prefix their keys.
+///
+/// ```
+/// use tower_caching::key::Tag;
+///
+/// let tag = Tag::new("participant:12345678")?;
+/// assert_eq!(tag.as_str(), "participant:12345678");
+/// assert!(Tag::new("").is_err());
+/// # Ok::<(), tower_caching::key::KeyError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(std::sync::Arc<str>);
+
+impl Tag {
+    /// The longest tag accepted, in bytes: its escaped index key must stay a valid [`Key`].
+    pub const MAX_LEN: usize = 256;
+
+    /// Validates `tag`: not empty, at most [`Tag::MAX_LEN`] bytes, no control characters.
+    ///
+    /// ```
+    /// use tower_caching::key::{KeyError, Tag};
+    /// assert!(matches!(Tag::new("x".repeat(300)), Err(KeyError::TooLong { .. })));
+    /// ```
+    pub fn new(tag: impl AsRef<str>) -> Result<Self, KeyError> {
+        let tag = tag.as_ref();
+        if tag.len() > Tag::MAX_LEN {
+            return Err(KeyError::TooLong {
+                len: tag.len(),
+                max: Tag::MAX_LEN,
+            });
+        }
+        validate(tag)?;
+        Ok(Tag(tag.into()))
+    }
+
+    /// The tag as a string slice.
+    ///
+    /// ```
+    /// # use tower_caching::key::Tag;
+    /// assert_eq!(Tag::new("t")?.as_str(), "t");
+    /// # Ok::<(), tower_caching::key::KeyError>(())
+    /// ```
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key of the tag's index in a shared store: `tower-caching:tag:{escaped tag}`. The
+    /// tag is escaped like a key part, so it picks no Redis Cluster slot of its own.
+    #[cfg(feature = "redis")]
+    pub(crate) fn index_key(&self) -> Key {
+        Key(format!("tower-caching:tag:{}", escape_part(&self.0)))
+    }
+}
+
+impl fmt::Debug for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A Redis glob pattern for [`Cache::delete_pattern`](crate::Cache::delete_pattern).
 ///
 /// [`Pattern::prefix`] and [`Pattern::exact`] escape their input, so they match literally;

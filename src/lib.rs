@@ -61,7 +61,7 @@ pub mod strategy;
 pub mod ttl;
 
 pub use crate::cache::{Cache, CacheBuilder, CacheError, Cacheable};
-pub use crate::key::{Key, KeyBuilder, KeyExtractor, Pattern};
+pub use crate::key::{Key, KeyBuilder, KeyExtractor, Pattern, Tag};
 pub use crate::layer::CacheLayer;
 pub use crate::store::{MemoryStore, Store, StoreError};
 

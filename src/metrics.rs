@@ -94,12 +94,13 @@ pub(crate) enum Operation {
     DeleteMany,
     DeletePattern,
     Exists,
+    InvalidateTag,
     WriteBehindFlush,
 }
 
 impl Operation {
     #[cfg(feature = "metrics")]
-    const ALL: [Operation; 9] = [
+    const ALL: [Operation; 10] = [
         Operation::Get,
         Operation::GetMany,
         Operation::Set,
@@ -108,6 +109,7 @@ impl Operation {
         Operation::DeleteMany,
         Operation::DeletePattern,
         Operation::Exists,
+        Operation::InvalidateTag,
         Operation::WriteBehindFlush,
     ];
 
@@ -122,6 +124,7 @@ impl Operation {
             Operation::DeleteMany => "delete_many",
             Operation::DeletePattern => "delete_pattern",
             Operation::Exists => "exists",
+            Operation::InvalidateTag => "invalidate_tag",
             Operation::WriteBehindFlush => "write_behind_flush",
         }
     }

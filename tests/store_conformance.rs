@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use tower_caching::key::{Key, Pattern};
+use tower_caching::key::{Key, Pattern, Tag};
 use tower_caching::store::{MemoryStore, Store, StoreValue};
 
 fn key(prefix: &str, name: &str) -> Key {
@@ -187,6 +187,97 @@ async fn odd_keys_round_trip<S: Store>(store: S, p: &str) {
     }
 }
 
+fn tag(prefix: &str, name: &str) -> Tag {
+    Tag::new(format!("{prefix}:{name}")).unwrap()
+}
+
+async fn tags_invalidate_exactly_their_entries<S: Store>(store: S, p: &str) {
+    let (a, b) = (tag(p, "a"), tag(p, "b"));
+    let [k1, k2, k3, k4] = ["1", "2", "3", "4"].map(|n| key(p, n));
+    let ttl = Some(Duration::from_secs(60));
+    store
+        .set_tagged(&k1, bytes(b"1"), ttl, std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    store
+        .set_tagged(&k2, bytes(b"2"), None, &[a.clone(), b.clone()])
+        .await
+        .unwrap();
+    store
+        .set_tagged(&k3, bytes(b"3"), ttl, std::slice::from_ref(&b))
+        .await
+        .unwrap();
+    store.set(&k4, bytes(b"4"), ttl).await.unwrap();
+    assert_eq!(get_bytes(&store, &k2).await.as_deref(), Some(&b"2"[..]));
+
+    assert_eq!(store.invalidate_tag(&a).await.unwrap(), 2);
+    assert_eq!(get_bytes(&store, &k1).await, None);
+    assert_eq!(get_bytes(&store, &k2).await, None);
+    assert!(store.exists(&k3).await.unwrap());
+    assert!(store.exists(&k4).await.unwrap());
+    assert_eq!(store.invalidate_tag(&a).await.unwrap(), 0);
+    // k2 is gone already: only k3 is left under b.
+    assert_eq!(store.invalidate_tag(&b).await.unwrap(), 1);
+    assert!(!store.exists(&k3).await.unwrap());
+    assert!(
+        store.exists(&k4).await.unwrap(),
+        "an untagged entry was removed"
+    );
+}
+
+async fn tags_span_many_batches<S: Store>(store: S, p: &str) {
+    let t = tag(p, "many");
+    for i in 0..2500 {
+        store
+            .set_tagged(
+                &key(p, &i.to_string()),
+                bytes(b"x"),
+                None,
+                std::slice::from_ref(&t),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.invalidate_tag(&t).await.unwrap(), 2500);
+    assert!(!store.exists(&key(p, "0")).await.unwrap());
+    assert!(!store.exists(&key(p, "2499")).await.unwrap());
+}
+
+async fn tagged_entries_expire_with_their_ttl<S: Store>(store: S, p: &str) {
+    let t = tag(p, "t");
+    let k = key(p, "k");
+    store
+        .set_tagged(
+            &k,
+            bytes(b"x"),
+            Some(Duration::from_millis(100)),
+            std::slice::from_ref(&t),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(get_bytes(&store, &k).await, None);
+    assert_eq!(store.invalidate_tag(&t).await.unwrap(), 0);
+}
+
+async fn odd_tags_stay_literal<S: Store>(store: S, p: &str) {
+    let k = key(p, "k");
+    for name in ["with space", "{slot}", "a*", "ünï:cödé"] {
+        let t = tag(p, name);
+        store
+            .set_tagged(&k, bytes(b"x"), None, std::slice::from_ref(&t))
+            .await
+            .unwrap();
+        // A glob-like tag does not reach other tags' entries.
+        assert_eq!(
+            store.invalidate_tag(&tag(p, "a")).await.unwrap(),
+            0,
+            "{name}"
+        );
+        assert_eq!(store.invalidate_tag(&t).await.unwrap(), 1, "{name}");
+    }
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr) => {
         mod $store {
@@ -203,6 +294,10 @@ macro_rules! conformance {
                 multi_get_and_set,
                 binary_empty_and_large_values,
                 odd_keys_round_trip,
+                tags_invalidate_exactly_their_entries,
+                tags_span_many_batches,
+                tagged_entries_expire_with_their_ttl,
+                odd_tags_stay_literal,
             );
         }
     };

@@ -285,6 +285,53 @@ async fn write_around_bulk_operation<S: Store>(store: S, prefix: &str) {
     assert!(cache.exists(&keys.entry("untouched")).await.unwrap());
 }
 
+/// Entries are tagged by owner as any layer caches them; a bulk write by one owner drops
+/// that owner's entries by tag, whatever their keys, and leaves the others.
+async fn write_around_invalidates_by_tag<S: Store>(store: S, prefix: &str) {
+    use tower_caching::key::Tag;
+    let keys = KeyBuilder::new().prefix(prefix);
+    let db = Db::default();
+    let owner_tag = {
+        let prefix = prefix.to_owned();
+        move |owner: &str| Tag::new(format!("{prefix}:owner:{owner}")).unwrap()
+    };
+    let tagging = owner_tag.clone();
+    let cache: Cache<Option<Entry>, S> =
+        Cache::new(store).tag_with(move |_, value: &Option<Entry>| {
+            value.iter().map(|e| tagging(&e.owner_name)).collect()
+        });
+    for (id, owner) in [("e1", "ana"), ("e2", "ana"), ("e3", "bia")] {
+        db.insert(entry(id, owner));
+    }
+    let reader = CacheLayer::read_through(cache.clone()).layer(db.clone());
+    for id in ["e1", "e2", "e3"] {
+        reader.clone().oneshot(get(&keys, id)).await.unwrap();
+        assert!(cache.exists(&keys.entry(id)).await.unwrap());
+    }
+    let writer = CacheLayer::write_around(cache.clone())
+        .invalidate(move |req: &Vsync| {
+            Invalidation::new().tag(owner_tag(&req.entries[0].owner_name))
+        })
+        .layer(db.clone());
+    writer
+        .oneshot(Vsync {
+            id: "v1".into(),
+            entries: vec![entry("e1", "ana")],
+        })
+        .await
+        .unwrap();
+    assert!(!cache.exists(&keys.entry("e1")).await.unwrap());
+    assert!(!cache.exists(&keys.entry("e2")).await.unwrap());
+    assert!(cache.exists(&keys.entry("e3")).await.unwrap());
+    let reads = db.reads();
+    reader.clone().oneshot(get(&keys, "e2")).await.unwrap();
+    assert_eq!(
+        db.reads(),
+        reads + 1,
+        "e2 was not reloaded after its tag was invalidated"
+    );
+}
+
 async fn write_around_repopulation_on_read<S: Store>(store: S, prefix: &str) {
     let keys = KeyBuilder::new().prefix(prefix);
     let db = Db::default();
@@ -991,6 +1038,7 @@ on_every_store!(
     read_through_miss,
     write_around_bulk_operation,
     write_around_repopulation_on_read,
+    write_around_invalidates_by_tag,
     delete_pattern_multiple_keys,
     cache_ttl_expiration,
     all_strategies_integration,

@@ -115,3 +115,46 @@ async fn a_lost_backplane_clears_l1() {
     let back = within(Duration::from_secs(10), async || store.is_coherent()).await;
     assert!(back.is_some(), "the backplane never came back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_invalidated_on_one_instance_empties_every_l1() {
+    use tower_caching::key::Tag;
+    let server = RedisServer::spawn();
+    let config = RedisConfig::new(server.url()).command_timeout(Duration::from_secs(1));
+    let channel = support::unique_prefix("tags");
+    let by_owner = |_: &tower_caching::Key, value: &String| {
+        vec![Tag::new(format!("owner:{}", value.split('/').next().unwrap())).unwrap()]
+    };
+    let (a, _, _) = instance(&config, &channel).await;
+    let (b, b_l1, _) = instance(&config, &channel).await;
+    let (a, b) = (a.tag_with(by_owner), b.tag_with(by_owner));
+    let keys = KeyBuilder::new();
+    for id in 0..50 {
+        let owner = if id % 2 == 0 { "ana" } else { "bia" };
+        a.set(&keys.entry(&id.to_string()), &format!("{owner}/{id}"), None)
+            .await
+            .unwrap();
+    }
+    for id in 0..50 {
+        assert!(b.get(&keys.entry(&id.to_string())).await.unwrap().is_some());
+    }
+    assert!(b_l1.get(&keys.entry("0")).await.unwrap().is_some());
+
+    let started = Instant::now();
+    assert_eq!(
+        a.invalidate_tag(&Tag::new("owner:ana").unwrap())
+            .await
+            .unwrap(),
+        25
+    );
+    let seen = within(Duration::from_millis(100), async || {
+        b_l1.get(&keys.entry("48")).await.unwrap().is_none()
+    })
+    .await
+    .expect("B's L1 still held a tagged entry 100 ms after the invalidation");
+    println!("tiered: tag invalidation seen by the other instance's L1 after {seen:?} ({:?} after the call began)", started.elapsed());
+    for id in 0..50 {
+        let found = b.get(&keys.entry(&id.to_string())).await.unwrap();
+        assert_eq!(found.is_some(), id % 2 == 1, "entry {id}");
+    }
+}

@@ -46,7 +46,7 @@ use pin_project::pin_project;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::codec::{Codec, CodecError, Json};
-use crate::key::{Key, KeyError, Pattern};
+use crate::key::{Key, KeyError, Pattern, Tag};
 use crate::metrics::{KeyDigest, Observer, Operation, Strategy};
 use crate::store::{MemoryStore, Store, StoreError, StoreValue};
 
@@ -85,8 +85,12 @@ pub const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
 /// ```
 pub struct Cache<V, S = MemoryStore, C = Json> {
     shared: Arc<Shared<S, C>>,
+    tags: Option<TagPolicy<V>>,
     _value: PhantomData<fn() -> V>,
 }
+
+/// The tags an entry is filed under, from its key and value.
+type TagPolicy<V> = Arc<dyn Fn(&Key, &V) -> Vec<Tag> + Send + Sync>;
 
 pub(crate) struct Shared<S, C> {
     store: S,
@@ -112,6 +116,7 @@ impl<V, S, C> Clone for Cache<V, S, C> {
     fn clone(&self) -> Self {
         Cache {
             shared: self.shared.clone(),
+            tags: self.tags.clone(),
             _value: PhantomData,
         }
     }
@@ -125,6 +130,7 @@ impl<V, S: fmt::Debug, C: fmt::Debug> fmt::Debug for Cache<V, S, C> {
             .field("codec", &self.shared.codec)
             .field("max_value_size", &self.shared.max_value_size)
             .field("closed", &self.shared.closed.load(Ordering::Relaxed))
+            .field("tagged", &self.tags.is_some())
             .finish()
     }
 }
@@ -194,6 +200,7 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
                 #[cfg(not(feature = "metrics"))]
                 observer: Observer::default(),
             }),
+            tags: None,
             _value: PhantomData,
         }
     }
@@ -261,8 +268,121 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     pub fn typed<V2: Cacheable>(&self) -> Cache<V2, S, C> {
         Cache {
             shared: self.shared.clone(),
+            tags: None,
             _value: PhantomData,
         }
+    }
+
+    /// Files every entry this cache stores — through [`Cache::set`] or any layer built on
+    /// it — under the tags `tags(key, value)` returns, so that one
+    /// [`invalidate_tag`](Cache::invalidate_tag) drops them all. Replaces any earlier
+    /// policy; [`typed`](Cache::typed) views start without one.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use tower_caching::{key::{KeyBuilder, Tag}, Cache};
+    ///
+    /// #[derive(Clone, Serialize, Deserialize)]
+    /// struct Entry { id: String, ispb: String }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<Entry> = Cache::in_memory()
+    ///     .tag_with(|_key, entry: &Entry| Tag::new(format!("ispb:{}", entry.ispb)).into_iter().collect());
+    /// let keys = KeyBuilder::new();
+    /// for id in ["e1", "e2"] {
+    ///     let entry = Entry { id: id.into(), ispb: "12345678".into() };
+    ///     cache.set(&keys.entry(id), &entry, None).await?;
+    /// }
+    /// assert_eq!(cache.invalidate_tag(&Tag::new("ispb:12345678")?).await?, 2);
+    /// assert!(cache.get(&keys.entry("e1")).await?.is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tag_with(mut self, tags: impl Fn(&Key, &V) -> Vec<Tag> + Send + Sync + 'static) -> Self {
+        self.tags = Some(Arc::new(tags));
+        self
+    }
+
+    /// Removes every entry filed under `tag` (see [`Cache::tag_with`]), whatever its key,
+    /// without scanning the keyspace; how many were removed. On a shared store every
+    /// instance sees it at once; a [`TieredStore`](crate::store::TieredStore) also drops
+    /// them from every instance's L1.
+    ///
+    /// ```
+    /// # use tower_caching::{key::Tag, Cache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u8> = Cache::in_memory();
+    /// assert_eq!(cache.invalidate_tag(&Tag::new("nothing")?).await?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &Tag) -> Result<u64, CacheError> {
+        self.invalidate_tag_as(Strategy::Direct, tag).await
+    }
+
+    pub(crate) async fn invalidate_tag_as(
+        &self,
+        strategy: Strategy,
+        tag: &Tag,
+    ) -> Result<u64, CacheError> {
+        self.check_open()?;
+        self.observed(Operation::InvalidateTag, strategy, async {
+            Ok(self.shared.store.invalidate_tag(tag).await?)
+        })
+        .await
+    }
+
+    /// The tags of `value` under `key`: none without a policy.
+    fn tags_of(&self, key: &Key, value: &V) -> Vec<Tag> {
+        self.tags
+            .as_ref()
+            .map_or_else(Vec::new, |tags| tags(key, value))
+    }
+
+    /// Stores a framed value, filed under `tags` when there are any.
+    async fn put(
+        &self,
+        key: &Key,
+        stored: StoreValue,
+        ttl: Option<Duration>,
+        tags: &[Tag],
+    ) -> Result<(), StoreError> {
+        if tags.is_empty() {
+            self.shared.store.set(key, stored, ttl).await
+        } else {
+            self.shared.store.set_tagged(key, stored, ttl, tags).await
+        }
+    }
+
+    /// Stores framed values: the untagged in one round trip, the tagged each with its tags.
+    async fn put_many(
+        &self,
+        entries: Vec<(Key, StoreValue, Option<Duration>, Vec<Tag>)>,
+    ) -> Result<(), StoreError> {
+        let (tagged, untagged): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .partition(|(_, _, _, tags)| !tags.is_empty());
+        let untagged: Vec<_> = untagged
+            .into_iter()
+            .map(|(key, stored, ttl, _)| (key, stored, ttl))
+            .collect();
+        let untagged = async {
+            if untagged.is_empty() {
+                Ok(())
+            } else {
+                self.shared.store.set_many(untagged).await
+            }
+        };
+        let tagged =
+            futures_util::future::try_join_all(tagged.iter().map(|(key, stored, ttl, tags)| {
+                self.shared
+                    .store
+                    .set_tagged(key, stored.clone(), *ttl, tags)
+            }));
+        let (untagged, tagged) = futures_util::future::join(untagged, tagged).await;
+        untagged.and(tagged.map(|_| ()))
     }
 
     /// The value of a write-behind write of `key` still queued on this cache (or a
@@ -435,7 +555,9 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         self.check_open()?;
         self.observed(Operation::Set, strategy, async {
             let stored = self.encode(value, ttl)?;
-            Ok(self.shared.store.set(key, stored, ttl).await?)
+            Ok(self
+                .put(key, stored, ttl, &self.tags_of(key, value))
+                .await?)
         })
         .await
     }
@@ -460,10 +582,13 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         self.check_open()?;
         let entries = entries
             .iter()
-            .map(|(key, value)| Ok((key.clone(), self.encode(value, ttl)?, ttl)))
+            .map(|(key, value)| {
+                let stored = self.encode(value, ttl)?;
+                Ok((key.clone(), stored, ttl, self.tags_of(key, value)))
+            })
             .collect::<Result<Vec<_>, CacheError>>()?;
         self.observed(Operation::SetMany, Strategy::Direct, async {
-            Ok(self.shared.store.set_many(entries).await?)
+            Ok(self.put_many(entries).await?)
         })
         .await
     }
@@ -771,7 +896,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         let entries: Vec<_> = values
             .iter()
             .filter_map(|(key, value)| match self.encode(value, ttl) {
-                Ok(stored) => Some((key.clone(), stored, ttl)),
+                Ok(stored) => Some((key.clone(), stored, ttl, self.tags_of(key, value))),
                 Err(error) => {
                     self.observer().error(Operation::SetMany, error.kind());
                     tracing::warn!(key = %KeyDigest(key), %error, "value not cached");
@@ -781,7 +906,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             .collect();
         let stored = self
             .observed(Operation::SetMany, Strategy::CacheAside, async {
-                Ok(self.shared.store.set_many(entries).await?)
+                Ok(self.put_many(entries).await?)
             })
             .await;
         if let Err(error) = stored {
@@ -838,7 +963,9 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         let stored = self
             .observed(Operation::Set, strategy, async {
                 let stored = self.encode_with(value, header)?;
-                Ok(self.shared.store.set(key, stored, keep).await?)
+                Ok(self
+                    .put(key, stored, keep, &self.tags_of(key, value))
+                    .await?)
             })
             .await;
         if let Err(error) = stored {
@@ -857,25 +984,13 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         value: Option<&V>,
         ttl: Option<Duration>,
     ) {
-        let encoded = value.map(|value| self.encode(value, ttl));
-        self.store_encoded_or_invalidate(strategy, key, encoded, ttl)
-            .await
-    }
-
-    /// [`Cache::store_or_invalidate`] with the value already framed.
-    pub(crate) async fn store_encoded_or_invalidate(
-        &self,
-        strategy: Strategy,
-        key: &Key,
-        encoded: Option<Result<StoreValue, CacheError>>,
-        ttl: Option<Duration>,
-    ) {
+        let encoded = value.map(|value| (self.encode(value, ttl), self.tags_of(key, value)));
         let value = encoded.is_some();
         let stored = match encoded {
-            Some(encoded) => {
+            Some((encoded, tags)) => {
                 self.observed(Operation::Set, strategy, async {
                     self.check_open()?;
-                    Ok(self.shared.store.set(key, encoded?, ttl).await?)
+                    Ok(self.put(key, encoded?, ttl, &tags).await?)
                 })
                 .await
             }

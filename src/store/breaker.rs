@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use pin_project::pin_project;
 
 use super::{Store, StoreError, StoreValue};
-use crate::key::{Key, Pattern};
+use crate::key::{Key, Pattern, Tag};
 use crate::metrics::Observer;
 
 /// A circuit breaker in front of a store: after `failures` consecutive failed operations it
@@ -285,6 +285,22 @@ impl<S: Store> Store for CircuitBreaker<S> {
 
     async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
         self.state.run(self.inner.exists(key)).await
+    }
+
+    async fn set_tagged(
+        &self,
+        key: &Key,
+        value: StoreValue,
+        ttl: Option<Duration>,
+        tags: &[Tag],
+    ) -> Result<(), StoreError> {
+        self.state
+            .run(self.inner.set_tagged(key, value, ttl, tags))
+            .await
+    }
+
+    async fn invalidate_tag(&self, tag: &Tag) -> Result<u64, StoreError> {
+        self.state.run(self.inner.invalidate_tag(tag)).await
     }
 
     fn keeps_decoded(&self) -> bool {

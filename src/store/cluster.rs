@@ -8,7 +8,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use super::commands::{bounded, set_command, Commands, GetFuture, SCAN_BATCH};
 use super::redis::ConfigError;
 use super::{Store, StoreError, StoreValue};
-use crate::key::{Key, Pattern};
+use crate::key::{Key, Pattern, Tag};
 
 /// The Redis Cluster store (feature `cluster`): one multiplexed connection per node, managed
 /// by redis-rs's `cluster-async` client, which follows `MOVED` and `ASK` redirections and
@@ -361,5 +361,19 @@ impl Store for RedisClusterStore {
 
     async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
         self.commands.exists(key).await
+    }
+
+    async fn set_tagged(
+        &self,
+        key: &Key,
+        value: StoreValue,
+        ttl: Option<Duration>,
+        tags: &[Tag],
+    ) -> Result<(), StoreError> {
+        self.commands.set_tagged(key, value, ttl, tags).await
+    }
+
+    async fn invalidate_tag(&self, tag: &Tag) -> Result<u64, StoreError> {
+        self.commands.invalidate_tag(tag).await.1
     }
 }

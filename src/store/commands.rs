@@ -10,7 +10,7 @@ use redis::aio::ConnectionLike;
 use redis::RedisError;
 
 use super::{StoreError, StoreValue};
-use crate::key::Key;
+use crate::key::{Key, Tag};
 
 /// How many keys one `SCAN` step asks for, and so how many one `UNLINK` removes at most.
 pub(super) const SCAN_BATCH: usize = 1000;
@@ -43,6 +43,39 @@ pub(super) async fn bounded<T>(
         Err(_) => Err(StoreError::Timeout { operation, timeout }),
     }
 }
+
+/// Files a key in a tag's index, a sorted set scored by each member's expiry (ms since the
+/// epoch, `+inf` for none). Members already expired are pruned first, and the index expires
+/// a second after its last member: the bookkeeping never outlives its entries.
+/// `KEYS[1]` index, `ARGV[1]` member, `ARGV[2]` TTL in ms or empty.
+const TAG_ADD: &str = r#"
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+if ARGV[2] == '' then
+  redis.call('ZADD', KEYS[1], '+inf', ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
+end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] == 'inf' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2])) + 1000)
+end
+"#;
+
+/// Removes the given members from a tag's index, each only if its score (expiry) is still
+/// the one read: a key filed again meanwhile stays filed. `KEYS[1]` index, `ARGV` pairs of
+/// member and score.
+const TAG_UNFILE: &str = r#"
+for i = 1, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and score == ARGV[i + 1] then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+"#;
 
 /// `SET key value [PX ttl]`.
 pub(super) fn set_command(key: &Key, value: &StoreValue, ttl: Option<Duration>) -> redis::Cmd {
@@ -138,6 +171,92 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
             return Ok(0);
         }
         self.run("delete_many", &multi_key("UNLINK", keys)).await
+    }
+
+    /// Files `key` under every tag of `tags` (one script per tag: each index is one key,
+    /// so this works on a cluster), then stores it.
+    pub(super) async fn set_tagged(
+        &self,
+        key: &Key,
+        value: StoreValue,
+        ttl: Option<Duration>,
+        tags: &[Tag],
+    ) -> Result<(), StoreError> {
+        let ttl_ms = ttl.map_or(String::new(), |ttl| {
+            u64::try_from(ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1)
+                .to_string()
+        });
+        let filings: Vec<redis::Cmd> = tags
+            .iter()
+            .map(|tag| {
+                let mut command = redis::cmd("EVAL");
+                command
+                    .arg(TAG_ADD)
+                    .arg(1)
+                    .arg(tag.index_key().as_str())
+                    .arg(key.as_str())
+                    .arg(&ttl_ms);
+                command
+            })
+            .collect();
+        futures_util::future::try_join_all(
+            filings
+                .iter()
+                .map(|command| self.run::<()>("set_tagged", command)),
+        )
+        .await?;
+        self.run::<()>("set_tagged", &set_command(key, &value, ttl))
+            .await
+    }
+
+    /// Removes the keys filed under `tag`, a batch per round trip: each batch is read,
+    /// deleted, then unfiled — so a failure leaves the rest filed, for the next call. Returns
+    /// the keys deleted (even when a later batch failed) and how many existed.
+    pub(super) async fn invalidate_tag(&self, tag: &Tag) -> (Vec<Key>, Result<u64, StoreError>) {
+        let index = tag.index_key();
+        let mut removed = Vec::new();
+        let mut deleted = 0;
+        // Bounded, in case writers file keys faster than this removes them.
+        for _ in 0..10_000 {
+            let mut range = redis::cmd("ZRANGE");
+            range
+                .arg(index.as_str())
+                .arg(0)
+                .arg(SCAN_BATCH - 1)
+                .arg("WITHSCORES");
+            let batch: Vec<(String, String)> = match self.run("invalidate_tag", &range).await {
+                Ok(batch) => batch,
+                Err(error) => return (removed, Err(error)),
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let keys: Vec<Key> = batch
+                .iter()
+                .filter_map(|(member, _)| Key::new(member.as_str()).ok())
+                .collect();
+            if !keys.is_empty() {
+                match self
+                    .run::<u64>("invalidate_tag", &multi_key("UNLINK", &keys))
+                    .await
+                {
+                    Ok(n) => deleted += n,
+                    Err(error) => return (removed, Err(error)),
+                }
+            }
+            removed.extend(keys);
+            let mut unfile = redis::cmd("EVAL");
+            unfile.arg(TAG_UNFILE).arg(1).arg(index.as_str());
+            for (member, score) in &batch {
+                unfile.arg(member).arg(score);
+            }
+            if let Err(error) = self.run::<()>("invalidate_tag", &unfile).await {
+                return (removed, Err(error));
+            }
+        }
+        (removed, Ok(deleted))
     }
 
     pub(super) async fn exists(&self, key: &Key) -> Result<bool, StoreError> {

@@ -1,12 +1,15 @@
+use std::collections::HashMap;
 use std::future::{ready, Ready};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use moka::ops::compute::Op;
 use moka::sync::Cache as Moka;
 use moka::Expiry;
 
 use super::{Store, StoreError, StoreValue};
-use crate::key::{Key, Pattern};
+use crate::key::{Key, Pattern, Tag};
 
 /// The in-process store on [moka]: bounded, with a TTL per entry. The embedded default.
 ///
@@ -28,12 +31,69 @@ use crate::key::{Key, Pattern};
 #[derive(Clone)]
 pub struct MemoryStore {
     entries: Moka<Key, Slot>,
+    tags: Arc<TagIndex>,
 }
 
 #[derive(Clone)]
 struct Slot {
     value: StoreValue,
     ttl: Option<Duration>,
+    /// The tags this entry is filed under, with the filing's generation.
+    tags: Option<(Arc<[Tag]>, u64)>,
+}
+
+/// Which keys each tag holds. A filing is dropped when its entry leaves the store (moka's
+/// eviction listener, for every cause: expiry, eviction, replacement, removal), so the
+/// index holds only live entries. Generations tell a replaced entry's filing from its
+/// successor's.
+#[derive(Default)]
+struct TagIndex {
+    keys: Mutex<HashMap<Tag, HashMap<Key, u64>>>,
+    next_generation: AtomicU64,
+}
+
+impl TagIndex {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Tag, HashMap<Key, u64>>> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn file(&self, key: &Key, tags: &[Tag]) -> u64 {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let mut index = self.lock();
+        for tag in tags {
+            index
+                .entry(tag.clone())
+                .or_default()
+                .insert(key.clone(), generation);
+        }
+        generation
+    }
+
+    fn unfile(&self, key: &Key, slot: &Slot) {
+        let Some((tags, generation)) = &slot.tags else {
+            return;
+        };
+        let mut index = self.lock();
+        for tag in tags.iter() {
+            if let Some(keys) = index.get_mut(tag) {
+                if keys.get(key) == Some(generation) {
+                    keys.remove(key);
+                }
+                if keys.is_empty() {
+                    index.remove(tag);
+                }
+            }
+        }
+    }
+
+    fn take(&self, tag: &Tag) -> HashMap<Key, u64> {
+        self.lock().remove(tag).unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    fn tag_count(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 struct SlotExpiry;
@@ -94,8 +154,18 @@ impl MemoryStore {
     }
 
     fn insert(&self, key: &Key, value: StoreValue, ttl: Option<Duration>) {
+        self.insert_tagged(key, value, ttl, None);
+    }
+
+    fn insert_tagged(
+        &self,
+        key: &Key,
+        value: StoreValue,
+        ttl: Option<Duration>,
+        tags: Option<(Arc<[Tag]>, u64)>,
+    ) {
         let ttl = ttl.map(|ttl| ttl.max(Duration::from_millis(1)));
-        self.entries.insert(key.clone(), Slot { value, ttl });
+        self.entries.insert(key.clone(), Slot { value, ttl, tags });
     }
 }
 
@@ -147,7 +217,11 @@ impl MemoryStoreBuilder {
 
     /// The store.
     pub fn build(self) -> MemoryStore {
-        let builder = Moka::builder().expire_after(SlotExpiry);
+        let tags = Arc::new(TagIndex::default());
+        let listener_tags = tags.clone();
+        let builder = Moka::builder().expire_after(SlotExpiry).eviction_listener(
+            move |key: Arc<Key>, slot: Slot, _| listener_tags.unfile(&key, &slot),
+        );
         let entries = match self.bound {
             Bound::Entries(entries) => builder.max_capacity(entries).build(),
             Bound::Bytes(bytes) => builder
@@ -160,7 +234,7 @@ impl MemoryStoreBuilder {
                 })
                 .build(),
         };
-        MemoryStore { entries }
+        MemoryStore { entries, tags }
     }
 }
 
@@ -230,7 +304,92 @@ impl Store for MemoryStore {
         Ok(self.entries.contains_key(key))
     }
 
+    async fn set_tagged(
+        &self,
+        key: &Key,
+        value: StoreValue,
+        ttl: Option<Duration>,
+        tags: &[Tag],
+    ) -> Result<(), StoreError> {
+        let generation = self.tags.file(key, tags);
+        self.insert_tagged(key, value, ttl, Some((tags.into(), generation)));
+        Ok(())
+    }
+
+    async fn invalidate_tag(&self, tag: &Tag) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for (key, generation) in self.tags.take(tag) {
+            // Only the filed entry: one stored again since, without the tag, stays.
+            let result = self.entries.entry(key).and_compute_with(|current| {
+                let filed = current.is_some_and(|entry| {
+                    entry
+                        .value()
+                        .tags
+                        .as_ref()
+                        .is_some_and(|(_, g)| *g == generation)
+                });
+                if filed {
+                    Op::Remove
+                } else {
+                    Op::Nop
+                }
+            });
+            if matches!(result, moka::ops::compute::CompResult::Removed(_)) {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn keeps_decoded(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tag_bookkeeping_leaves_with_its_entries() {
+        let store = MemoryStore::new();
+        let tag = Tag::new("t").unwrap();
+        let key = Key::new("k").unwrap();
+        let value = StoreValue::from_static(b"v");
+        store
+            .set_tagged(
+                &key,
+                value.clone(),
+                Some(Duration::from_millis(20)),
+                std::slice::from_ref(&tag),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.tags.tag_count(), 1);
+        // moka's timer wheel evicts expired entries at about one-second granularity.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        store.entries.run_pending_tasks();
+        assert_eq!(
+            store.tags.tag_count(),
+            0,
+            "expired entry left its filing behind"
+        );
+
+        store
+            .set_tagged(&key, value.clone(), None, std::slice::from_ref(&tag))
+            .await
+            .unwrap();
+        store.set(&key, value.clone(), None).await.unwrap();
+        store.entries.run_pending_tasks();
+        assert_eq!(
+            store.tags.tag_count(),
+            0,
+            "replaced entry left its filing behind"
+        );
+        assert_eq!(store.invalidate_tag(&tag).await.unwrap(), 0);
+        assert!(
+            store.exists(&key).await.unwrap(),
+            "untagged successor was removed"
+        );
     }
 }

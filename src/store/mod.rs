@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::key::{Key, Pattern};
+use crate::key::{Key, Pattern, Tag};
 
 mod breaker;
 #[cfg(feature = "cluster")]
@@ -220,6 +220,24 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Whether `key` holds a live value.
     fn exists(&self, key: &Key) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Stores `value` under `key` for `ttl`, filed under every tag of `tags` so that
+    /// [`Store::invalidate_tag`] finds it. The filing comes first: an entry is never
+    /// stored without it. A tag's bookkeeping lives no longer than the last entry filed
+    /// under it.
+    fn set_tagged(
+        &self,
+        key: &Key,
+        value: StoreValue,
+        ttl: Option<Duration>,
+        tags: &[Tag],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes every entry filed under `tag` — from this store and, for shared stores, for
+    /// every instance — without scanning the keyspace; how many entries were removed. An
+    /// entry stored again under the same key without the tag may be removed too: an extra
+    /// miss, never a stale hit.
+    fn invalidate_tag(&self, tag: &Tag) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Whether the store keeps the decoded form attached to a [`StoreValue`] (in-process
     /// stores). When `false`, the cache does not build one. Default `false`.

@@ -6,7 +6,7 @@ use redis::{Client, IntoConnectionInfo, RedisError};
 
 use super::commands::{set_command, Commands, GetFuture, SCAN_BATCH};
 use super::{Store, StoreError, StoreValue};
-use crate::key::{Key, Pattern};
+use crate::key::{Key, Pattern, Tag};
 
 /// The Redis store: one auto-reconnecting multiplexed connection (redis-rs
 /// [`ConnectionManager`]) shared by every clone, on which concurrent commands are pipelined.
@@ -362,6 +362,15 @@ impl RedisStore {
 }
 
 impl RedisStore {
+    /// [`Store::invalidate_tag`], also naming the keys it deleted (for the tiered store's
+    /// backplane).
+    pub(super) async fn invalidate_tag_keys(
+        &self,
+        tag: &Tag,
+    ) -> (Vec<Key>, Result<u64, StoreError>) {
+        self.commands.invalidate_tag(tag).await
+    }
+
     /// Publishes `message` on `channel` (the tiered store's backplane).
     pub(super) async fn publish(&self, channel: &str, message: &str) -> Result<(), StoreError> {
         let mut command = redis::cmd("PUBLISH");
@@ -469,6 +478,20 @@ impl Store for RedisStore {
 
     async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
         self.commands.exists(key).await
+    }
+
+    async fn set_tagged(
+        &self,
+        key: &Key,
+        value: StoreValue,
+        ttl: Option<Duration>,
+        tags: &[Tag],
+    ) -> Result<(), StoreError> {
+        self.commands.set_tagged(key, value, ttl, tags).await
+    }
+
+    async fn invalidate_tag(&self, tag: &Tag) -> Result<u64, StoreError> {
+        self.commands.invalidate_tag(tag).await.1
     }
 }
 

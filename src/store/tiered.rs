@@ -11,7 +11,7 @@ use pin_project::pin_project;
 
 use super::commands::GetFuture;
 use super::{MemoryStore, RedisConfig, RedisStore, Store, StoreError, StoreValue};
-use crate::key::{Key, Pattern};
+use crate::key::{Key, Pattern, Tag};
 
 /// The default Redis channel of invalidations between instances.
 pub const DEFAULT_CHANNEL: &str = "tower-caching:invalidations";
@@ -71,7 +71,8 @@ impl fmt::Debug for TieredStore {
     }
 }
 
-/// An invalidation on the backplane: `{instance} k {key}` or `{instance} p {pattern}`.
+/// An invalidation on the backplane: `{instance} k {key}`, `{instance} K {key}\n{key}…`
+/// (keys hold no control characters) or `{instance} p {pattern}`.
 fn message(id: &str, kind: char, target: &str) -> String {
     format!("{id} {kind} {target}")
 }
@@ -119,6 +120,18 @@ impl TieredStore {
             tracing::error!(%error, "cache invalidation not published to other instances");
         }
     }
+
+    /// Publishes the invalidation of `keys`, in one message.
+    async fn publish_keys(&self, keys: &[Key]) {
+        match keys {
+            [] => {}
+            [key] => self.publish('k', key.as_str()).await,
+            keys => {
+                let joined = keys.iter().map(Key::as_str).collect::<Vec<_>>().join("\n");
+                self.publish('K', &joined).await;
+            }
+        }
+    }
 }
 
 /// Listens to the backplane for as long as the store lives, reconnecting with backoff and
@@ -164,6 +177,13 @@ async fn subscribe(client: redis::Client, l1: MemoryStore, shared: std::sync::We
                             if let Ok(key) = Key::new(target) {
                                 let _ = l1.delete(&key).await;
                             }
+                        }
+                        "K" => {
+                            let keys: Vec<Key> = target
+                                .split('\n')
+                                .filter_map(|key| Key::new(key).ok())
+                                .collect();
+                            let _ = l1.delete_many(&keys).await;
                         }
                         "p" => {
                             let _ = l1.delete_pattern(&Pattern::glob(target)).await;
@@ -260,9 +280,7 @@ impl Store for TieredStore {
         let keys: Vec<Key> = entries.iter().map(|(key, _, _)| key.clone()).collect();
         self.l2.set_many(entries).await?;
         let _ = self.l1.delete_many(&keys).await;
-        for key in &keys {
-            self.publish('k', key.as_str()).await;
-        }
+        self.publish_keys(&keys).await;
         Ok(())
     }
 
@@ -276,9 +294,7 @@ impl Store for TieredStore {
     async fn delete_many(&self, keys: &[Key]) -> Result<u64, StoreError> {
         let _ = self.l1.delete_many(keys).await;
         let deleted = self.l2.delete_many(keys).await;
-        for key in keys {
-            self.publish('k', key.as_str()).await;
-        }
+        self.publish_keys(keys).await;
         deleted
     }
 
@@ -291,6 +307,31 @@ impl Store for TieredStore {
 
     async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
         self.l2.exists(key).await
+    }
+
+    async fn set_tagged(
+        &self,
+        key: &Key,
+        value: StoreValue,
+        ttl: Option<Duration>,
+        tags: &[Tag],
+    ) -> Result<(), StoreError> {
+        // L1 needs no filing: a tag's invalidation names its keys to every instance.
+        self.l2.set_tagged(key, value.clone(), ttl, tags).await?;
+        let l1_ttl = Some(ttl.map_or(self.shared.l1_ttl, |ttl| ttl.min(self.shared.l1_ttl)));
+        let _ = self.l1.set(key, value, l1_ttl).await;
+        self.publish('k', key.as_str()).await;
+        Ok(())
+    }
+
+    async fn invalidate_tag(&self, tag: &Tag) -> Result<u64, StoreError> {
+        let (keys, deleted) = self.l2.invalidate_tag_keys(tag).await;
+        let _ = self.l1.delete_many(&keys).await;
+        // Published even when L2 failed part way: other instances must drop what was deleted.
+        for batch in keys.chunks(1000) {
+            self.publish_keys(batch).await;
+        }
+        deleted
     }
 
     fn keeps_decoded(&self) -> bool {

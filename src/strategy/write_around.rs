@@ -4,7 +4,7 @@
 //! # Guarantees
 //!
 //! - **Writer fails** → the error is returned and nothing is invalidated.
-//! - **Writer succeeds** → every key and pattern of the request's [`Invalidation`] is
+//! - **Writer succeeds** → every key, pattern and tag of the request's [`Invalidation`] is
 //!   deleted before the response is returned. If the store fails, the response still
 //!   succeeds and the failure is logged; the stale values then live until their TTL ends.
 //! - Bulk writes do not pollute the cache with values nobody may read.
@@ -50,25 +50,34 @@ use tracing::Instrument;
 
 use crate::cache::{Cache, Cacheable};
 use crate::codec::{Codec, Json};
-use crate::key::{Key, KeyExtractor, Pattern};
+use crate::key::{Key, KeyExtractor, Pattern, Tag};
 use crate::layer::CacheLayer;
 use crate::metrics::Strategy;
 use crate::store::{MemoryStore, Store};
 use crate::strategy::{Always, Predicate};
 
-/// The keys and patterns a write makes stale.
+/// The keys, patterns and tags a write makes stale.
+///
+/// Prefer keys and [tags](crate::Cache::tag_with) to patterns: a pattern costs a scan of
+/// the keyspace, a tag only the entries filed under it.
 ///
 /// ```
-/// use tower_caching::{key::KeyBuilder, strategy::Invalidation};
+/// use tower_caching::{key::{KeyBuilder, Tag}, strategy::Invalidation};
 /// let keys = KeyBuilder::new();
-/// let invalidation = Invalidation::new().key(keys.entry("1")).pattern(keys.vsyncs());
+/// let invalidation = Invalidation::new()
+///     .key(keys.entry("1"))
+///     .pattern(keys.vsyncs())
+///     .tag(Tag::new("ispb:12345678")?);
 /// assert_eq!(invalidation.key_list().len(), 1);
 /// assert_eq!(invalidation.pattern_list().len(), 1);
+/// assert_eq!(invalidation.tag_list().len(), 1);
+/// # Ok::<(), tower_caching::key::KeyError>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Invalidation {
     keys: Vec<Key>,
     patterns: Vec<Pattern>,
+    tags: Vec<Tag>,
 }
 
 impl Invalidation {
@@ -95,6 +104,12 @@ impl Invalidation {
         self
     }
 
+    /// Adds a tag: every entry filed under it (see [`Cache::tag_with`]).
+    pub fn tag(mut self, tag: Tag) -> Self {
+        self.tags.push(tag);
+        self
+    }
+
     /// The keys.
     pub fn key_list(&self) -> &[Key] {
         &self.keys
@@ -105,8 +120,13 @@ impl Invalidation {
         &self.patterns
     }
 
+    /// The tags.
+    pub fn tag_list(&self) -> &[Tag] {
+        &self.tags
+    }
+
     fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.patterns.is_empty()
+        self.keys.is_empty() && self.patterns.is_empty() && self.tags.is_empty()
     }
 }
 
@@ -127,7 +147,7 @@ impl<Req, K: KeyExtractor<Req>> InvalidationPolicy<Req, K> for KeyOnly {
     fn invalidation(&self, key: &K, request: &Req) -> Invalidation {
         Invalidation {
             keys: key.key(request).into_iter().collect(),
-            patterns: Vec::new(),
+            ..Invalidation::default()
         }
     }
 }
@@ -250,6 +270,7 @@ where
                 operation = "invalidate",
                 keys = invalidation.keys.len(),
                 patterns = invalidation.patterns.len(),
+                tags = invalidation.tags.len(),
             );
             let cache = self.layer.strategy.cache.clone();
             Box::pin(invalidate(cache, invalidation).instrument(span)) as BoxedInvalidate
@@ -293,7 +314,15 @@ async fn invalidate<V: Cacheable, St: Store, C: Codec>(
             }
         }
     }));
-    futures_util::future::join(keys, patterns).await;
+    let tags = futures_util::future::join_all(invalidation.tags.iter().map(|tag| {
+        let cache = &cache;
+        async move {
+            if let Err(error) = cache.invalidate_tag_as(Strategy::WriteAround, tag).await {
+                tracing::error!(%tag, %error, "write-around could not invalidate a tag: stale values may be served until they expire");
+            }
+        }
+    }));
+    futures_util::future::join3(keys, patterns, tags).await;
 }
 
 /// The response future of [`WriteAroundService`]: the write, then the invalidation.
