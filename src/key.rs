@@ -543,7 +543,7 @@ pub(crate) fn digest(bytes: &[u8]) -> String {
 
 /// Percent-escapes everything in a user-supplied key part that Redis or the key layout
 /// gives a meaning to (`#` too: it marks the digest of an over-long part).
-fn escape_part(part: &str) -> String {
+pub(crate) fn escape_part(part: &str) -> String {
     let mut escaped = String::with_capacity(part.len());
     for c in part.chars() {
         if matches!(

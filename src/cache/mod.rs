@@ -399,6 +399,11 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             .ok()
     }
 
+    #[cfg(feature = "redis")]
+    pub(crate) fn codec(&self) -> &C {
+        &self.shared.codec
+    }
+
     pub(crate) fn flights(&self) -> &Flights {
         &self.shared.flights
     }

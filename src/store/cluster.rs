@@ -232,6 +232,11 @@ impl RedisClusterStore {
         })
     }
 
+    /// The connection and its command timeout, for the durable write-behind queue.
+    pub(crate) fn commands(&self) -> &Commands<ClusterConnection> {
+        &self.commands
+    }
+
     /// The primaries' addresses, from `CLUSTER NODES`.
     async fn primaries(&self) -> Result<Vec<(String, u16)>, StoreError> {
         let nodes: String = self

@@ -22,9 +22,9 @@ pub(super) type GetFuture =
 
 /// A connection and the timeout every command through it gets.
 #[derive(Clone)]
-pub(super) struct Commands<C> {
-    pub(super) connection: C,
-    pub(super) timeout: Duration,
+pub(crate) struct Commands<C> {
+    pub(crate) connection: C,
+    pub(crate) timeout: Duration,
 }
 
 /// Runs `future`, turning a timeout or an error into a [`StoreError`].
@@ -98,7 +98,7 @@ fn multi_key(name: &str, keys: &[Key]) -> redis::Cmd {
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
-    pub(super) async fn run<T: redis::FromRedisValue>(
+    pub(crate) async fn run<T: redis::FromRedisValue>(
         &self,
         operation: &'static str,
         command: &redis::Cmd,
@@ -112,7 +112,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
         .await
     }
 
-    pub(super) async fn run_pipeline<T: redis::FromRedisValue>(
+    pub(crate) async fn run_pipeline<T: redis::FromRedisValue>(
         &self,
         operation: &'static str,
         pipeline: &redis::Pipeline,

@@ -41,7 +41,7 @@ mod breaker;
 #[cfg(feature = "cluster")]
 mod cluster;
 #[cfg(feature = "redis")]
-mod commands;
+pub(crate) mod commands;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;

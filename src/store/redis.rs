@@ -362,6 +362,11 @@ impl RedisStore {
 }
 
 impl RedisStore {
+    /// The connection and its command timeout, for the durable write-behind queue.
+    pub(crate) fn commands(&self) -> &Commands<ConnectionManager> {
+        &self.commands
+    }
+
     /// [`Store::invalidate_tag`], also naming the keys it deleted (for the tiered store's
     /// backplane).
     pub(super) async fn invalidate_tag_keys(

@@ -61,19 +61,30 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::Cache;
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::cache::{Cache, PendingWrites};
 use crate::codec::Json;
 use crate::key::Key;
 use crate::layer::CacheLayer;
-use crate::store::MemoryStore;
+use crate::store::{MemoryStore, StoreValue};
 use crate::BoxError;
 
 mod queue;
 mod service;
+#[cfg(feature = "redis")]
+mod stream;
 
 pub use self::service::{WriteBehindFuture, WriteBehindService};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::stream::StreamQueue;
 
-/// The write-behind strategy for requests `Req`. See the [module docs](self).
+/// The write-behind strategy for requests `Req`, queueing in `Q`. See the
+/// [module docs](self).
 pub struct WriteBehind<
     Req,
     V,
@@ -82,14 +93,21 @@ pub struct WriteBehind<
     F = RequestValue,
     A = DefaultAck,
     D = LogDeadLetter,
+    Q = InMemoryQueue,
 > {
     pub(crate) cache: Cache<V, St, C>,
     pub(crate) value: F,
     pub(crate) ack: A,
     pub(crate) dead_letter: Arc<D>,
     pub(crate) settings: Settings,
+    pub(crate) queue: Q,
     _request: PhantomData<fn(Req)>,
 }
+
+/// The default write-behind queue: in process, fast, lost with the process. See
+/// [`StreamQueue`] for one that survives it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InMemoryQueue;
 
 /// Queue and retry settings.
 #[derive(Clone, Copy, Debug)]
@@ -129,7 +147,9 @@ impl Settings {
     }
 }
 
-impl<Req, V, St, C, F: Clone, A: Clone, D> Clone for WriteBehind<Req, V, St, C, F, A, D> {
+impl<Req, V, St, C, F: Clone, A: Clone, D, Q: Clone> Clone
+    for WriteBehind<Req, V, St, C, F, A, D, Q>
+{
     fn clone(&self) -> Self {
         WriteBehind {
             cache: self.cache.clone(),
@@ -137,20 +157,52 @@ impl<Req, V, St, C, F: Clone, A: Clone, D> Clone for WriteBehind<Req, V, St, C, 
             ack: self.ack.clone(),
             dead_letter: self.dead_letter.clone(),
             settings: self.settings,
+            queue: self.queue.clone(),
             _request: PhantomData,
         }
     }
 }
 
-impl<Req, V, St: fmt::Debug, C: fmt::Debug, F, A, D> fmt::Debug
-    for WriteBehind<Req, V, St, C, F, A, D>
+impl<Req, V, St: fmt::Debug, C: fmt::Debug, F, A, D, Q: fmt::Debug> fmt::Debug
+    for WriteBehind<Req, V, St, C, F, A, D, Q>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WriteBehind")
             .field("cache", &self.cache)
             .field("settings", &self.settings)
+            .field("queue", &self.queue)
             .finish_non_exhaustive()
     }
+}
+
+/// A queue as the write-behind service sees it: the in-memory [`queue::Queue`] or the
+/// durable [`StreamQueue`]'s worker.
+pub(crate) trait WriteQueue<Req>: PendingWrites {
+    /// The semaphore whose permits are room in the queue.
+    fn room(&self) -> Arc<Semaphore>;
+    /// Whether the queue was closed: writes then go straight to the writer.
+    fn is_closed(&self) -> bool;
+    /// How many writes this process holds, waiting or running.
+    fn depth(&self) -> usize;
+    /// Queues `request` for `key`, holding `permit` while it waits in process.
+    fn enqueue(
+        self: Arc<Self>,
+        key: Key,
+        request: Req,
+        value: Option<StoreValue>,
+        permit: OwnedSemaphorePermit,
+    ) -> Enqueue<Req>;
+}
+
+/// What became of a request handed to a [`WriteQueue`].
+pub(crate) enum Enqueue<Req> {
+    /// Queued already.
+    Queued,
+    /// Being queued; hands the request back when it could not be, to be written directly.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Pending(Pin<Box<dyn Future<Output = Result<(), Req>> + Send>>),
+    /// Not queued (the queue is closed): write it directly.
+    Direct(Req),
 }
 
 /// A write that failed [`max_attempts`](crate::CacheLayer::max_attempts) times and left the
@@ -272,32 +324,38 @@ impl<Req, V, St, C> CacheLayer<WriteBehind<Req, V, St, C>> {
             ack: DefaultAck,
             dead_letter: Arc::new(LogDeadLetter),
             settings: Settings::default(),
+            queue: InMemoryQueue,
             _request: PhantomData,
         })
     }
 }
 
-impl<Req, V, St, C, F, A, D, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A, D>, K, T> {
+impl<Req, V, St, C, F, A, D, Q, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A, D, Q>, K, T> {
     /// Takes the value to cache from the request with `f` (`None` invalidates the key).
-    pub fn value<F2>(self, f: F2) -> CacheLayer<WriteBehind<Req, V, St, C, F2, A, D>, K, T> {
+    pub fn value<F2>(self, f: F2) -> CacheLayer<WriteBehind<Req, V, St, C, F2, A, D, Q>, K, T> {
         self.map_strategy(|s| WriteBehind {
             cache: s.cache,
             value: f,
             ack: s.ack,
             dead_letter: s.dead_letter,
             settings: s.settings,
+            queue: s.queue,
             _request: PhantomData,
         })
     }
 
     /// Answers queued writes with `f(&request)` (e.g. an HTTP 202).
-    pub fn acknowledge<A2>(self, f: A2) -> CacheLayer<WriteBehind<Req, V, St, C, F, A2, D>, K, T> {
+    pub fn acknowledge<A2>(
+        self,
+        f: A2,
+    ) -> CacheLayer<WriteBehind<Req, V, St, C, F, A2, D, Q>, K, T> {
         self.map_strategy(|s| WriteBehind {
             cache: s.cache,
             value: s.value,
             ack: f,
             dead_letter: s.dead_letter,
             settings: s.settings,
+            queue: s.queue,
             _request: PhantomData,
         })
     }
@@ -306,13 +364,33 @@ impl<Req, V, St, C, F, A, D, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A, D
     pub fn on_dead_letter<D2>(
         self,
         hook: D2,
-    ) -> CacheLayer<WriteBehind<Req, V, St, C, F, A, D2>, K, T> {
+    ) -> CacheLayer<WriteBehind<Req, V, St, C, F, A, D2, Q>, K, T> {
         self.map_strategy(|s| WriteBehind {
             cache: s.cache,
             value: s.value,
             ack: s.ack,
             dead_letter: Arc::new(hook),
             settings: s.settings,
+            queue: s.queue,
+            _request: PhantomData,
+        })
+    }
+
+    /// Queues writes in `queue` instead of in process: a [`StreamQueue`] keeps them in a
+    /// Redis stream, so that they survive a crash of the process and any instance writes
+    /// them. Requests must then be `Serialize` and `DeserializeOwned` (they are stored with
+    /// the cache's codec).
+    pub fn durable<Q2>(
+        self,
+        queue: Q2,
+    ) -> CacheLayer<WriteBehind<Req, V, St, C, F, A, D, Q2>, K, T> {
+        self.map_strategy(|s| WriteBehind {
+            cache: s.cache,
+            value: s.value,
+            ack: s.ack,
+            dead_letter: s.dead_letter,
+            settings: s.settings,
+            queue,
             _request: PhantomData,
         })
     }

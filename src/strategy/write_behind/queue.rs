@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::{DeadLetter, DeadLetterHook, Settings};
+use super::{DeadLetter, DeadLetterHook, Enqueue, Settings, WriteQueue};
 use crate::cache::{CacheError, PendingWrites};
 use crate::key::Key;
 use crate::metrics::{KeyDigest, Observer, Operation};
@@ -106,24 +106,18 @@ where
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The semaphore whose permits are room in the queue.
-    pub(crate) fn room(&self) -> Arc<Semaphore> {
-        self.room.clone()
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
+    fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// How many writes wait or run.
-    pub(crate) fn depth(&self) -> usize {
+    fn depth(&self) -> usize {
         self.settings.capacity - self.room.available_permits()
     }
 
     /// Queues `request` for `key`, holding `permit` for as long as it stays queued. A write
     /// already waiting for `key` is replaced (it is older), and its room given back. Once the
     /// queue is closed the request is handed back, to be written directly.
-    pub(crate) fn enqueue(
+    fn push(
         self: &Arc<Self>,
         key: Key,
         request: Req,
@@ -381,5 +375,39 @@ where
             self.wake.notify_one();
             Ok(written)
         })
+    }
+}
+
+impl<Svc, Req, D> WriteQueue<Req> for Queue<Svc, Req, D>
+where
+    Svc: Service<Req> + Clone + Send + Sync + 'static,
+    Svc::Future: Send,
+    Svc::Error: Into<BoxError>,
+    Req: Clone + Send + Sync + 'static,
+    D: DeadLetterHook<Req>,
+{
+    fn room(&self) -> Arc<Semaphore> {
+        self.room.clone()
+    }
+
+    fn is_closed(&self) -> bool {
+        Queue::is_closed(self)
+    }
+
+    fn depth(&self) -> usize {
+        Queue::depth(self)
+    }
+
+    fn enqueue(
+        self: Arc<Self>,
+        key: Key,
+        request: Req,
+        value: Option<StoreValue>,
+        permit: OwnedSemaphorePermit,
+    ) -> Enqueue<Req> {
+        match self.push(key, request, value, permit) {
+            Ok(()) => Enqueue::Queued,
+            Err(request) => Enqueue::Direct(request),
+        }
     }
 }

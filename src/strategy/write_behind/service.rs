@@ -12,7 +12,9 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::queue::Queue;
-use super::{Acknowledge, DeadLetterHook, RequestToValue, WriteBehind};
+use super::{
+    Acknowledge, DeadLetterHook, Enqueue, InMemoryQueue, RequestToValue, WriteBehind, WriteQueue,
+};
 use crate::cache::{Cacheable, PendingWrites};
 use crate::codec::Codec;
 use crate::key::KeyExtractor;
@@ -23,15 +25,29 @@ use crate::ttl::TtlPolicy;
 use crate::BoxError;
 
 /// The service of [`WriteBehind`] around the writer `Svc`. Its clones share one queue.
-pub struct WriteBehindService<Svc, Req, S, K, T, D> {
+pub struct WriteBehindService<Svc, Req, S, K, T> {
     inner: Svc,
     layer: Arc<CacheLayer<S, K, T>>,
-    queue: Arc<Queue<Svc, Req, D>>,
+    queue: Arc<dyn WriteQueue<Req>>,
     room: PollSemaphore,
     permit: Option<OwnedSemaphorePermit>,
 }
 
-impl<Svc, Req, S, K, T, D> WriteBehindService<Svc, Req, S, K, T, D> {
+impl<Svc, Req, S, K, T> WriteBehindService<Svc, Req, S, K, T> {
+    pub(super) fn new(
+        inner: Svc,
+        layer: CacheLayer<S, K, T>,
+        queue: Arc<dyn WriteQueue<Req>>,
+    ) -> Self {
+        WriteBehindService {
+            inner,
+            layer: Arc::new(layer),
+            room: PollSemaphore::new(queue.room()),
+            queue,
+            permit: None,
+        }
+    }
+
     /// The inner writer.
     pub fn get_ref(&self) -> &Svc {
         &self.inner
@@ -46,23 +62,15 @@ impl<Svc, Req, S, K, T, D> WriteBehindService<Svc, Req, S, K, T, D> {
     pub fn into_inner(self) -> Svc {
         self.inner
     }
-}
 
-impl<Svc, Req, S, K, T, D> WriteBehindService<Svc, Req, S, K, T, D>
-where
-    Svc: Service<Req> + Clone + Send + Sync + 'static,
-    Svc::Future: Send,
-    Svc::Error: Into<BoxError>,
-    Req: Clone + Send + Sync + 'static,
-    D: DeadLetterHook<Req>,
-{
-    /// How many writes wait or run: the `write_behind_queue_size` gauge.
+    /// How many writes this process holds, waiting or running: the
+    /// `write_behind_queue_size` gauge.
     pub fn queue_depth(&self) -> usize {
         self.queue.depth()
     }
 }
 
-impl<Svc: Clone, Req, S, K, T, D> Clone for WriteBehindService<Svc, Req, S, K, T, D> {
+impl<Svc: Clone, Req, S, K, T> Clone for WriteBehindService<Svc, Req, S, K, T> {
     fn clone(&self) -> Self {
         WriteBehindService {
             inner: self.inner.clone(),
@@ -75,8 +83,8 @@ impl<Svc: Clone, Req, S, K, T, D> Clone for WriteBehindService<Svc, Req, S, K, T
     }
 }
 
-impl<Svc: fmt::Debug, Req, S: fmt::Debug, K, T, D> fmt::Debug
-    for WriteBehindService<Svc, Req, S, K, T, D>
+impl<Svc: fmt::Debug, Req, S: fmt::Debug, K, T> fmt::Debug
+    for WriteBehindService<Svc, Req, S, K, T>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WriteBehindService")
@@ -87,7 +95,7 @@ impl<Svc: fmt::Debug, Req, S: fmt::Debug, K, T, D> fmt::Debug
 }
 
 impl<Svc, Req, V, St, C, F, A, D, K, T> Layer<Svc>
-    for CacheLayer<WriteBehind<Req, V, St, C, F, A, D>, K, T>
+    for CacheLayer<WriteBehind<Req, V, St, C, F, A, D, InMemoryQueue>, K, T>
 where
     Svc: Service<Req> + Clone + Send + Sync + 'static,
     Svc::Future: Send,
@@ -102,7 +110,7 @@ where
     K: Clone,
     T: Clone,
 {
-    type Service = WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D>, K, T, D>;
+    type Service = WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D>, K, T>;
 
     /// Makes the service and its queue: each call makes one queue, shared by the service's
     /// clones, flushed by [`Cache::flush_pending_writes`](crate::Cache::flush_pending_writes)
@@ -118,22 +126,17 @@ where
         self.strategy
             .cache
             .register_pending(Arc::downgrade(&registered));
-        WriteBehindService {
-            inner,
-            layer: Arc::new(self.clone()),
-            room: PollSemaphore::new(queue.room()),
-            queue,
-            permit: None,
-        }
+        WriteBehindService::new(inner, self.clone(), queue)
     }
 }
 
-impl<Svc, Req, V, St, C, F, A, D, K, T> Service<Req>
-    for WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D>, K, T, D>
+impl<Svc, Req, V, St, C, F, A, D, Q, K, T> Service<Req>
+    for WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D, Q>, K, T>
 where
     Svc: Service<Req> + Clone + Send + Sync + 'static,
     Svc::Future: Send,
-    Svc::Error: Into<BoxError>,
+    Svc::Response: Send + 'static,
+    Svc::Error: Into<BoxError> + Send + 'static,
     Req: Clone + Send + Sync + 'static,
     V: Cacheable,
     St: Store,
@@ -146,7 +149,7 @@ where
 {
     type Response = Svc::Response;
     type Error = Svc::Error;
-    type Future = WriteBehindFuture<Svc::Future, Svc::Response>;
+    type Future = WriteBehindFuture<Svc::Future, Svc::Response, Svc::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.permit.is_none() && !self.queue.is_closed() {
@@ -171,36 +174,61 @@ where
         // Framed once: for the queue (reads before the writer runs) and for the cache.
         let framed = value.as_ref().map(|v| strategy.cache.encode(v, ttl));
         let queued = framed.as_ref().and_then(|f| f.as_ref().ok().cloned());
-        match self.queue.enqueue(key.clone(), request, queued, permit) {
-            Ok(()) => {
-                let cache = strategy.cache.clone();
-                let span = tracing::debug_span!(
-                    "cache",
-                    strategy = "write_behind",
-                    operation = "enqueue",
-                    key = %KeyDigest(&key),
-                );
-                WriteBehindFuture {
-                    state: State::Cache {
-                        // Reads see the queued value before the writer runs.
-                        store: Box::pin(
-                            async move {
-                                cache
-                                    .store_or_invalidate(
-                                        Strategy::WriteBehind,
-                                        &key,
-                                        value.as_ref(),
-                                        ttl,
-                                    )
-                                    .await
-                            }
-                            .instrument(span),
-                        ),
-                        response: Some(response),
-                    },
-                }
-            }
-            Err(request) => WriteBehindFuture::direct(inner.call(request)),
+        let cache = strategy.cache.clone();
+        let span = tracing::debug_span!(
+            "cache",
+            strategy = "write_behind",
+            operation = "enqueue",
+            key = %KeyDigest(&key),
+        );
+        match self
+            .queue
+            .clone()
+            .enqueue(key.clone(), request, queued, permit)
+        {
+            Enqueue::Queued => WriteBehindFuture {
+                state: State::Cache {
+                    // Reads see the queued value before the writer runs.
+                    store: Box::pin(
+                        async move {
+                            cache
+                                .store_or_invalidate(
+                                    Strategy::WriteBehind,
+                                    &key,
+                                    value.as_ref(),
+                                    ttl,
+                                )
+                                .await
+                        }
+                        .instrument(span),
+                    ),
+                    response: Some(response),
+                },
+            },
+            Enqueue::Pending(queued) => WriteBehindFuture {
+                state: State::Queueing {
+                    future: Box::pin(
+                        async move {
+                            let response = match queued.await {
+                                Ok(()) => response,
+                                // Not queued: written now, so it is never lost.
+                                Err(request) => inner.call(request).await?,
+                            };
+                            cache
+                                .store_or_invalidate(
+                                    Strategy::WriteBehind,
+                                    &key,
+                                    value.as_ref(),
+                                    ttl,
+                                )
+                                .await;
+                            Ok(response)
+                        }
+                        .instrument(span),
+                    ),
+                },
+            },
+            Enqueue::Direct(request) => WriteBehindFuture::direct(inner.call(request)),
         }
     }
 }
@@ -208,16 +236,22 @@ where
 /// The response future of [`WriteBehindService`]: the cache update then the
 /// acknowledgement, or the writer's own future when the write bypasses the queue.
 #[pin_project]
-pub struct WriteBehindFuture<Fut, Resp> {
+pub struct WriteBehindFuture<Fut, Resp, E> {
     #[pin]
-    state: State<Fut, Resp>,
+    state: State<Fut, Resp, E>,
 }
 
+/// The boxed future of a write being queued in a durable queue (a round trip), then cached.
+type QueueingFuture<Resp, E> = Pin<Box<dyn Future<Output = Result<Resp, E>> + Send>>;
+
 #[pin_project(project = StateProj)]
-enum State<Fut, Resp> {
+enum State<Fut, Resp, E> {
     Cache {
         store: Pin<Box<dyn Future<Output = ()> + Send>>,
         response: Option<Resp>,
+    },
+    Queueing {
+        future: QueueingFuture<Resp, E>,
     },
     Direct {
         #[pin]
@@ -225,7 +259,7 @@ enum State<Fut, Resp> {
     },
 }
 
-impl<Fut, Resp> WriteBehindFuture<Fut, Resp> {
+impl<Fut, Resp, E> WriteBehindFuture<Fut, Resp, E> {
     fn direct(future: Fut) -> Self {
         WriteBehindFuture {
             state: State::Direct { future },
@@ -233,7 +267,7 @@ impl<Fut, Resp> WriteBehindFuture<Fut, Resp> {
     }
 }
 
-impl<Fut, Resp, E> Future for WriteBehindFuture<Fut, Resp>
+impl<Fut, Resp, E> Future for WriteBehindFuture<Fut, Resp, E>
 where
     Fut: Future<Output = Result<Resp, E>>,
 {
@@ -245,12 +279,13 @@ where
                 ready!(store.as_mut().poll(cx));
                 Poll::Ready(Ok(response.take().expect("polled after completion")))
             }
+            StateProj::Queueing { future } => future.as_mut().poll(cx),
             StateProj::Direct { future } => future.poll(cx),
         }
     }
 }
 
-impl<Fut, Resp> std::fmt::Debug for WriteBehindFuture<Fut, Resp> {
+impl<Fut, Resp, E> std::fmt::Debug for WriteBehindFuture<Fut, Resp, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriteBehindFuture").finish_non_exhaustive()
     }

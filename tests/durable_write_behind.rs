@@ -1,0 +1,350 @@
+//! The durable write-behind queue on a Redis stream: a process that crashes with 10,000
+//! acknowledged writes in flight loses none of them — a fresh instance writes them all, each
+//! key ending with its last value and never going back to an older one. Then the edges:
+//! a failing writer, an entry that does not decode, and Redis down when a write arrives.
+//! The crash test prints its figures (run with `--nocapture`).
+#![cfg(feature = "redis")]
+
+#[macro_use]
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
+use redis::aio::ConnectionLike;
+use serde::{Deserialize, Serialize};
+use support::db::{Db, DbError, UpdateMetrics};
+use support::RedisServer;
+use tower::ServiceExt;
+use tower_caching::key::{Key, KeyBuilder};
+use tower_caching::store::{RedisConfig, RedisStore};
+use tower_caching::strategy::{DeadLetter, StreamQueue};
+use tower_caching::{Cache, CacheLayer};
+use tower_layer::Layer;
+
+/// The request as it travels through the stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Write {
+    ispb: String,
+    seq: u64,
+}
+
+/// The database's writer for [`Write`]s.
+fn writer(
+    db: &Db,
+) -> impl tower::Service<Write, Response = (), Error = DbError, Future: Send>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    let keys = KeyBuilder::new();
+    tower::ServiceBuilder::new()
+        .map_request(move |w: Write| UpdateMetrics {
+            keys: keys.clone(),
+            ispb: w.ispb,
+            seq: w.seq,
+        })
+        .service(db.clone())
+}
+
+fn layered<Conn: ConnectionLike + Clone + Send + Sync + 'static>(
+    db: &Db,
+    queue: StreamQueue<Conn>,
+) -> (
+    Cache<u64>,
+    impl tower::Service<Write, Response = (), Error = DbError, Future: Send> + Clone,
+) {
+    let cache: Cache<u64> = Cache::in_memory();
+    let keys = KeyBuilder::new();
+    let service = CacheLayer::write_behind(cache.clone())
+        .key(move |w: &Write| keys.metrics(&w.ispb))
+        .value(|w: &Write| Some(w.seq))
+        .batch_interval(Duration::from_millis(50))
+        .max_batch(100)
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .durable(queue)
+        .layer(writer(db));
+    (cache, service)
+}
+
+const KEYS: usize = 2_000;
+const VERSIONS: u64 = 5;
+
+/// Enqueues `KEYS × VERSIONS` writes (each key's versions in order, keys concurrently) on
+/// one runtime, kills that runtime — the crash: its worker, its in-flight writes and its
+/// memory are gone — then starts a fresh instance on another runtime and waits until the
+/// database holds every key's last version.
+fn crash_then_recover<Conn>(make_queue: impl AsyncFn() -> StreamQueue<Conn>)
+where
+    Conn: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let db = Db::default();
+    // Slow enough that the crash finds writes written, in flight, and not yet read.
+    db.latency_ms.store(200, Ordering::Relaxed);
+
+    let crashed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (enqueue_time, acknowledged) = crashed.block_on(async {
+        let (_cache, service) = layered(&db, make_queue().await);
+        let started = Instant::now();
+        let mut acknowledged = 0;
+        for seq in 1..=VERSIONS {
+            let results: Vec<_> = stream::iter(0..KEYS)
+                .map(|i| {
+                    let service = service.clone();
+                    async move {
+                        service
+                            .oneshot(Write {
+                                ispb: format!("{i:08}"),
+                                seq,
+                            })
+                            .await
+                    }
+                })
+                .buffer_unordered(64)
+                .collect()
+                .await;
+            acknowledged += results.iter().filter(|r| r.is_ok()).count();
+        }
+        (started.elapsed(), acknowledged)
+    });
+    crashed.shutdown_background();
+    let written_before_crash = db.writes();
+    assert_eq!(acknowledged, KEYS * VERSIONS as usize);
+
+    // The fresh instance: another process, in effect — new cache, new worker, same stream,
+    // same database. The database is fast now.
+    db.latency_ms.store(0, Ordering::Relaxed);
+    let fresh = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let recovered_after = fresh.block_on(async {
+        let (cache, _service) = layered(&db, make_queue().await);
+        let started = Instant::now();
+        let all_written = || (0..KEYS).all(|i| db.metrics(&format!("{i:08}")) == Some(VERSIONS));
+        while !all_written() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "after 60 s, {} of {KEYS} keys hold their last version",
+                (0..KEYS)
+                    .filter(|i| db.metrics(&format!("{i:08}")) == Some(VERSIONS))
+                    .count()
+            );
+            cache.flush_pending_writes().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        started.elapsed()
+    });
+    let reordered = db.reordered();
+    println!(
+        "durable write-behind: {acknowledged} writes acknowledged in {enqueue_time:?} \
+         ({:.0}/s); {written_before_crash} writer calls before the crash; every key's last \
+         version in the database {recovered_after:?} after the fresh instance started; \
+         {} writer calls in all; {} writes went back to an older version",
+        acknowledged as f64 / enqueue_time.as_secs_f64(),
+        db.writes(),
+        reordered.len(),
+    );
+    assert!(
+        reordered.is_empty(),
+        "older versions written last: {reordered:?}"
+    );
+    assert!(
+        written_before_crash < (KEYS * VERSIONS as usize) as u32,
+        "the first instance wrote everything before the crash: the test proves nothing"
+    );
+}
+
+#[test]
+fn acknowledged_writes_survive_a_crash() {
+    let server = RedisServer::spawn();
+    let url = server.url();
+    let name = support::unique_prefix("crash");
+    crash_then_recover(async || {
+        let config = RedisConfig::new(url.clone()).command_timeout(Duration::from_secs(2));
+        let store = RedisStore::connect(config).await.unwrap();
+        StreamQueue::new(&store, &name).claim_after(Duration::from_millis(500))
+    });
+}
+
+#[cfg(feature = "cluster")]
+#[test]
+fn acknowledged_writes_survive_a_crash_on_a_cluster() {
+    use tower_caching::store::{RedisClusterConfig, RedisClusterStore};
+    let nodes = support::shared_cluster().to_vec();
+    let name = support::unique_prefix("crash-cluster");
+    crash_then_recover(async || {
+        let config = RedisClusterConfig::new(nodes.clone()).command_timeout(Duration::from_secs(2));
+        let store = RedisClusterStore::connect(config).await.unwrap();
+        StreamQueue::on_cluster(&store, &name).claim_after(Duration::from_millis(500))
+    });
+}
+
+async fn redis_queue(server: &RedisServer, test: &str) -> StreamQueue {
+    let store =
+        RedisStore::connect(RedisConfig::new(server.url()).command_timeout(Duration::from_secs(1)))
+            .await
+            .unwrap();
+    StreamQueue::new(&store, &support::unique_prefix(test))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_keeps_failing_is_dead_lettered_in_redis_too() {
+    let server = RedisServer::spawn();
+    let queue = redis_queue(&server, "dead").await;
+    let dead_key = queue.dead_letter_key();
+    let db = Db::default();
+    *db.poison_ispb.lock().unwrap() = Some("poison".into());
+    let letters = Arc::new(Mutex::new(Vec::new()));
+    let cache: Cache<u64> = Cache::in_memory();
+    let keys = KeyBuilder::new();
+    let service = CacheLayer::write_behind(cache.clone())
+        .key(move |w: &Write| keys.metrics(&w.ispb))
+        .value(|w: &Write| Some(w.seq))
+        .max_attempts(3)
+        .backoff(Duration::from_millis(5), Duration::from_millis(10))
+        .on_dead_letter({
+            let letters = letters.clone();
+            move |letter: DeadLetter<Write>| letters.lock().unwrap().push(letter)
+        })
+        .durable(queue)
+        .layer(writer(&db));
+    for ispb in ["good", "poison"] {
+        service
+            .clone()
+            .oneshot(Write {
+                ispb: ispb.into(),
+                seq: 1,
+            })
+            .await
+            .unwrap();
+    }
+    cache.flush_pending_writes().await.unwrap();
+    assert_eq!(db.metrics("good"), Some(1));
+    {
+        let letters = letters.lock().unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].request.ispb, "poison");
+        assert_eq!(letters[0].attempts, 3);
+    }
+    let mut raw = support::raw_connection(&server.url()).await;
+    let dead: u64 = redis::cmd("XLEN")
+        .arg(&dead_key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(dead, 1, "the dead letter is not in Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_does_not_decode_is_set_aside_without_blocking_the_others() {
+    let server = RedisServer::spawn();
+    let queue = redis_queue(&server, "undecodable").await;
+    let (stream, dead_key) = (queue.stream_key(), queue.dead_letter_key());
+    let mut raw = support::raw_connection(&server.url()).await;
+    // Written by an older version of the application, say.
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("k")
+        .arg("metrics:old")
+        .arg("r")
+        .arg(&b"\xff not json"[..])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let db = Db::default();
+    let (cache, service) = layered(&db, queue);
+    service
+        .oneshot(Write {
+            ispb: "new".into(),
+            seq: 7,
+        })
+        .await
+        .unwrap();
+    cache.flush_pending_writes().await.unwrap();
+    assert_eq!(db.metrics("new"), Some(7));
+    let dead: u64 = redis::cmd("XLEN")
+        .arg(&dead_key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(dead, 1);
+    let left: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        left, 0,
+        "written and set-aside entries are deleted from the stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_a_write_is_written_directly_not_lost() {
+    let mut server = RedisServer::spawn();
+    let queue = redis_queue(&server, "down").await;
+    server.kill();
+    let db = Db::default();
+    let (cache, service) = layered(&db, queue);
+    let started = Instant::now();
+    service
+        .oneshot(Write {
+            ispb: "x".into(),
+            seq: 3,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        db.metrics("x"),
+        Some(3),
+        "the write was neither queued nor written"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        cache.get(&KeyBuilder::new().metrics("x")).await.unwrap(),
+        Some(3)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_instances_share_the_work_and_never_go_back_to_an_older_value() {
+    let server = RedisServer::spawn();
+    let name = support::unique_prefix("shared");
+    let connect = || async {
+        let store = RedisStore::connect(RedisConfig::new(server.url()))
+            .await
+            .unwrap();
+        StreamQueue::new(&store, &name)
+    };
+    let db = Db::default();
+    let (a_cache, a) = layered(&db, connect().await);
+    let (b_cache, b) = layered(&db, connect().await);
+    for i in 0..500u64 {
+        let service = if i % 2 == 0 { a.clone() } else { b.clone() };
+        service
+            .oneshot(Write {
+                ispb: format!("{}", i % 50),
+                seq: i,
+            })
+            .await
+            .unwrap();
+    }
+    a_cache.flush_pending_writes().await.unwrap();
+    b_cache.flush_pending_writes().await.unwrap();
+    for k in 0..50u64 {
+        let last = 450 + k;
+        assert_eq!(db.metrics(&k.to_string()), Some(last), "key {k}");
+    }
+    assert!(db.reordered().is_empty(), "{:?}", db.reordered());
+    let key = Key::new("metrics:0").unwrap();
+    assert_eq!(a_cache.get(&key).await.unwrap(), Some(450));
+}
