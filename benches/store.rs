@@ -9,6 +9,11 @@
 //! - `layer_hit/*`: the cache-aside layer's hit path on `MemoryStore`, metrics off and on,
 //!   beside a hand-written `moka::future::Cache::get` that builds the same key.
 //!
+//! - `redis_set/*`: `Cache::set` on Redis, untagged vs. filed under one tag (the tag index
+//!   costs one more round trip).
+//! - `durable_enqueue/*`: a raw redis-rs `XADD` of the same payload vs. the write-behind
+//!   acknowledgement on a `StreamQueue` (encode, `XADD`, in-memory cache update).
+//!
 //! Run: `cargo bench --bench store` (spawns its own redis-server).
 
 #[path = "../tests/support/mod.rs"]
@@ -222,5 +227,103 @@ fn tiered(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, memory, redis, layer_hit, tiered);
+/// Tag filing on Redis: `set` against `set` with a tag policy.
+fn tagged_set(c: &mut Criterion) {
+    use tower_caching::key::Tag;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = rt
+        .block_on(RedisStore::connect(RedisConfig::new(
+            support::shared_redis(),
+        )))
+        .unwrap();
+    let plain: Cache<Entry, RedisStore> = Cache::new(store.clone());
+    let tagged: Cache<Entry, RedisStore> = Cache::new(store)
+        .tag_with(|_, entry: &Entry| vec![Tag::new(format!("ispb:{}", entry.ispb)).unwrap()]);
+    let ttl = Some(std::time::Duration::from_secs(300));
+    let mut group = c.benchmark_group("redis_set");
+    group.bench_function("set", |b| {
+        b.to_async(&rt).iter(|| async {
+            let key = Key::new(format!("set:{}", fastrand::u16(..))).unwrap();
+            plain.set(&key, &entry(), ttl).await.unwrap()
+        })
+    });
+    group.bench_function("set_tagged", |b| {
+        b.to_async(&rt).iter(|| async {
+            let key = Key::new(format!("tagged:{}", fastrand::u16(..))).unwrap();
+            tagged.set(&key, &entry(), ttl).await.unwrap()
+        })
+    });
+    group.finish();
+}
+
+/// The durable write-behind acknowledgement against the `XADD` it is built on.
+fn durable_enqueue(c: &mut Criterion) {
+    use tower::{Service, ServiceExt};
+    use tower_caching::strategy::StreamQueue;
+    use tower_caching::CacheLayer;
+    use tower_layer::Layer;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = support::shared_redis();
+    let (raw, service, cache) = rt.block_on(async {
+        let store = RedisStore::connect(RedisConfig::new(url)).await.unwrap();
+        let raw = redis::Client::open(url)
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .unwrap();
+        let cache: Cache<Entry> = Cache::in_memory();
+        let writer = tower::service_fn(|_: Entry| async { Ok::<_, std::convert::Infallible>(()) });
+        let service = CacheLayer::write_behind(cache.clone())
+            .key(|e: &Entry| Key::new(format!("durable:{}", e.id)).ok())
+            .batch_interval(std::time::Duration::from_millis(100))
+            .durable(StreamQueue::new(&store, "bench"))
+            .layer(writer);
+        (raw, service, cache)
+    });
+    let payload = serde_json::to_vec(&entry()).unwrap();
+    let mut group = c.benchmark_group("durable_enqueue");
+    group.bench_function("raw_xadd", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut connection = raw.clone();
+            let id: String = redis::cmd("XADD")
+                .arg("bench:raw")
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(10_000)
+                .arg("*")
+                .arg("k")
+                .arg("durable:0b9d6b0e")
+                .arg("r")
+                .arg(&payload)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            black_box(id)
+        })
+    });
+    group.bench_function("write_behind_durable", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut service = service.clone();
+            async move { service.ready().await.unwrap().call(entry()).await.unwrap() }
+        })
+    });
+    group.finish();
+    rt.block_on(cache.close()).unwrap();
+}
+
+criterion_group!(
+    benches,
+    memory,
+    redis,
+    layer_hit,
+    tiered,
+    tagged_set,
+    durable_enqueue
+);
 criterion_main!(benches);

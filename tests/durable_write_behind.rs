@@ -348,3 +348,53 @@ async fn two_live_instances_share_the_work_and_never_go_back_to_an_older_value()
     let key = Key::new("metrics:0").unwrap();
     assert_eq!(a_cache.get(&key).await.unwrap(), Some(450));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_of_departed_instances_are_forgotten() {
+    let server = RedisServer::spawn();
+    let name = support::unique_prefix("consumers");
+    let db = Db::default();
+    let queue = async || {
+        let store = RedisStore::connect(RedisConfig::new(server.url()))
+            .await
+            .unwrap();
+        StreamQueue::new(&store, &name).claim_after(Duration::from_millis(100))
+    };
+    let consumers = async |stream: &str| -> usize {
+        let mut raw = support::raw_connection(&server.url()).await;
+        let list: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(stream)
+            .arg("writers")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        list.len()
+    };
+    let stream = queue().await.stream_key();
+    for _ in 0..3 {
+        // An instance that writes, then goes away.
+        let (cache, service) = layered(&db, queue().await);
+        service
+            .oneshot(Write {
+                ispb: "a".into(),
+                seq: 1,
+            })
+            .await
+            .unwrap();
+        cache.flush_pending_writes().await.unwrap();
+    }
+    assert_eq!(consumers(&stream).await, 3);
+    // Idle for more than ten claim periods (the claim period is raised to twice the
+    // backoff cap, 100 ms): forgotten by the next instance.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (cache, _service) = layered(&db, queue().await);
+    cache.flush_pending_writes().await.unwrap();
+    // Only the new instance may remain (Redis 7.2+ registers a consumer on its first read,
+    // even an empty one; 7.0 only once it receives an entry).
+    let left = consumers(&stream).await;
+    assert!(
+        left <= 1,
+        "{left} consumers: departed ones are still in the group"
+    );
+}

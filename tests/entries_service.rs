@@ -53,6 +53,8 @@ async fn start(
 ) -> Running {
     let app = App::build(AppConfig {
         database_url,
+        // On Redis, write-behind queues in a Redis stream, as the example does by default.
+        durable_write_behind: !matches!(cache, CacheBackend::Memory),
         cache,
         write_behind_interval: write_behind,
         key_prefix: prefix.to_owned(),

@@ -25,7 +25,7 @@ use tower::{Service, ServiceExt};
 use tower_caching::key::KeyBuilder;
 use tower_caching::metrics::Metrics;
 use tower_caching::store::{CircuitBreaker, RedisConfig, RedisStore, Store};
-use tower_caching::strategy::Invalidation;
+use tower_caching::strategy::{Invalidation, StreamQueue};
 use tower_caching::ttl::{self, Jitter};
 use tower_caching::{Cache, CacheLayer, Cacheable, MemoryStore};
 use tower_layer::Layer;
@@ -73,6 +73,9 @@ pub struct AppConfig {
     pub database_url: String,
     pub cache: CacheBackend,
     pub write_behind_interval: Duration,
+    /// Whether write-behind writes queue in a Redis stream, surviving a crash (the default
+    /// on Redis; `WRITE_BEHIND_QUEUE=memory` keeps them in process).
+    pub durable_write_behind: bool,
     pub key_prefix: String,
 }
 
@@ -94,10 +97,20 @@ impl AppConfig {
             })?,
             None => Duration::from_secs(10),
         };
+        let durable_write_behind = match var("WRITE_BEHIND_QUEUE").as_deref() {
+            None | Some("redis") => !matches!(cache, CacheBackend::Memory),
+            Some("memory") => false,
+            Some(other) => {
+                return Err(format!(
+                    "WRITE_BEHIND_QUEUE is {other:?}; expected `redis` or `memory`"
+                ))
+            }
+        };
         Ok(AppConfig {
             database_url: var("DATABASE_URL").unwrap_or_else(|| "sqlite://entries.db".into()),
             cache,
             write_behind_interval,
+            durable_write_behind,
             key_prefix: var("CACHE_PREFIX").unwrap_or_default(),
         })
     }
@@ -146,7 +159,7 @@ pub struct GetEntry(pub String);
 pub struct CreateEntry(pub Entry);
 #[derive(Clone, Debug)]
 pub struct GetMetrics(pub String);
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UpdateMetrics {
     pub ispb: String,
     pub metrics: ParticipantMetrics,
@@ -358,16 +371,29 @@ impl App {
             .register(&registry)?;
         let (services, closers, cache) = match &config.cache {
             CacheBackend::Memory => {
-                let (s, c) = services(MemoryStore::new(), &database, &config, metrics, registry);
+                let (s, c) = services(
+                    MemoryStore::new(),
+                    WriteBehindQueue::Memory,
+                    &database,
+                    &config,
+                    metrics,
+                    registry,
+                );
                 (s, c, "memory".to_string())
             }
             CacheBackend::Redis(redis) => {
                 // Lazy: the service starts, and answers from the database, while Redis is down;
                 // the breaker stops paying command timeouts while it stays down.
-                let store = CircuitBreaker::builder(RedisStore::connect_lazy(redis.clone())?)
+                let redis_store = RedisStore::connect_lazy(redis.clone())?;
+                let queue = if config.durable_write_behind {
+                    WriteBehindQueue::Redis(StreamQueue::new(&redis_store, &metrics_queue(&config)))
+                } else {
+                    WriteBehindQueue::Memory
+                };
+                let store = CircuitBreaker::builder(redis_store)
                     .metrics(&metrics)
                     .build();
-                let (s, c) = services(store, &database, &config, metrics, registry);
+                let (s, c) = services(store, queue, &database, &config, metrics, registry);
                 (
                     s,
                     c,
@@ -382,8 +408,16 @@ impl App {
                 let nodes = cluster.nodes().join(",");
                 let store =
                     tower_caching::store::RedisClusterStore::connect(cluster.clone()).await?;
+                let queue = if config.durable_write_behind {
+                    WriteBehindQueue::Cluster(StreamQueue::on_cluster(
+                        &store,
+                        &metrics_queue(&config),
+                    ))
+                } else {
+                    WriteBehindQueue::Memory
+                };
                 let store = CircuitBreaker::builder(store).metrics(&metrics).build();
-                let (s, c) = services(store, &database, &config, metrics, registry);
+                let (s, c) = services(store, queue, &database, &config, metrics, registry);
                 (s, c, format!("redis cluster {nodes}"))
             }
         };
@@ -447,8 +481,23 @@ fn closer<V: Cacheable, S: Store>(cache: &Cache<V, S>) -> Closer {
     })
 }
 
+/// The stream the participant-metrics writes queue in, when durable: one per key prefix, so
+/// that applications sharing a Redis keep their queues apart.
+fn metrics_queue(config: &AppConfig) -> String {
+    format!("{}participant-metrics", config.key_prefix)
+}
+
+/// Where write-behind writes wait for the database.
+enum WriteBehindQueue {
+    Memory,
+    Redis(StreamQueue),
+    #[cfg(feature = "cluster")]
+    Cluster(StreamQueue<redis::cluster_async::ClusterConnection>),
+}
+
 fn services<S: Store>(
     store: S,
+    queue: WriteBehindQueue,
     database: &Database,
     config: &AppConfig,
     metrics: Metrics,
@@ -485,8 +534,19 @@ fn services<S: Store>(
         })
         .value(|req: &UpdateMetrics| Some(req.metrics.clone()))
         .ttl(Jitter::new(ttl::METRICS, 0.1))
-        .batch_interval(config.write_behind_interval)
-        .layer(database.clone());
+        .batch_interval(config.write_behind_interval);
+    let update_metrics = match queue {
+        WriteBehindQueue::Memory => {
+            BoxCloneSyncService::new(update_metrics.layer(database.clone()))
+        }
+        WriteBehindQueue::Redis(queue) => {
+            BoxCloneSyncService::new(update_metrics.durable(queue).layer(database.clone()))
+        }
+        #[cfg(feature = "cluster")]
+        WriteBehindQueue::Cluster(queue) => {
+            BoxCloneSyncService::new(update_metrics.durable(queue).layer(database.clone()))
+        }
+    };
     let get_metrics = CacheLayer::cache_aside(metrics_reads.clone())
         .key({
             let keys = keys.clone();
@@ -519,7 +579,7 @@ fn services<S: Store>(
         get_entry: BoxCloneSyncService::new(get_entry),
         create_entry: BoxCloneSyncService::new(create_entry),
         get_metrics: BoxCloneSyncService::new(get_metrics),
-        update_metrics: BoxCloneSyncService::new(update_metrics),
+        update_metrics,
         get_config: BoxCloneSyncService::new(get_config),
         vsync: BoxCloneSyncService::new(vsync),
         registry,

@@ -20,10 +20,13 @@
 //! Environment: `DATABASE_URL` (default `sqlite://entries.db`), `REDIS_CLUSTER_NODES` (with
 //! `--features cluster`), `REDIS_URL` or `REDIS_ADDR`
 //! (+ `REDIS_PASSWORD`, `REDIS_DB`; otherwise the in-memory store), `REDIS_WRITE_BEHIND_BATCH`
-//! (default `10s`), `CACHE_PREFIX`, `BIND_ADDR` (default `127.0.0.1:3000`).
+//! (default `10s`), `WRITE_BEHIND_QUEUE` (`redis`, the default when Redis is configured: the
+//! queue is a Redis stream and survives a crash; or `memory`), `CACHE_PREFIX`, `BIND_ADDR`
+//! (default `127.0.0.1:3000`).
 //!
 //! SIGINT or SIGTERM stops accepting requests, flushes the write-behind queue to the
-//! database and exits 0.
+//! database and exits 0. With the Redis queue, even `kill -9` loses no acknowledged write:
+//! the next instance to start writes what was queued.
 
 mod app;
 

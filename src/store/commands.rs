@@ -44,26 +44,53 @@ pub(super) async fn bounded<T>(
     }
 }
 
-/// Files a key in a tag's index, a sorted set scored by each member's expiry (ms since the
-/// epoch, `+inf` for none). Members already expired are pruned first, and the index expires
-/// a second after its last member: the bookkeeping never outlives its entries.
-/// `KEYS[1]` index, `ARGV[1]` member, `ARGV[2]` TTL in ms or empty.
-const TAG_ADD: &str = r#"
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+/// A Lua function that files a key in a tag's index, a sorted set scored by each member's
+/// expiry (ms since the epoch, `+inf` for none). Members already expired are pruned first,
+/// and the index expires a second after its last member: the bookkeeping never outlives its
+/// entries.
+macro_rules! file_function {
+    () => {
+        r#"
+local function file(index, member, ttl)
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', now_ms)
+  if ttl == '' then
+    redis.call('ZADD', index, '+inf', member)
+  else
+    redis.call('ZADD', index, now_ms + tonumber(ttl), member)
+  end
+  local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
+  if last[2] == 'inf' then
+    redis.call('PERSIST', index)
+  else
+    redis.call('PEXPIREAT', index, math.ceil(tonumber(last[2])) + 1000)
+  end
+end
+"#
+    };
+}
+
+/// Files a key under one tag. `KEYS[1]` index, `ARGV[1]` member, `ARGV[2]` TTL in ms or
+/// empty.
+const TAG_ADD: &str = concat!(file_function!(), "file(KEYS[1], ARGV[1], ARGV[2])");
+
+/// Files a key under every tag, then stores it — in one round trip, and never stored when
+/// a filing failed. `KEYS[1]` the key, `KEYS[2..]` indexes; `ARGV[1]` value, `ARGV[2]` TTL
+/// in ms or empty. For a single node: the keys may lie in different slots.
+const TAG_SET: &str = concat!(
+    file_function!(),
+    r#"
+for i = 2, #KEYS do
+  file(KEYS[i], KEYS[1], ARGV[2])
+end
 if ARGV[2] == '' then
-  redis.call('ZADD', KEYS[1], '+inf', ARGV[1])
+  redis.call('SET', KEYS[1], ARGV[1])
 else
-  redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if last[2] == 'inf' then
-  redis.call('PERSIST', KEYS[1])
-else
-  redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2])) + 1000)
-end
-"#;
+"#
+);
 
 /// Removes the given members from a tag's index, each only if its score (expiry) is still
 /// the one read: a key filed again meanwhile stays filed. `KEYS[1]` index, `ARGV` pairs of
@@ -76,6 +103,33 @@ for i = 1, #ARGV, 2 do
   end
 end
 "#;
+
+/// A TTL as the tag scripts take it: milliseconds, or empty for none.
+fn script_ttl(ttl: Option<Duration>) -> String {
+    ttl.map_or(String::new(), |ttl| {
+        u64::try_from(ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+            .to_string()
+    })
+}
+
+/// The script that files `key` under every tag of `tags` and stores `value`, for a single
+/// node.
+pub(super) fn tagged_set_command(
+    key: &Key,
+    value: &StoreValue,
+    ttl: Option<Duration>,
+    tags: &[Tag],
+) -> redis::Cmd {
+    let mut command = redis::cmd("EVAL");
+    command.arg(TAG_SET).arg(1 + tags.len()).arg(key.as_str());
+    for tag in tags {
+        command.arg(tag.index_key().as_str());
+    }
+    command.arg(value.bytes().as_ref()).arg(script_ttl(ttl));
+    command
+}
 
 /// `SET key value [PX ttl]`.
 pub(super) fn set_command(key: &Key, value: &StoreValue, ttl: Option<Duration>) -> redis::Cmd {
@@ -182,12 +236,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
         ttl: Option<Duration>,
         tags: &[Tag],
     ) -> Result<(), StoreError> {
-        let ttl_ms = ttl.map_or(String::new(), |ttl| {
-            u64::try_from(ttl.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1)
-                .to_string()
-        });
+        let ttl_ms = script_ttl(ttl);
         let filings: Vec<redis::Cmd> = tags
             .iter()
             .map(|tag| {

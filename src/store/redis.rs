@@ -4,7 +4,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, RedisError};
 
-use super::commands::{set_command, Commands, GetFuture, SCAN_BATCH};
+use super::commands::{set_command, tagged_set_command, Commands, GetFuture, SCAN_BATCH};
 use super::{Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern, Tag};
 
@@ -492,7 +492,10 @@ impl Store for RedisStore {
         ttl: Option<Duration>,
         tags: &[Tag],
     ) -> Result<(), StoreError> {
-        self.commands.set_tagged(key, value, ttl, tags).await
+        // One script, one round trip: the filings, then the value.
+        self.commands
+            .run::<()>("set_tagged", &tagged_set_command(key, &value, ttl, tags))
+            .await
     }
 
     async fn invalidate_tag(&self, tag: &Tag) -> Result<u64, StoreError> {

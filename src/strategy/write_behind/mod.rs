@@ -21,8 +21,11 @@
 //! - **Flush and shutdown**: [`Cache::flush_pending_writes`](crate::Cache::flush_pending_writes)
 //!   writes everything now; [`Cache::close`](crate::Cache::close) flushes and stops the
 //!   worker; writes that arrive after it go straight to the writer.
-//! - **What it does not survive**: a crash or kill of the process loses the writes still in
-//!   the queue (the in-memory queue is gone). The queue depth is the window.
+//! - **What it does not survive**, by default: a crash or kill of the process loses the
+//!   writes still in the in-memory queue; the queue depth is the window. With
+//!   [`durable`](crate::CacheLayer::durable)`(`[`StreamQueue`]`)` (feature `redis`) the
+//!   queue is a Redis stream instead: an acknowledged write survives the process, and any
+//!   instance writes it — see [`StreamQueue`] for what that guarantees and costs.
 //! - The layered service's error is the writer's; it can only occur when a write bypasses
 //!   the queue (no key, or after close).
 //!

@@ -278,6 +278,8 @@ struct Round {
 struct RoundState {
     group_ready: bool,
     claim_cursor: String,
+    /// When idle consumers were last looked for.
+    consumers_checked: Option<Instant>,
 }
 
 /// The worker of one [`StreamQueue`] in this process: queues with `XADD`, writes what it
@@ -334,6 +336,7 @@ where
             rounds: tokio::sync::Mutex::new(RoundState {
                 group_ready: false,
                 claim_cursor: "0-0".to_owned(),
+                consumers_checked: None,
             }),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
@@ -358,7 +361,8 @@ where
     /// Starts the worker, once, if a Tokio runtime is here. It holds the worker weakly: it
     /// stops within one batch interval of the last service being dropped.
     fn start(self: &Arc<Self>) {
-        if tokio::runtime::Handle::try_current().is_err()
+        if self.started.load(Ordering::Acquire)
+            || tokio::runtime::Handle::try_current().is_err()
             || self.started.swap(true, Ordering::AcqRel)
         {
             return;
@@ -366,13 +370,17 @@ where
         let weak = Arc::downgrade(self);
         let interval = self.settings.batch_interval;
         tokio::spawn(async move {
+            // The first round at once: a new instance writes what others left behind.
+            let mut first = true;
             loop {
                 let Some(worker) = weak.upgrade() else {
                     return;
                 };
-                tokio::select! {
-                    _ = tokio::time::sleep(interval) => {}
-                    _ = worker.wake.notified() => {}
+                if !std::mem::take(&mut first) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = worker.wake.notified() => {}
+                    }
                 }
                 if worker.closed.load(Ordering::Acquire) {
                     return;
@@ -498,7 +506,11 @@ where
             }
         }
 
-        if wrapped {
+        let check_due = state
+            .consumers_checked
+            .is_none_or(|at| at.elapsed() >= self.queue.claim_after);
+        if wrapped && check_due {
+            state.consumers_checked = Some(Instant::now());
             self.forget_idle_consumers().await;
         }
         let taken = batch.len();
@@ -700,6 +712,8 @@ where
             .arg(reason);
         if let Err(error) = self.run::<String>("write_behind_dead_letter", &add).await {
             tracing::error!(key = %KeyDigest(key), %error, "dead letter not recorded in Redis; the entry stays queued");
+            // No longer held here: it is delivered again after `claim_after`.
+            self.release(1);
             return;
         }
         self.done(&[id]).await;
