@@ -249,6 +249,22 @@ async fn shutdown_writes_every_acknowledged_metrics_update() {
         "",
     )
     .await;
+    // The durable queue's worker makes a first round as it starts (to write what crashed
+    // instances left): let it finish, so that the writes below wait for the batch.
+    let mut raw = support::raw_connection(&redis.url()).await;
+    let stream = "tower-caching:wb:{participant-metrics}";
+    for _ in 0..100 {
+        let groups: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut raw)
+            .await;
+        if groups.is_ok_and(|groups| !groups.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     for i in 0..50u64 {
         let metrics = ParticipantMetrics {
             lookups: i,
