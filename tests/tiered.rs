@@ -158,3 +158,42 @@ async fn a_tag_invalidated_on_one_instance_empties_every_l1() {
         assert_eq!(found.is_some(), id % 2 == 1, "entry {id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l2_hit_lands_in_l1_typed_and_no_longer_than_it_is_fresh() {
+    let server = RedisServer::spawn();
+    let config = RedisConfig::new(server.url()).command_timeout(Duration::from_secs(1));
+    let channel = support::unique_prefix("promote");
+    let (a, _, _) = instance(&config, &channel).await;
+    let (b, b_l1, _) = instance(&config, &channel).await;
+    let keys = KeyBuilder::new();
+    let (long, short) = (keys.entry("long"), keys.entry("short"));
+    a.set(&long, &"kept".to_string(), None).await.unwrap();
+    a.set(
+        &short,
+        &"brief".to_string(),
+        Some(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+
+    // B's first read is an L2 hit: decoded once, and L1 keeps the typed value.
+    assert_eq!(b.get(&long).await.unwrap().as_deref(), Some("kept"));
+    let in_l1 = b_l1.get(&long).await.unwrap().expect("copied into L1");
+    let typed = in_l1.decoded().and_then(|d| d.downcast_ref::<String>());
+    assert_eq!(
+        typed.map(String::as_str),
+        Some("kept"),
+        "L1 holds bytes only"
+    );
+
+    // L1's TTL (60 s here) never outlasts the value's own.
+    assert_eq!(b.get(&short).await.unwrap().as_deref(), Some("brief"));
+    assert!(b_l1.get(&short).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        b_l1.get(&short).await.unwrap().is_none(),
+        "L1 served a value past its TTL"
+    );
+    assert_eq!(b.get(&short).await.unwrap(), None);
+}

@@ -1122,7 +1122,8 @@ fn decode<V: Cacheable, C: Codec>(codec: &C, stored: &StoreValue) -> Result<Hit<
             header,
         });
     }
-    let value = codec.decode(payload).map_err(CacheError::Decode)?;
+    let value: V = codec.decode(payload).map_err(CacheError::Decode)?;
+    stored.decoded_by_cache(|| Arc::new(value.clone()));
     Ok(Hit { value, header })
 }
 

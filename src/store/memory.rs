@@ -143,6 +143,35 @@ impl MemoryStore {
         self.entries.get(key).map(|slot| slot.value)
     }
 
+    /// Attaches `decoded` to the entry under `key` if it still holds `bytes` (the same
+    /// buffer, not a copy): an invalidation in between wins.
+    #[cfg(feature = "redis")]
+    pub(crate) fn attach_decoded(
+        &self,
+        key: &Key,
+        bytes: &bytes::Bytes,
+        decoded: Arc<dyn std::any::Any + Send + Sync>,
+    ) {
+        self.entries.entry(key.clone()).and_compute_with(|current| {
+            let Some(entry) = current else {
+                return Op::Nop;
+            };
+            let slot = entry.value();
+            let same = slot.value.bytes().as_ptr() == bytes.as_ptr()
+                && slot.value.len() == bytes.len()
+                && slot.value.decoded().is_none();
+            if same {
+                Op::Put(Slot {
+                    value: slot.value.clone().with_decoded(decoded),
+                    ttl: slot.ttl,
+                    tags: slot.tags.clone(),
+                })
+            } else {
+                Op::Nop
+            }
+        });
+    }
+
     /// Removes every entry.
     ///
     /// ```

@@ -75,7 +75,12 @@ pub use self::tiered::{TieredGet, TieredStore, DEFAULT_CHANNEL};
 pub struct StoreValue {
     bytes: Bytes,
     decoded: Option<Arc<dyn Any + Send + Sync>>,
+    /// Called with the decoded form once a cache decodes these bytes: how a two-tier store
+    /// gets the typed value of an L2 hit into L1.
+    on_decoded: Option<DecodedHook>,
 }
+
+type DecodedHook = Arc<dyn Fn(Arc<dyn Any + Send + Sync>) + Send + Sync>;
 
 impl StoreValue {
     /// A value of `bytes` only.
@@ -83,6 +88,7 @@ impl StoreValue {
         StoreValue {
             bytes,
             decoded: None,
+            on_decoded: None,
         }
     }
 
@@ -108,6 +114,24 @@ impl StoreValue {
     pub fn with_decoded(mut self, decoded: Arc<dyn Any + Send + Sync>) -> Self {
         self.decoded = Some(decoded);
         self
+    }
+
+    /// Asks whoever decodes these bytes to hand the decoded form to `hook`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn on_decoded(
+        mut self,
+        hook: impl Fn(Arc<dyn Any + Send + Sync>) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_decoded = Some(Arc::new(hook));
+        self
+    }
+
+    /// Hands the decoded form of the bytes to the hook, if there is one: the cache calls it
+    /// after decoding a value the store did not keep decoded.
+    pub(crate) fn decoded_by_cache(&self, decoded: impl FnOnce() -> Arc<dyn Any + Send + Sync>) {
+        if let Some(hook) = &self.on_decoded {
+            hook(decoded());
+        }
     }
 
     /// The bytes.

@@ -206,6 +206,22 @@ async fn subscribe(client: redis::Client, l1: MemoryStore, shared: std::sync::We
     }
 }
 
+/// How long an L2 value may live in L1: `l1_ttl`, or less when the value's own freshness
+/// ends sooner (from its frame header), so L1 never serves it past that. `None` when it is
+/// no longer fresh: stale values (kept for fail-safe) stay in L2 only.
+fn l1_ttl_of(value: &StoreValue, l1_ttl: Duration) -> Option<Duration> {
+    let Ok((header, _)) = crate::cache::frame::split(value.bytes()) else {
+        return Some(l1_ttl);
+    };
+    match header.fresh_until_ms {
+        None => Some(l1_ttl),
+        Some(until) => {
+            let left = until.checked_sub(crate::cache::frame::now_ms())?;
+            (left > 0).then(|| l1_ttl.min(Duration::from_millis(left)))
+        }
+    }
+}
+
 /// The future of [`TieredStore`]'s `get`: an L1 hit at once, or the L2 lookup that fills L1.
 #[pin_project(project = TieredGetProj)]
 pub enum TieredGet {
@@ -249,10 +265,18 @@ impl Store for TieredStore {
         let coherent = self.is_coherent();
         TieredGet::L2(Box::pin(async move {
             let found = l2.get(&key).await?;
-            if let (Some(value), true) = (&found, coherent) {
-                let _ = l1.set(&key, value.clone(), Some(l1_ttl)).await;
-            }
-            Ok(found)
+            let Some(value) = found else {
+                return Ok(None);
+            };
+            let Some(ttl) = coherent.then(|| l1_ttl_of(&value, l1_ttl)).flatten() else {
+                return Ok(Some(value));
+            };
+            let _ = l1.set(&key, value.clone(), Some(ttl)).await;
+            // Once a cache decodes it, L1 keeps the typed value: later L1 hits skip decoding.
+            let bytes = value.bytes().clone();
+            Ok(Some(value.on_decoded(move |decoded| {
+                l1.attach_decoded(&key, &bytes, decoded)
+            })))
         }))
     }
 
