@@ -425,7 +425,10 @@ fn match_class(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyBuilder {
+    /// The escaped prefix and hash tag, joined: what every key starts with.
     prefix: Option<String>,
+    namespace: Option<String>,
+    hash_tag: Option<String>,
 }
 
 impl KeyBuilder {
@@ -436,8 +439,39 @@ impl KeyBuilder {
 
     /// Prefixes every key with `prefix:` (escaped like a part). An empty prefix means none.
     pub fn prefix(mut self, prefix: &str) -> Self {
-        self.prefix = (!prefix.is_empty()).then(|| escape_part(prefix));
+        self.namespace = (!prefix.is_empty()).then(|| escape_part(prefix));
+        self.join_prefix();
         self
+    }
+
+    /// Puts every key of this builder in one Redis Cluster slot, with the hash tag `{tag}`
+    /// after the prefix (`tag` escaped, so it cannot close the braces): multi-key commands
+    /// and scripts over these keys then run on one node. Hash tags are only ever chosen
+    /// here, by the programmer: braces in user-supplied parts are escaped. An empty tag
+    /// means none.
+    ///
+    /// ```
+    /// use tower_caching::key::KeyBuilder;
+    ///
+    /// let keys = KeyBuilder::new().prefix("payments").hash_tag("12345678");
+    /// assert_eq!(keys.entry("e1").as_str(), "payments:{12345678}:entry:e1");
+    /// assert_eq!(keys.entries().as_str(), "payments:{12345678}:entry:*");
+    /// // User input never picks a slot:
+    /// assert_eq!(KeyBuilder::new().entry("{x}").as_str(), "entry:%7Bx%7D");
+    /// ```
+    pub fn hash_tag(mut self, tag: &str) -> Self {
+        self.hash_tag = (!tag.is_empty()).then(|| format!("{{{}}}", escape_part(tag)));
+        self.join_prefix();
+        self
+    }
+
+    fn join_prefix(&mut self) {
+        self.prefix = match (&self.namespace, &self.hash_tag) {
+            (Some(namespace), Some(tag)) => Some(format!("{namespace}:{tag}")),
+            (Some(namespace), None) => Some(namespace.clone()),
+            (None, Some(tag)) => Some(tag.clone()),
+            (None, None) => None,
+        };
     }
 
     /// `{prefix:}{kind}:{part}`, with `part` escaped. `kind` is written by the programmer

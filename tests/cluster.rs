@@ -144,3 +144,49 @@ async fn a_primary_fails_over_under_load_and_caching_resumes() {
     assert_eq!(failed.load(Ordering::Relaxed), 0);
     drop(cluster);
 }
+
+/// A builder's hash tag puts its keys in one slot; without one, user parts never choose the
+/// slot (their braces are escaped), and keys spread over the primaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_tags_come_from_the_key_builder_only() {
+    let nodes = support::shared_cluster();
+    let mut raw = support::raw_connection(&format!("redis://{}", nodes[0])).await;
+    let slot = async |raw: &mut redis::aio::MultiplexedConnection, key: &str| -> u16 {
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(raw)
+            .await
+            .unwrap()
+    };
+    let tagged = KeyBuilder::new().prefix("payments").hash_tag("12345678");
+    let mut slots = std::collections::HashSet::new();
+    for id in 0..20 {
+        slots.insert(slot(&mut raw, tagged.entry(&id.to_string()).as_str()).await);
+    }
+    slots.insert(slot(&mut raw, tagged.metrics("12345678").as_str()).await);
+    assert_eq!(slots.len(), 1, "one hash tag, several slots");
+
+    let untagged = KeyBuilder::new().prefix("payments");
+    let mut slots = std::collections::HashSet::new();
+    for id in 0..20 {
+        // Users asking for one slot with braces in their ids do not get it.
+        slots.insert(slot(&mut raw, untagged.entry(&format!("{{same}}{id}")).as_str()).await);
+    }
+    assert!(slots.len() > 1, "braces in user parts chose the slot");
+
+    // Multi-key operations over tagged keys run on one node; spread keys are split by slot.
+    let store = support::shared_cluster_store().await;
+    let cache: Cache<u32, RedisClusterStore> = Cache::new(store);
+    for keys in [&tagged, &untagged] {
+        let entries: Vec<_> = (0..20u32)
+            .map(|i| (keys.entry(&format!("m{i}")), i))
+            .collect();
+        cache.set_many(&entries, None).await.unwrap();
+        let found = cache
+            .get_many(&entries.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert_eq!(found, (0..20u32).map(Some).collect::<Vec<_>>());
+    }
+}
