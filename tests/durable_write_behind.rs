@@ -398,3 +398,61 @@ async fn consumers_of_departed_instances_are_forgotten() {
         "{left} consumers: departed ones are still in the group"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_down_writes_wait_in_redis_not_in_memory() {
+    let server = RedisServer::spawn();
+    let queue = redis_queue(&server, "backpressure").await;
+    let stream = queue.stream_key();
+    let db = Db::default();
+    db.down.store(true, Ordering::SeqCst);
+    let cache: Cache<u64> = Cache::in_memory();
+    let keys = KeyBuilder::new();
+    let service = CacheLayer::write_behind(cache.clone())
+        .key(move |w: &Write| keys.metrics(&w.ispb))
+        .value(|w: &Write| Some(w.seq))
+        .capacity(50)
+        .max_batch(20)
+        .max_attempts(1_000)
+        .batch_interval(Duration::from_millis(10))
+        .backoff(Duration::from_millis(5), Duration::from_millis(10))
+        .durable(queue)
+        .layer(writer(&db));
+    for i in 0..300 {
+        service
+            .clone()
+            .oneshot(Write {
+                ispb: i.to_string(),
+                seq: 1,
+            })
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // At most `capacity` waiting for a retry, plus the batch read just before reaching it.
+    assert!(
+        service.queue_depth() < 50 + 20,
+        "{} writes held in memory",
+        service.queue_depth()
+    );
+    let mut raw = support::raw_connection(&server.url()).await;
+    let queued: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(queued, 300);
+
+    db.down.store(false, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(20), cache.flush_pending_writes())
+        .await
+        .expect("the flush did not finish")
+        .unwrap();
+    assert!((0..300).all(|i| db.metrics(&i.to_string()) == Some(1)));
+    let left: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}

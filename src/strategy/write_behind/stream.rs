@@ -113,6 +113,9 @@ return #ARGV - 1
 ///   [`dead_letter_key`](StreamQueue::dead_letter_key); an entry that does not decode
 ///   (another version of the request type) goes to that stream too, without blocking the
 ///   others.
+/// - **Bounded in memory**: a process holds at most [`capacity`](crate::CacheLayer::capacity)
+///   writes (plus one batch) read from the stream and not yet written; while the database
+///   fails, the rest wait in Redis. `capacity` also bounds the `XADD`s in flight.
 /// - The whole queue lives in one hash slot (`{name}`), so it works on Redis Cluster; give
 ///   busy queues different names to spread them.
 ///
@@ -446,6 +449,14 @@ where
                 let retry = retries.remove(&id).expect("listed above");
                 batch.insert(id, delivered(id, retry));
             }
+        }
+
+        // Backpressure: while this process holds `capacity` writes (the database is failing,
+        // they wait for retries), new entries stay in Redis rather than in its memory.
+        if self.held.load(Ordering::Acquire) >= self.settings.capacity {
+            let taken = batch.len();
+            let written = self.write(batch).await;
+            return Ok(Round { taken, written });
         }
 
         let mut claim = redis::cmd("XAUTOCLAIM");
