@@ -456,3 +456,35 @@ async fn while_the_database_is_down_writes_wait_in_redis_not_in_memory() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_the_stream_gets_it_back() {
+    let server = RedisServer::spawn();
+    let queue = redis_queue(&server, "lost").await;
+    let db = Db::default();
+    let (cache, service) = layered(&db, queue);
+    service
+        .clone()
+        .oneshot(Write {
+            ispb: "a".into(),
+            seq: 1,
+        })
+        .await
+        .unwrap();
+    cache.flush_pending_writes().await.unwrap();
+    assert_eq!(db.metrics("a"), Some(1));
+    // As after a restart without persistence: the stream and its group are gone.
+    let mut raw = support::raw_connection(&server.url()).await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    service
+        .oneshot(Write {
+            ispb: "a".into(),
+            seq: 2,
+        })
+        .await
+        .unwrap();
+    // The first flush may meet the missing group; the next recreates it.
+    let _ = cache.flush_pending_writes().await;
+    cache.flush_pending_writes().await.unwrap();
+    assert_eq!(db.metrics("a"), Some(2));
+}
