@@ -261,12 +261,25 @@ impl fmt::Display for Tag {
 pub struct Pattern(String);
 
 impl Pattern {
-    /// A pattern written as a Redis glob, used as is.
+    /// A pattern written as a Redis glob, used as is: for patterns in code, never for
+    /// user input.
+    ///
+    /// ```
+    /// # use tower_caching::key::Pattern;
+    /// assert!(Pattern::glob("entry:[ab]*").matches("entry:b7"));
+    /// ```
     pub fn glob(pattern: impl Into<String>) -> Self {
         Pattern(pattern.into())
     }
 
     /// Every key that starts with `prefix`, taken literally.
+    ///
+    /// ```
+    /// # use tower_caching::key::Pattern;
+    /// let pattern = Pattern::prefix("user:a?");
+    /// assert!(pattern.matches("user:a?1"));
+    /// assert!(!pattern.matches("user:ab1"));
+    /// ```
     pub fn prefix(prefix: &str) -> Self {
         let mut pattern = escape_glob(prefix);
         pattern.push('*');
@@ -274,17 +287,34 @@ impl Pattern {
     }
 
     /// Exactly the key `key`, taken literally.
+    ///
+    /// ```
+    /// # use tower_caching::key::Pattern;
+    /// assert!(Pattern::exact("a*").matches("a*"));
+    /// assert!(!Pattern::exact("a*").matches("ab"));
+    /// ```
     pub fn exact(key: &str) -> Self {
         Pattern(escape_glob(key))
     }
 
     /// The glob as sent to Redis.
+    ///
+    /// ```
+    /// # use tower_caching::key::Pattern;
+    /// assert_eq!(Pattern::prefix("vsync:").as_str(), "vsync:*");
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
     /// Whether `key` matches, with Redis's `STRINGMATCH` rules (`*`, `?`, `[...]`, `[^...]`,
     /// ranges and `\` escapes). The in-memory store uses this to delete by pattern.
+    ///
+    /// ```
+    /// # use tower_caching::key::Pattern;
+    /// assert!(Pattern::glob("h[^e]llo").matches("hallo"));
+    /// assert!(!Pattern::glob("h[^e]llo").matches("hello"));
+    /// ```
     pub fn matches(&self, key: &str) -> bool {
         glob_match(self.0.as_bytes(), key.as_bytes())
     }
@@ -433,11 +463,21 @@ pub struct KeyBuilder {
 
 impl KeyBuilder {
     /// A builder with no namespace prefix.
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// assert_eq!(KeyBuilder::new().entry("e1").as_str(), "entry:e1");
+    /// ```
     pub fn new() -> Self {
         KeyBuilder::default()
     }
 
     /// Prefixes every key with `prefix:` (escaped like a part). An empty prefix means none.
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// assert_eq!(KeyBuilder::new().prefix("payments").entry("e1").as_str(), "payments:entry:e1");
+    /// ```
     pub fn prefix(mut self, prefix: &str) -> Self {
         self.namespace = (!prefix.is_empty()).then(|| escape_part(prefix));
         self.join_prefix();
@@ -476,6 +516,11 @@ impl KeyBuilder {
 
     /// `{prefix:}{kind}:{part}`, with `part` escaped. `kind` is written by the programmer
     /// and used as is; it may hold `:` (e.g. `dict:key`).
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// assert_eq!(KeyBuilder::new().build("session", "a b").as_str(), "session:a%20b");
+    /// ```
     pub fn build(&self, kind: &str, part: &str) -> Key {
         let part = escape_part(part);
         let mut key = String::with_capacity(
@@ -514,6 +559,12 @@ impl KeyBuilder {
     }
 
     /// The pattern that matches every key of `kind` built by this builder.
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// let keys = KeyBuilder::new().prefix("app");
+    /// assert!(keys.pattern("session").matches(keys.build("session", "x").as_str()));
+    /// ```
     pub fn pattern(&self, kind: &str) -> Pattern {
         match &self.prefix {
             Some(prefix) => Pattern::prefix(&format!("{prefix}:{kind}:")),
@@ -522,46 +573,91 @@ impl KeyBuilder {
     }
 
     /// `entry:{id}` — an entry looked up or created (TTL [`ttl::ENTRY`](crate::ttl::ENTRY)).
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// assert_eq!(KeyBuilder::new().entry("e1").as_str(), "entry:e1");
+    /// ```
     pub fn entry(&self, id: &str) -> Key {
         self.build("entry", id)
     }
 
     /// Every `entry:*` key.
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// assert_eq!(KeyBuilder::new().entries().as_str(), "entry:*");
+    /// ```
     pub fn entries(&self) -> Pattern {
         self.pattern("entry")
     }
 
     /// `metrics:{ispb}` — a participant's counters (TTL [`ttl::METRICS`](crate::ttl::METRICS)).
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// assert_eq!(KeyBuilder::new().metrics("12345678").as_str(), "metrics:12345678");
+    /// ```
     pub fn metrics(&self, ispb: &str) -> Key {
         self.build("metrics", ispb)
     }
 
     /// `config:{name}` — configuration (TTL [`ttl::CONFIG`](crate::ttl::CONFIG)).
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// assert_eq!(KeyBuilder::new().config("default").as_str(), "config:default");
+    /// ```
     pub fn config(&self, name: &str) -> Key {
         self.build("config", name)
     }
 
     /// `participant:{ispb}` — participant data (TTL [`ttl::PARTICIPANT`](crate::ttl::PARTICIPANT)).
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// assert_eq!(KeyBuilder::new().participant("12345678").as_str(), "participant:12345678");
+    /// ```
     pub fn participant(&self, ispb: &str) -> Key {
         self.build("participant", ispb)
     }
 
     /// `dict:key:{key}` — a dictionary key lookup (TTL [`ttl::DICT_KEY`](crate::ttl::DICT_KEY)).
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// assert_eq!(KeyBuilder::new().dict_key("+5511").as_str(), "dict:key:+5511");
+    /// ```
     pub fn dict_key(&self, key: &str) -> Key {
         self.build("dict:key", key)
     }
 
     /// `dict:ispb:{ispb}` — lookups by ISPB (TTL [`ttl::DICT_ISPB`](crate::ttl::DICT_ISPB)).
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// assert_eq!(KeyBuilder::new().dict_ispb("12345678").as_str(), "dict:ispb:12345678");
+    /// ```
     pub fn dict_ispb(&self, ispb: &str) -> Key {
         self.build("dict:ispb", ispb)
     }
 
     /// `vsync:{id}` — a bulk synchronisation (no TTL: invalidated by write-around).
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// assert_eq!(KeyBuilder::new().vsync("v1").as_str(), "vsync:v1");
+    /// ```
     pub fn vsync(&self, id: &str) -> Key {
         self.build("vsync", id)
     }
 
     /// Every `vsync:*` key.
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// assert_eq!(KeyBuilder::new().vsyncs().as_str(), "vsync:*");
+    /// ```
     pub fn vsyncs(&self) -> Pattern {
         self.pattern("vsync")
     }

@@ -67,6 +67,15 @@ impl<S> CacheLayer<S> {
 
 impl<S, K, T> CacheLayer<S, K, T> {
     /// Uses `key` to turn each request into its cache key (or `None` to bypass the cache).
+    ///
+    /// ```
+    /// use tower_caching::{key::KeyBuilder, Cache, CacheLayer};
+    ///
+    /// let keys = KeyBuilder::new().prefix("payments");
+    /// let layer = CacheLayer::cache_aside(Cache::<String>::in_memory())
+    ///     .key(move |id: &String| keys.entry(id));
+    /// # let _ = layer;
+    /// ```
     pub fn key<K2>(self, key: K2) -> CacheLayer<S, K2, T> {
         CacheLayer {
             strategy: self.strategy,
@@ -76,6 +85,15 @@ impl<S, K, T> CacheLayer<S, K, T> {
     }
 
     /// Uses `ttl` to decide how long each cached value stays fresh.
+    ///
+    /// ```
+    /// use tower_caching::{ttl::{self, Jitter}, Cache, CacheLayer};
+    ///
+    /// // The original's entry TTL, spread by ±10 % so that entries do not expire together.
+    /// let layer = CacheLayer::cache_aside(Cache::<String>::in_memory())
+    ///     .ttl(Jitter::new(ttl::ENTRY, 0.1));
+    /// # let _ = layer;
+    /// ```
     pub fn ttl<T2>(self, ttl: T2) -> CacheLayer<S, K, T2> {
         CacheLayer {
             strategy: self.strategy,
@@ -85,6 +103,13 @@ impl<S, K, T> CacheLayer<S, K, T> {
     }
 
     /// The strategy and its settings.
+    ///
+    /// ```
+    /// use tower_caching::{Cache, CacheLayer};
+    ///
+    /// let layer = CacheLayer::cache_aside(Cache::<String>::in_memory());
+    /// println!("{:?}", layer.strategy());
+    /// ```
     pub fn strategy(&self) -> &S {
         &self.strategy
     }

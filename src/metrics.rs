@@ -191,6 +191,16 @@ pub struct MetricsBuilder {
 #[cfg(feature = "metrics")]
 impl Metrics {
     /// A builder with the namespace `tower_caching`.
+    ///
+    /// ```
+    /// use tower_caching::{metrics::Metrics, Cache, MemoryStore};
+    ///
+    /// let registry = prometheus::Registry::new();
+    /// let metrics = Metrics::builder().namespace("conn_dict").register(&registry)?;
+    /// let cache: Cache<String> = Cache::builder(MemoryStore::new()).metrics(metrics).build();
+    /// # let _ = cache;
+    /// # Ok::<(), prometheus::Error>(())
+    /// ```
     pub fn builder() -> MetricsBuilder {
         MetricsBuilder {
             namespace: "tower_caching".into(),
@@ -217,6 +227,14 @@ const FLUSH_BUCKETS: [f64; 12] = [
 impl MetricsBuilder {
     /// The namespace, the metric names' prefix (default `tower_caching`; the original
     /// service used `conn_dict`).
+    ///
+    /// ```
+    /// # use tower_caching::metrics::Metrics;
+    /// let registry = prometheus::Registry::new();
+    /// Metrics::builder().namespace("conn_dict").register(&registry)?;
+    /// assert!(registry.gather().iter().any(|f| f.name() == "conn_dict_cache_hits_total"));
+    /// # Ok::<(), prometheus::Error>(())
+    /// ```
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
         self
@@ -224,6 +242,14 @@ impl MetricsBuilder {
 
     /// Adds a constant label `cache="<name>"` to every metric, so several caches can
     /// register in one registry.
+    ///
+    /// ```
+    /// # use tower_caching::metrics::Metrics;
+    /// let registry = prometheus::Registry::new();
+    /// Metrics::builder().cache_name("entries").register(&registry)?;
+    /// Metrics::builder().cache_name("configs").register(&registry)?; // no clash
+    /// # Ok::<(), prometheus::Error>(())
+    /// ```
     pub fn cache_name(mut self, name: impl Into<String>) -> Self {
         self.cache_name = Some(name.into());
         self
@@ -231,6 +257,14 @@ impl MetricsBuilder {
 
     /// Registers the metrics on `registry` (e.g. `prometheus::default_registry()`). Fails,
     /// without registering anything, when the names are taken or invalid.
+    ///
+    /// ```
+    /// # use tower_caching::metrics::Metrics;
+    /// let registry = prometheus::Registry::new();
+    /// Metrics::builder().register(&registry)?;
+    /// assert!(Metrics::builder().register(&registry).is_err()); // taken: an error, not a panic
+    /// # Ok::<(), prometheus::Error>(())
+    /// ```
     pub fn register(self, registry: &prometheus::Registry) -> Result<Metrics, prometheus::Error> {
         use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
 

@@ -30,7 +30,18 @@ use std::time::Duration;
 
 use crate::key::Key;
 
-/// `entry:{id}`: 5 minutes.
+/// `entry:{id}`: 5 minutes. The original service's TTLs, one per key pattern:
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_caching::ttl;
+///
+/// assert_eq!(ttl::ENTRY, Duration::from_secs(300));
+/// assert_eq!(ttl::METRICS, Duration::from_secs(600));
+/// assert_eq!(ttl::CONFIG, Duration::from_secs(3600));
+/// assert_eq!(ttl::PARTICIPANT, Duration::from_secs(900));
+/// assert_eq!(ttl::DICT_KEY, ttl::DICT_ISPB);
+/// ```
 pub const ENTRY: Duration = Duration::from_secs(5 * 60);
 /// `metrics:{ispb}`: 10 minutes.
 pub const METRICS: Duration = Duration::from_secs(10 * 60);

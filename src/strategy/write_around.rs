@@ -82,29 +82,60 @@ pub struct Invalidation {
 
 impl Invalidation {
     /// Nothing to invalidate.
+    ///
+    /// ```
+    /// # use tower_caching::strategy::Invalidation;
+    /// assert!(Invalidation::new().key_list().is_empty());
+    /// ```
     pub fn new() -> Self {
         Invalidation::default()
     }
 
     /// Adds a key.
+    ///
+    /// ```
+    /// # use tower_caching::{key::KeyBuilder, strategy::Invalidation};
+    /// let i = Invalidation::new().key(KeyBuilder::new().entry("e1"));
+    /// assert_eq!(i.key_list()[0].as_str(), "entry:e1");
+    /// ```
     pub fn key(mut self, key: Key) -> Self {
         self.keys.push(key);
         self
     }
 
     /// Adds keys.
+    ///
+    /// ```
+    /// # use tower_caching::{key::KeyBuilder, strategy::Invalidation};
+    /// let keys = KeyBuilder::new();
+    /// let i = Invalidation::new().keys(["e1", "e2"].map(|id| keys.entry(id)));
+    /// assert_eq!(i.key_list().len(), 2);
+    /// ```
     pub fn keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
         self.keys.extend(keys);
         self
     }
 
-    /// Adds a pattern.
+    /// Adds a pattern (a keyspace scan: prefer keys or tags when you can).
+    ///
+    /// ```
+    /// # use tower_caching::{key::KeyBuilder, strategy::Invalidation};
+    /// let i = Invalidation::new().pattern(KeyBuilder::new().vsyncs());
+    /// assert_eq!(i.pattern_list()[0].as_str(), "vsync:*");
+    /// ```
     pub fn pattern(mut self, pattern: Pattern) -> Self {
         self.patterns.push(pattern);
         self
     }
 
     /// Adds a tag: every entry filed under it (see [`Cache::tag_with`]).
+    ///
+    /// ```
+    /// # use tower_caching::{key::Tag, strategy::Invalidation};
+    /// let i = Invalidation::new().tag(Tag::new("ispb:12345678")?);
+    /// assert_eq!(i.tag_list()[0].as_str(), "ispb:12345678");
+    /// # Ok::<(), tower_caching::key::KeyError>(())
+    /// ```
     pub fn tag(mut self, tag: Tag) -> Self {
         self.tags.push(tag);
         self
@@ -188,6 +219,24 @@ impl<V, St, C> CacheLayer<WriteAround<V, St, C>> {
     /// Write-around around a writer service: invalidates the request's key after a
     /// successful write; see [`invalidate`](CacheLayer::invalidate) for more keys and
     /// patterns.
+    ///
+    /// ```
+    /// use tower::{service_fn, ServiceExt};
+    /// use tower_caching::{key::Key, Cache, CacheLayer};
+    /// use tower_layer::Layer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: Cache<String> = Cache::in_memory();
+    /// let key = Key::new("name:ana").unwrap();
+    /// cache.set(&key, &"old".to_string(), None).await.unwrap();
+    /// let save = CacheLayer::write_around(cache.clone())
+    ///     .key(|name: &String| Key::new(format!("name:{name}")).ok())
+    ///     .layer(service_fn(|_: String| async { Ok::<_, std::convert::Infallible>(()) }));
+    /// save.oneshot("ana".to_string()).await.unwrap();
+    /// assert!(!cache.exists(&key).await.unwrap());
+    /// # }
+    /// ```
     pub fn write_around(cache: Cache<V, St, C>) -> Self {
         CacheLayer::with_strategy(WriteAround {
             cache,
@@ -201,6 +250,19 @@ impl<V, St, C, I, O, K, T> CacheLayer<WriteAround<V, St, C, I, O>, K, T> {
     /// Invalidates what `f` returns for each request, instead of the one key: a closure
     /// `Fn(&Req) -> Invalidation`, or an [`InvalidationPolicy`] such as
     /// `http::PathInvalidation` (feature `http`).
+    ///
+    /// ```
+    /// use tower_caching::{key::{KeyBuilder, Tag}, strategy::Invalidation, Cache, CacheLayer};
+    ///
+    /// struct Vsync { ispb: String }
+    /// let layer = CacheLayer::write_around(Cache::<String>::in_memory())
+    ///     .invalidate(|req: &Vsync| {
+    ///         Invalidation::new()
+    ///             .pattern(KeyBuilder::new().vsyncs())
+    ///             .tag(Tag::new(format!("ispb:{}", req.ispb)).unwrap())
+    ///     });
+    /// # let _ = layer;
+    /// ```
     pub fn invalidate<F>(self, f: F) -> CacheLayer<WriteAround<V, St, C, F, O>, K, T> {
         self.map_strategy(|s| WriteAround {
             cache: s.cache,
@@ -211,6 +273,15 @@ impl<V, St, C, I, O, K, T> CacheLayer<WriteAround<V, St, C, I, O>, K, T> {
 
     /// Invalidates only when `predicate` accepts the writer's response, not on every `Ok`
     /// (for HTTP, where a 4xx is an `Ok` response: `http::is_success`).
+    ///
+    /// ```
+    /// use tower_caching::{Cache, CacheLayer};
+    ///
+    /// // The writer answers a status code: invalidate after 2xx only.
+    /// let layer = CacheLayer::write_around(Cache::<String>::in_memory())
+    ///     .succeeded_if(|status: &u16| (200..300).contains(status));
+    /// # let _ = layer;
+    /// ```
     pub fn succeeded_if<O2>(self, predicate: O2) -> CacheLayer<WriteAround<V, St, C, I, O2>, K, T> {
         self.map_strategy(|s| WriteAround {
             cache: s.cache,

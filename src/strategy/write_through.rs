@@ -90,6 +90,22 @@ impl<V, St, C> CacheLayer<WriteThrough<V, St, C>> {
     /// Write-through around a writer service. By default the writer's response is the value
     /// to cache; see [`value_from_request`](CacheLayer::value_from_request) and
     /// [`value_from_response`](CacheLayer::value_from_response).
+    ///
+    /// ```
+    /// use tower::{service_fn, ServiceExt};
+    /// use tower_caching::{key::Key, Cache, CacheLayer};
+    /// use tower_layer::Layer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: Cache<String> = Cache::in_memory();
+    /// let save = CacheLayer::write_through(cache.clone())
+    ///     .key(|name: &String| Key::new(format!("name:{name}")).ok())
+    ///     .layer(service_fn(|name: String| async move { Ok::<_, std::convert::Infallible>(name.to_uppercase()) }));
+    /// save.oneshot("ana".to_string()).await.unwrap();
+    /// assert_eq!(cache.get(&Key::new("name:ana").unwrap()).await.unwrap().as_deref(), Some("ANA"));
+    /// # }
+    /// ```
     pub fn write_through(cache: Cache<V, St, C>) -> Self {
         CacheLayer::with_strategy(WriteThrough {
             cache,
@@ -100,6 +116,18 @@ impl<V, St, C> CacheLayer<WriteThrough<V, St, C>> {
 
 impl<V, St, C, F, K, T> CacheLayer<WriteThrough<V, St, C, F>, K, T> {
     /// Caches the value `f` takes from the request (before the writer consumes it).
+    ///
+    /// ```
+    /// use tower_caching::{key::Key, Cache, CacheLayer};
+    ///
+    /// #[derive(Clone)]
+    /// struct Rename { id: u32, name: String }
+    ///
+    /// let layer = CacheLayer::write_through(Cache::<String>::in_memory())
+    ///     .key(|r: &Rename| Key::new(format!("name:{}", r.id)).ok())
+    ///     .value_from_request(|r: &Rename| Some(r.name.clone()));
+    /// # let _ = layer;
+    /// ```
     pub fn value_from_request<G>(
         self,
         f: G,
@@ -111,6 +139,16 @@ impl<V, St, C, F, K, T> CacheLayer<WriteThrough<V, St, C, F>, K, T> {
     }
 
     /// Caches the value `f` takes from the writer's response (e.g. with a generated id).
+    ///
+    /// ```
+    /// use tower_caching::{key::Key, Cache, CacheLayer};
+    ///
+    /// // The writer answers `(id, created_at)`; only the timestamp is cached.
+    /// let layer = CacheLayer::write_through(Cache::<u64>::in_memory())
+    ///     .key(|name: &String| Key::new(format!("created:{name}")).ok())
+    ///     .value_from_response(|response: &(u32, u64)| Some(response.1));
+    /// # let _ = layer;
+    /// ```
     pub fn value_from_response<G>(
         self,
         f: G,

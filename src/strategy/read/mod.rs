@@ -175,6 +175,21 @@ impl<M, V, St, C> Read<M, V, St, C> {
 
 impl<V, St, C> CacheLayer<CacheAside<V, St, C>> {
     /// Cache-aside around a loader service whose response is the value `V`.
+    ///
+    /// ```
+    /// use tower::{service_fn, ServiceExt};
+    /// use tower_caching::{key::KeyBuilder, Cache, CacheLayer};
+    /// use tower_layer::Layer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let keys = KeyBuilder::new();
+    /// let lookup = CacheLayer::cache_aside(Cache::<String>::in_memory())
+    ///     .key(move |id: &u32| keys.entry(&id.to_string()))
+    ///     .layer(service_fn(|id: u32| async move { Ok::<_, std::convert::Infallible>(format!("entry {id}")) }));
+    /// assert_eq!(lookup.oneshot(7).await.unwrap(), "entry 7");
+    /// # }
+    /// ```
     pub fn cache_aside(cache: Cache<V, St, C>) -> Self {
         CacheLayer::with_strategy(Read::new(cache))
     }
@@ -182,6 +197,23 @@ impl<V, St, C> CacheLayer<CacheAside<V, St, C>> {
 
 impl<V, St, C> CacheLayer<ReadThrough<V, St, C>> {
     /// Read-through around a loader service whose response is the value `V`.
+    ///
+    /// ```
+    /// use tower::{service_fn, ServiceExt};
+    /// use tower_caching::{key::KeyBuilder, Cache, CacheLayer};
+    /// use tower_layer::Layer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: Cache<String> = Cache::in_memory();
+    /// let keys = KeyBuilder::new();
+    /// let config = CacheLayer::read_through(cache.clone())
+    ///     .key(move |name: &String| keys.config(name))
+    ///     .layer(service_fn(|name: String| async move { Ok::<_, std::convert::Infallible>(format!("{name}=on")) }));
+    /// config.oneshot("default".to_string()).await.unwrap();
+    /// assert!(cache.exists(&KeyBuilder::new().config("default")).await.unwrap());
+    /// # }
+    /// ```
     pub fn read_through(cache: Cache<V, St, C>) -> Self {
         CacheLayer::with_strategy(Read::new(cache))
     }
@@ -190,6 +222,23 @@ impl<V, St, C> CacheLayer<ReadThrough<V, St, C>> {
 impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
     /// Caches a loaded value only when `predicate` says so (e.g. never an error-shaped or
     /// empty response). Values it rejects are served, not cached.
+    ///
+    /// ```
+    /// use tower::{service_fn, ServiceExt};
+    /// use tower_caching::{key::Key, Cache, CacheLayer};
+    /// use tower_layer::Layer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: Cache<Vec<u32>> = Cache::in_memory();
+    /// let search = CacheLayer::cache_aside(cache.clone())
+    ///     .key(|q: &&'static str| Key::new(format!("search:{q}")).ok())
+    ///     .cache_if(|results: &Vec<u32>| !results.is_empty())
+    ///     .layer(service_fn(|_: &'static str| async { Ok::<_, std::convert::Infallible>(Vec::new()) }));
+    /// assert!(search.oneshot("nothing").await.unwrap().is_empty()); // served…
+    /// assert!(!cache.exists(&Key::new("search:nothing").unwrap()).await.unwrap()); // …not cached
+    /// # }
+    /// ```
     pub fn cache_if<P2>(self, predicate: P2) -> CacheLayer<Read<M, V, St, C, P2, N>, K, T> {
         self.map_strategy(|read| Read {
             cache: read.cache,
@@ -206,6 +255,14 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
 
     /// Classifies values as "not found" (e.g. `Option::is_none`). Such values are cached
     /// only with a [`negative_ttl`](CacheLayer::negative_ttl).
+    ///
+    /// ```
+    /// use tower_caching::{Cache, CacheLayer};
+    ///
+    /// let layer = CacheLayer::cache_aside(Cache::<Option<String>>::in_memory())
+    ///     .not_found(Option::<String>::is_none); // a missing entry is not cached…
+    /// # let _ = layer;
+    /// ```
     pub fn not_found<N2>(self, classifier: N2) -> CacheLayer<Read<M, V, St, C, P, N2>, K, T> {
         self.map_strategy(|read| Read {
             cache: read.cache,
@@ -222,6 +279,16 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
 
     /// Caches "not found" values for `ttl` (usually much shorter than the TTL of found
     /// values), so repeated lookups of a missing key stop reaching the loader.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{Cache, CacheLayer};
+    ///
+    /// let layer = CacheLayer::cache_aside(Cache::<Option<String>>::in_memory())
+    ///     .not_found(Option::<String>::is_none)
+    ///     .negative_ttl(Duration::from_secs(30)); // …unless briefly, to shield the database
+    /// # let _ = layer;
+    /// ```
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.strategy.negative_ttl = Some(ttl);
         self
@@ -234,6 +301,16 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
     ///
     /// A hard loader timeout is tower's `timeout::Timeout` (feature `timeout`) on the loader:
     /// its error is a failure like any other, answered with the stale value when there is one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{Cache, CacheLayer};
+    ///
+    /// // Serve values up to an hour past their TTL while the source fails; retry it every 30 s.
+    /// let layer = CacheLayer::read_through(Cache::<String>::in_memory())
+    ///     .fail_safe(Duration::from_secs(3600), Duration::from_secs(30));
+    /// # let _ = layer;
+    /// ```
     pub fn fail_safe(mut self, grace: Duration, throttle: Duration) -> Self {
         self.strategy.fail_safe = Some(FailSafe { grace, throttle });
         self
@@ -242,6 +319,16 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
     /// Soft timeout (with [`fail_safe`](CacheLayer::fail_safe)): when the reload of a stale
     /// entry takes longer than `timeout`, the stale value is served at once while the reload
     /// finishes in the background and refreshes the entry.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{Cache, CacheLayer};
+    ///
+    /// let layer = CacheLayer::read_through(Cache::<String>::in_memory())
+    ///     .fail_safe(Duration::from_secs(3600), Duration::from_secs(30))
+    ///     .soft_timeout(Duration::from_millis(100));
+    /// # let _ = layer;
+    /// ```
     pub fn soft_timeout(mut self, timeout: Duration) -> Self {
         self.strategy.soft_timeout = Some(timeout);
         self
@@ -252,6 +339,13 @@ impl<V, St, C, P, N, K, T> CacheLayer<ReadThrough<V, St, C, P, N>, K, T> {
     /// Refresh-ahead: a hit whose remaining TTL is at most `fraction` of its whole TTL
     /// (e.g. `0.2`: the last 20 %) is served from the cache and reloaded in the background.
     /// `fraction` is clamped to `0.0..=1.0`.
+    ///
+    /// ```
+    /// use tower_caching::{Cache, CacheLayer};
+    ///
+    /// let layer = CacheLayer::read_through(Cache::<String>::in_memory()).refresh_ahead(0.2);
+    /// # let _ = layer;
+    /// ```
     pub fn refresh_ahead(mut self, fraction: f64) -> Self {
         self.strategy.refresh_ahead = Some(if fraction.is_finite() {
             fraction.clamp(0.0, 1.0)
@@ -266,6 +360,13 @@ impl<V, St, C, P, N, K, T> CacheLayer<ReadThrough<V, St, C, P, N>, K, T> {
     /// with a probability that grows as expiry nears, scaled by how long the last load took
     /// and by `beta` (1.0 is the paper's optimum; larger refreshes earlier). Concurrent hits
     /// never synchronise into a herd.
+    ///
+    /// ```
+    /// use tower_caching::{Cache, CacheLayer};
+    ///
+    /// let layer = CacheLayer::read_through(Cache::<String>::in_memory()).early_expiration(1.0);
+    /// # let _ = layer;
+    /// ```
     pub fn early_expiration(mut self, beta: f64) -> Self {
         self.strategy.early_expiration = Some(if beta.is_finite() { beta.max(0.0) } else { 1.0 });
         self

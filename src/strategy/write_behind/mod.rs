@@ -319,7 +319,19 @@ impl<Req, Resp: Default> Acknowledge<Req, Resp> for DefaultAck {
 }
 
 impl<Req, V, St, C> CacheLayer<WriteBehind<Req, V, St, C>> {
-    /// Write-behind around a writer service for requests `Req`.
+    /// Write-behind around a writer service for requests `Req` (see the
+    /// [module docs](crate::strategy::write_behind) for a complete example).
+    ///
+    /// ```
+    /// use tower_caching::{key::Key, Cache, CacheLayer};
+    ///
+    /// // Requests that are the value itself: (id, counter).
+    /// let layer = CacheLayer::write_behind(Cache::<(u32, u64)>::in_memory())
+    ///     .key(|update: &(u32, u64)| Key::new(format!("counter:{}", update.0)).ok());
+    /// let writer = tower::service_fn(|_: (u32, u64)| async { Ok::<_, std::convert::Infallible>(()) });
+    /// let service = tower_layer::Layer::layer(&layer, writer);
+    /// # let _ = service;
+    /// ```
     pub fn write_behind(cache: Cache<V, St, C>) -> Self {
         CacheLayer::with_strategy(WriteBehind {
             cache,
@@ -335,6 +347,19 @@ impl<Req, V, St, C> CacheLayer<WriteBehind<Req, V, St, C>> {
 
 impl<Req, V, St, C, F, A, D, Q, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A, D, Q>, K, T> {
     /// Takes the value to cache from the request with `f` (`None` invalidates the key).
+    ///
+    /// ```
+    /// use tower_caching::{key::Key, Cache, CacheLayer};
+    ///
+    /// #[derive(Clone)]
+    /// struct Update { id: u32, lookups: u64 }
+    /// let layer = CacheLayer::write_behind(Cache::<u64>::in_memory())
+    ///     .key(|u: &Update| Key::new(format!("lookups:{}", u.id)).ok())
+    ///     .value(|u: &Update| Some(u.lookups));
+    /// let writer = tower::service_fn(|_: Update| async { Ok::<_, std::convert::Infallible>(()) });
+    /// let service = tower_layer::Layer::layer(&layer, writer);
+    /// # let _ = service;
+    /// ```
     pub fn value<F2>(self, f: F2) -> CacheLayer<WriteBehind<Req, V, St, C, F2, A, D, Q>, K, T> {
         self.map_strategy(|s| WriteBehind {
             cache: s.cache,
@@ -348,6 +373,16 @@ impl<Req, V, St, C, F, A, D, Q, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A
     }
 
     /// Answers queued writes with `f(&request)` (e.g. an HTTP 202).
+    ///
+    /// ```
+    /// use tower_caching::{Cache, CacheLayer};
+    ///
+    /// let layer = CacheLayer::write_behind(Cache::<u64>::in_memory())
+    ///     .acknowledge(|_: &u64| "202 Accepted");
+    /// let writer = tower::service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>("200 OK") });
+    /// let service = tower_layer::Layer::layer(&layer, writer);
+    /// # let _ = service;
+    /// ```
     pub fn acknowledge<A2>(
         self,
         f: A2,
@@ -363,7 +398,18 @@ impl<Req, V, St, C, F, A, D, Q, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A
         })
     }
 
-    /// Hands writes abandoned after their last attempt to `hook`.
+    /// Hands writes abandoned after their last attempt to `hook` (see [`DeadLetter`] for a
+    /// complete example).
+    ///
+    /// ```
+    /// use tower_caching::{strategy::DeadLetter, Cache, CacheLayer};
+    ///
+    /// let layer = CacheLayer::write_behind(Cache::<u64>::in_memory())
+    ///     .on_dead_letter(|letter: DeadLetter<u64>| eprintln!("lost {}: {}", letter.key, letter.error));
+    /// let writer = tower::service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>(()) });
+    /// let service = tower_layer::Layer::layer(&layer, writer);
+    /// # let _ = service;
+    /// ```
     pub fn on_dead_letter<D2>(
         self,
         hook: D2,
@@ -383,6 +429,22 @@ impl<Req, V, St, C, F, A, D, Q, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A
     /// Redis stream, so that they survive a crash of the process and any instance writes
     /// them. Requests must then be `Serialize` and `DeserializeOwned` (they are stored with
     /// the cache's codec).
+    ///
+    /// ```no_run
+    /// use tower_caching::store::{RedisConfig, RedisStore};
+    /// use tower_caching::{strategy::StreamQueue, Cache, CacheLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::connect(RedisConfig::from_env()?).await?;
+    /// let layer = CacheLayer::write_behind(Cache::<u64>::in_memory())
+    ///     .durable(StreamQueue::new(&store, "counters"));
+    /// let writer = tower::service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>(()) });
+    /// let service = tower_layer::Layer::layer(&layer, writer);
+    /// # let _ = service;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn durable<Q2>(
         self,
         queue: Q2,
@@ -400,32 +462,49 @@ impl<Req, V, St, C, F, A, D, Q, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A
 
     /// How often queued writes are written (default 10 s, the original's
     /// `REDIS_WRITE_BEHIND_BATCH`).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_caching::{Cache, CacheLayer};
+    /// let layer = CacheLayer::write_behind(Cache::<u64>::in_memory())
+    ///     .batch_interval(Duration::from_secs(1))
+    ///     .max_batch(500)
+    ///     .capacity(50_000)
+    ///     .max_attempts(20)
+    ///     .backoff(Duration::from_millis(200), Duration::from_secs(60));
+    /// let writer = tower::service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>(()) });
+    /// let service = tower_layer::Layer::layer(&layer, writer);
+    /// # let _ = service;
+    /// ```
     pub fn batch_interval(mut self, interval: Duration) -> Self {
         self.strategy.settings.batch_interval = interval.max(Duration::from_millis(1));
         self
     }
 
     /// How many writes one batch holds, and how many waiting writes trigger a batch before
-    /// the interval ends (default 100).
+    /// the interval ends (default 100). See [`batch_interval`](CacheLayer::batch_interval)
+    /// for an example.
     pub fn max_batch(mut self, max_batch: usize) -> Self {
         self.strategy.settings.max_batch = max_batch.max(1);
         self
     }
 
     /// How many writes may wait, at most (default 10 000). Past it, callers wait in
-    /// `poll_ready`.
+    /// `poll_ready`. See [`batch_interval`](CacheLayer::batch_interval) for an example.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.strategy.settings.capacity = capacity.max(1);
         self
     }
 
-    /// How many times a write is tried before it is dead-lettered (default 10).
+    /// How many times a write is tried before it is dead-lettered (default 10). See
+    /// [`batch_interval`](CacheLayer::batch_interval) for an example.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.strategy.settings.max_attempts = attempts.max(1);
         self
     }
 
     /// The first retry delay and the cap of the exponential backoff (default 100 ms, 30 s).
+    /// See [`batch_interval`](CacheLayer::batch_interval) for an example.
     pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.strategy.settings.backoff_base = base;
         self.strategy.settings.backoff_max = max.max(base);

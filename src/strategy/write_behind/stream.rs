@@ -172,6 +172,17 @@ impl<Conn> fmt::Debug for StreamQueue<Conn> {
 
 impl StreamQueue<ConnectionManager> {
     /// The queue `name` on the Redis of `store` (its connection and command timeout).
+    ///
+    /// ```
+    /// # use tower_caching::{store::{RedisConfig, RedisStore}, strategy::StreamQueue};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::connect_lazy(RedisConfig::new("127.0.0.1:6379"))?;
+    /// let queue = StreamQueue::new(&store, "participant-metrics");
+    /// assert_eq!(queue.stream_key(), "tower-caching:wb:{participant-metrics}");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(store: &RedisStore, name: &str) -> Self {
         StreamQueue::with_commands(store.commands().clone(), name)
     }
@@ -181,6 +192,17 @@ impl StreamQueue<ConnectionManager> {
 #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
 impl StreamQueue<redis::cluster_async::ClusterConnection> {
     /// The queue `name` on the Redis Cluster of `store`; the queue's keys share one slot.
+    ///
+    /// ```no_run
+    /// # use tower_caching::{store::{RedisClusterConfig, RedisClusterStore}, strategy::StreamQueue};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisClusterStore::connect(RedisClusterConfig::new(["10.0.0.1:7000"])).await?;
+    /// let queue = StreamQueue::on_cluster(&store, "participant-metrics");
+    /// # let _ = queue;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn on_cluster(store: &crate::store::RedisClusterStore, name: &str) -> Self {
         StreamQueue::with_commands(store.commands().clone(), name)
     }
@@ -200,25 +222,52 @@ impl<Conn> StreamQueue<Conn> {
     /// How long an entry may stay with a consumer before another instance takes it over
     /// (default 60 s). Longer than the slowest write; it is raised to twice the backoff cap,
     /// so that a write waiting for its retry is not taken over.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_caching::{store::{RedisConfig, RedisStore}, strategy::StreamQueue};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let store = RedisStore::connect_lazy(RedisConfig::new("127.0.0.1:6379"))?;
+    /// let queue = StreamQueue::new(&store, "metrics")
+    ///     .claim_after(Duration::from_secs(120))
+    ///     .version_retention(Duration::from_secs(6 * 3600));
+    /// # let _ = queue;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn claim_after(mut self, idle: Duration) -> Self {
         self.claim_after = idle.max(Duration::from_millis(1));
         self
     }
 
     /// How long the version of a key's last written entry is kept (default 1 h): replays
-    /// of older entries within it are skipped. Longer than any entry can wait.
+    /// of older entries within it are skipped. Longer than any entry can wait. See
+    /// [`claim_after`](StreamQueue::claim_after) for an example.
     pub fn version_retention(mut self, retention: Duration) -> Self {
         self.retention = retention.max(Duration::from_secs(1));
         self
     }
 
-    /// The stream's key: `tower-caching:wb:{name}`.
+    /// The stream's key: `tower-caching:wb:{name}` — for `XLEN` (the backlog) and
+    /// `XPENDING` (what the instances hold). See [`new`](StreamQueue::new) for an example.
     pub fn stream_key(&self) -> String {
         format!("tower-caching:wb:{{{}}}", self.name)
     }
 
     /// The key of the stream of dead letters: writes abandoned after their last attempt,
     /// and entries that do not decode (fields `id`, `k`, `r`, `error`).
+    ///
+    /// ```
+    /// # use tower_caching::{store::{RedisConfig, RedisStore}, strategy::StreamQueue};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let store = RedisStore::connect_lazy(RedisConfig::new("127.0.0.1:6379"))?;
+    /// let queue = StreamQueue::new(&store, "metrics");
+    /// assert_eq!(queue.dead_letter_key(), "tower-caching:wb:{metrics}:dead");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn dead_letter_key(&self) -> String {
         format!("tower-caching:wb:{{{}}}:dead", self.name)
     }
