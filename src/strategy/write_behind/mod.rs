@@ -187,6 +187,8 @@ pub(crate) trait WriteQueue<Req>: PendingWrites {
     fn is_closed(&self) -> bool;
     /// How many writes this process holds, waiting or running.
     fn depth(&self) -> usize;
+    /// Whether the queue keeps each write's framed value, for reads before the writer runs.
+    fn keeps_values(&self) -> bool;
     /// Queues `request` for `key`, holding `permit` while it waits in process.
     fn enqueue(
         self: Arc<Self>,

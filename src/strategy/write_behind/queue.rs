@@ -398,6 +398,10 @@ where
         Queue::depth(self)
     }
 
+    fn keeps_values(&self) -> bool {
+        true
+    }
+
     fn enqueue(
         self: Arc<Self>,
         key: Key,

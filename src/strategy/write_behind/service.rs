@@ -171,9 +171,14 @@ where
         let value = strategy.value.value(&request);
         let response = strategy.ack.acknowledge(&request);
         let ttl = value.as_ref().and_then(|v| self.layer.ttl.ttl(&key, v));
-        // Framed once: for the queue (reads before the writer runs) and for the cache.
-        let framed = value.as_ref().map(|v| strategy.cache.encode(v, ttl));
-        let queued = framed.as_ref().and_then(|f| f.as_ref().ok().cloned());
+        // A queue that keeps values serves reads before the writer runs.
+        let queued = if self.queue.keeps_values() {
+            value
+                .as_ref()
+                .and_then(|v| strategy.cache.encode(v, ttl).ok())
+        } else {
+            None
+        };
         let cache = strategy.cache.clone();
         let span = tracing::debug_span!(
             "cache",

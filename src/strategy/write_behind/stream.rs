@@ -917,7 +917,6 @@ where
     }
 
     fn pending_value(&self, _: &Key) -> Option<StoreValue> {
-        // The cache holds a queued write's value from the moment it is queued.
         None
     }
 }
@@ -942,6 +941,11 @@ where
 
     fn depth(&self) -> usize {
         self.held.load(Ordering::Acquire)
+    }
+
+    fn keeps_values(&self) -> bool {
+        // The cache holds a queued write's value from the moment it is queued.
+        false
     }
 
     fn enqueue(
