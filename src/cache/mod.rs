@@ -68,6 +68,10 @@ pub trait Cacheable: Serialize + DeserializeOwned + Clone + Send + Sync + 'stati
 impl<V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Cacheable for V {}
 
 /// The default limit on an encoded value: 1 MiB.
+///
+/// ```
+/// assert_eq!(tower_caching::cache::DEFAULT_MAX_VALUE_SIZE, 1024 * 1024);
+/// ```
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
 
 /// A typed handle on a store. See the [module docs](self).
@@ -156,6 +160,15 @@ pub struct CacheBuilder<S, C = Json> {
 
 impl<S: Store, C: Codec> CacheBuilder<S, C> {
     /// Encodes values with `codec` instead of JSON.
+    ///
+    /// ```
+    /// # #[cfg(feature = "msgpack")] {
+    /// use tower_caching::{codec::MsgPack, Cache, MemoryStore};
+    /// let cache: Cache<String, MemoryStore, MsgPack> =
+    ///     Cache::builder(MemoryStore::new()).codec(MsgPack).build();
+    /// # let _ = cache;
+    /// # }
+    /// ```
     pub fn codec<C2: Codec>(self, codec: C2) -> CacheBuilder<S, C2> {
         CacheBuilder {
             store: self.store,
@@ -170,6 +183,16 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
     /// [`metrics`](crate::metrics)). Several caches may share one [`Metrics`].
     ///
     /// [`Metrics`]: crate::metrics::Metrics
+    ///
+    /// ```
+    /// use tower_caching::{metrics::Metrics, Cache, MemoryStore};
+    ///
+    /// let metrics = Metrics::builder().register(&prometheus::Registry::new())?;
+    /// let names: Cache<String> = Cache::builder(MemoryStore::new()).metrics(metrics.clone()).build();
+    /// let counts: Cache<u64> = Cache::builder(MemoryStore::new()).metrics(metrics).build();
+    /// # let _ = (names, counts);
+    /// # Ok::<(), prometheus::Error>(())
+    /// ```
     #[cfg(feature = "metrics")]
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
@@ -179,13 +202,13 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
 
     /// Refuses to cache values whose encoding is larger than `bytes` (default
     /// [`DEFAULT_MAX_VALUE_SIZE`]). [`Cache::set`] returns [`CacheError::ValueTooLarge`]; the
-    /// layers skip caching such a value and serve it.
+    /// layers skip caching such a value and serve it. See [`CacheError`] for an example.
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.max_value_size = bytes;
         self
     }
 
-    /// The cache.
+    /// The cache. See [`CacheBuilder`] for an example.
     pub fn build<V: Cacheable>(self) -> Cache<V, S, C> {
         Cache {
             shared: Arc::new(Shared {
@@ -208,6 +231,12 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
 
 impl<V: Cacheable> Cache<V> {
     /// A cache on a new [`MemoryStore`] with the default bound, encoding with JSON.
+    ///
+    /// ```
+    /// # use tower_caching::Cache;
+    /// let cache: Cache<String> = Cache::in_memory();
+    /// # let _ = cache;
+    /// ```
     pub fn in_memory() -> Self {
         Cache::builder(MemoryStore::new()).build()
     }
@@ -229,7 +258,7 @@ impl<V: Cacheable, S: Store> Cache<V, S> {
 }
 
 impl<S: Store> Cache<(), S> {
-    /// A builder for a cache on `store`.
+    /// A builder for a cache on `store`. See [`CacheBuilder`] for an example.
     pub fn builder(store: S) -> CacheBuilder<S> {
         CacheBuilder {
             store,
@@ -250,6 +279,12 @@ pub(crate) struct Hit<V> {
 
 impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// The store.
+    ///
+    /// ```
+    /// # use tower_caching::Cache;
+    /// let cache: Cache<String> = Cache::in_memory();
+    /// assert_eq!(cache.store().entry_count(), 0);
+    /// ```
     pub fn store(&self) -> &S {
         &self.shared.store
     }
@@ -1107,7 +1142,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         Ok(written)
     }
 
-    /// Whether [`Cache::close`] was called.
+    /// Whether [`Cache::close`] was called. See [`Cache::close`] for an example.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
     }

@@ -148,6 +148,12 @@ impl<S: Store> CircuitBreaker<S> {
     }
 
     /// The store behind the breaker.
+    ///
+    /// ```
+    /// # use tower_caching::store::{CircuitBreaker, MemoryStore};
+    /// let store = CircuitBreaker::new(MemoryStore::new());
+    /// assert_eq!(store.get_ref().entry_count(), 0);
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
@@ -170,18 +176,39 @@ impl<S: Store> CircuitBreaker<S> {
 
 impl<S: Store> CircuitBreakerBuilder<S> {
     /// Consecutive failures that open the circuit (default 5, at least 1).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::store::{CircuitBreaker, MemoryStore};
+    ///
+    /// let store = CircuitBreaker::builder(MemoryStore::new())
+    ///     .failures(3)
+    ///     .open_for(Duration::from_secs(5))
+    ///     .build();
+    /// assert!(!store.is_open());
+    /// ```
     pub fn failures(mut self, failures: u32) -> Self {
         self.failures = failures.max(1);
         self
     }
 
-    /// How long the circuit stays open before a probe (default 2 s).
+    /// How long the circuit stays open before a probe (default 2 s). See
+    /// [`failures`](CircuitBreakerBuilder::failures) for an example.
     pub fn open_for(mut self, duration: Duration) -> Self {
         self.open_for = duration;
         self
     }
 
     /// Reports the circuit's state into `metrics`.
+    ///
+    /// ```
+    /// use tower_caching::{metrics::Metrics, store::{CircuitBreaker, MemoryStore}};
+    ///
+    /// let metrics = Metrics::builder().register(&prometheus::Registry::new())?;
+    /// let store = CircuitBreaker::builder(MemoryStore::new()).metrics(&metrics).build();
+    /// # let _ = store;
+    /// # Ok::<(), prometheus::Error>(())
+    /// ```
     #[cfg(feature = "metrics")]
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
@@ -189,7 +216,8 @@ impl<S: Store> CircuitBreakerBuilder<S> {
         self
     }
 
-    /// The breaker, closed.
+    /// The breaker, closed. See [`failures`](CircuitBreakerBuilder::failures) for an
+    /// example.
     pub fn build(self) -> CircuitBreaker<S> {
         self.observer.circuit_state(0);
         CircuitBreaker {

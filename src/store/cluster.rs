@@ -85,6 +85,18 @@ impl fmt::Debug for RedisClusterConfig {
 
 impl RedisClusterConfig {
     /// Seed nodes, `host:port` or URLs; the client discovers the rest.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::store::RedisClusterConfig;
+    ///
+    /// let config = RedisClusterConfig::new(["10.0.0.1:7000", "redis://10.0.0.2:7000"])
+    ///     .username("cache")
+    ///     .password("s3cret")
+    ///     .connect_timeout(Duration::from_secs(1))
+    ///     .command_timeout(Duration::from_millis(50));
+    /// assert_eq!(config.nodes(), ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]);
+    /// ```
     pub fn new<I: IntoIterator<Item = N>, N: Into<String>>(nodes: I) -> Self {
         RedisClusterConfig {
             nodes: nodes
@@ -107,12 +119,23 @@ impl RedisClusterConfig {
 
     /// `REDIS_CLUSTER_NODES` (`host:port,host:port,…`) with `REDIS_USERNAME`,
     /// `REDIS_PASSWORD`, `REDIS_CONNECT_TIMEOUT` and `REDIS_COMMAND_TIMEOUT`; `None` when
-    /// `REDIS_CLUSTER_NODES` is not set.
+    /// `REDIS_CLUSTER_NODES` is not set. See [`from_lookup`](RedisClusterConfig::from_lookup)
+    /// for an example.
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// [`RedisClusterConfig::from_env`] over any source of variables.
+    ///
+    /// ```
+    /// use tower_caching::store::RedisClusterConfig;
+    ///
+    /// let env = |name: &str| (name == "REDIS_CLUSTER_NODES").then(|| "a:7000,b:7000".to_string());
+    /// let config = RedisClusterConfig::from_lookup(env)?.expect("set");
+    /// assert_eq!(config.nodes().len(), 2);
+    /// assert!(RedisClusterConfig::from_lookup(|_| None)?.is_none());
+    /// # Ok::<(), tower_caching::store::ConfigError>(())
+    /// ```
     pub fn from_lookup(
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, ConfigError> {
@@ -148,30 +171,32 @@ impl RedisClusterConfig {
         Ok(Some(config))
     }
 
-    /// The seed nodes, as URLs.
+    /// The seed nodes, as URLs. See [`new`](RedisClusterConfig::new) for an example.
     pub fn nodes(&self) -> &[String] {
         &self.nodes
     }
 
-    /// The ACL user name.
+    /// The ACL user name. See [`new`](RedisClusterConfig::new) for an example.
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self
     }
 
-    /// The password.
+    /// The password. See [`new`](RedisClusterConfig::new) for an example.
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
         self
     }
 
-    /// Bounds [`RedisClusterStore::connect`] and each node connection. Default 1 s.
+    /// Bounds [`RedisClusterStore::connect`] and each node connection. Default 1 s. See
+    /// [`new`](RedisClusterConfig::new) for an example.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
-    /// Bounds every command. Default 50 ms.
+    /// Bounds every command. Default 50 ms. See [`new`](RedisClusterConfig::new) for an
+    /// example.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self

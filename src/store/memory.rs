@@ -116,11 +116,18 @@ impl Expiry<Key, Slot> for SlotExpiry {
 
 impl MemoryStore {
     /// A store bounded to 256 MiB of keys and values.
+    ///
+    /// ```
+    /// # use tower_caching::store::MemoryStore;
+    /// let store = MemoryStore::new();
+    /// let same_entries = store.clone(); // clones share the entries
+    /// # let _ = same_entries;
+    /// ```
     pub fn new() -> Self {
         MemoryStore::builder().build()
     }
 
-    /// A builder to choose the bound.
+    /// A builder to choose the bound. See [`MemoryStoreBuilder`] for an example.
     pub fn builder() -> MemoryStoreBuilder {
         MemoryStoreBuilder {
             bound: Bound::Bytes(256 << 20),
@@ -232,19 +239,32 @@ enum Bound {
 }
 
 impl MemoryStoreBuilder {
-    /// Bounds the store by the bytes of its keys and values.
+    /// Bounds the store by the bytes of its keys and values (counted twice: the decoded
+    /// form kept beside the bytes is about as large).
+    ///
+    /// ```
+    /// # use tower_caching::store::MemoryStore;
+    /// let store = MemoryStore::builder().max_bytes(64 << 20).build();
+    /// # let _ = store;
+    /// ```
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.bound = Bound::Bytes(bytes);
         self
     }
 
     /// Bounds the store by its number of entries.
+    ///
+    /// ```
+    /// # use tower_caching::store::MemoryStore;
+    /// let store = MemoryStore::builder().max_entries(10_000).build();
+    /// # let _ = store;
+    /// ```
     pub fn max_entries(mut self, entries: u64) -> Self {
         self.bound = Bound::Entries(entries);
         self
     }
 
-    /// The store.
+    /// The store. See [`MemoryStoreBuilder`] for an example.
     pub fn build(self) -> MemoryStore {
         let tags = Arc::new(TagIndex::default());
         let listener_tags = tags.clone();

@@ -84,6 +84,13 @@ type DecodedHook = Arc<dyn Fn(Arc<dyn Any + Send + Sync>) + Send + Sync>;
 
 impl StoreValue {
     /// A value of `bytes` only.
+    ///
+    /// ```
+    /// # use tower_caching::store::StoreValue;
+    /// let value = StoreValue::new(bytes::Bytes::from_static(b"abc"));
+    /// assert_eq!(value.len(), 3);
+    /// assert!(value.decoded().is_none());
+    /// ```
     pub fn new(bytes: Bytes) -> Self {
         StoreValue {
             bytes,
@@ -135,26 +142,48 @@ impl StoreValue {
     }
 
     /// The bytes.
+    ///
+    /// ```
+    /// # use tower_caching::store::StoreValue;
+    /// assert_eq!(StoreValue::from_static(b"ab").bytes().as_ref(), b"ab");
+    /// ```
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
     }
 
     /// The bytes, consuming the value.
+    ///
+    /// ```
+    /// # use tower_caching::store::StoreValue;
+    /// let bytes = StoreValue::from(vec![1, 2]).into_bytes();
+    /// assert_eq!(&bytes[..], &[1, 2]);
+    /// ```
     pub fn into_bytes(self) -> Bytes {
         self.bytes
     }
 
-    /// The decoded form, when the store kept one.
+    /// The decoded form, when the store kept one. See
+    /// [`with_decoded`](StoreValue::with_decoded) for an example.
     pub fn decoded(&self) -> Option<&Arc<dyn Any + Send + Sync>> {
         self.decoded.as_ref()
     }
 
     /// The length of the bytes.
+    ///
+    /// ```
+    /// # use tower_caching::store::StoreValue;
+    /// assert_eq!(StoreValue::from_static(b"abc").len(), 3);
+    /// ```
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
 
     /// Whether the bytes are empty.
+    ///
+    /// ```
+    /// # use tower_caching::store::StoreValue;
+    /// assert!(StoreValue::from(Vec::new()).is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }

@@ -197,39 +197,52 @@ impl RedisConfig {
         Ok(config)
     }
 
-    /// The ACL user name.
+    /// The ACL user name. See [`RedisConfig`] for an example.
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self
     }
 
-    /// The password (with or without a user name).
+    /// The password (with or without a user name). See [`RedisConfig`] for an example.
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
         self
     }
 
-    /// The database number.
+    /// The database number. See [`RedisConfig`] for an example.
     pub fn db(mut self, db: i64) -> Self {
         self.db = Some(db);
         self
     }
 
     /// Bounds [`RedisStore::connect`] as a whole and each reconnection attempt. Default 1 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::store::RedisConfig;
+    ///
+    /// let config = RedisConfig::new("redis://cache:6379")
+    ///     .connect_timeout(Duration::from_millis(500))
+    ///     .command_timeout(Duration::from_millis(20))
+    ///     .retries(3);
+    /// # let _ = config;
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// Bounds every command, including the wait for a connection. Default 50 ms: a cache in
-    /// a request path should give up long before the request does.
+    /// a request path should give up long before the request does. See
+    /// [`connect_timeout`](RedisConfig::connect_timeout) for an example.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self
     }
 
     /// How many times one reconnection is attempted, with exponential backoff, before
-    /// commands fail until the next try. Default 6.
+    /// commands fail until the next try. Default 6. See
+    /// [`connect_timeout`](RedisConfig::connect_timeout) for an example.
     pub fn retries(mut self, retries: usize) -> Self {
         self.retries = retries;
         self
@@ -237,6 +250,15 @@ impl RedisConfig {
 
     /// Trusts the CA certificate `pem` (PEM) for `rediss://` instead of the public roots: for
     /// servers with a private CA.
+    ///
+    /// ```no_run
+    /// use tower_caching::store::RedisConfig;
+    ///
+    /// let config = RedisConfig::new("rediss://cache.internal:6380")
+    ///     .tls_root_certificate(std::fs::read("ca.pem")?);
+    /// # let _ = config;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
@@ -245,6 +267,11 @@ impl RedisConfig {
     }
 
     /// The URL (which may carry credentials; `Debug` redacts them).
+    ///
+    /// ```
+    /// # use tower_caching::store::RedisConfig;
+    /// assert_eq!(RedisConfig::new("127.0.0.1:6379").url(), "redis://127.0.0.1:6379");
+    /// ```
     pub fn url(&self) -> &str {
         &self.url
     }
