@@ -121,6 +121,15 @@ impl<St: fmt::Debug, C: fmt::Debug, K: fmt::Debug, T> fmt::Debug for HttpCacheLa
 
 impl<St, C> HttpCacheLayer<St, C> {
     /// Caches responses in `cache`, keyed by [`HttpKey`], for five minutes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// let layer = HttpCacheLayer::new(cache); // router.layer(layer)
+    /// # let _ = (layer, Duration::ZERO);
+    /// ```
     pub fn new(cache: Cache<CachedResponse, St, C>) -> Self {
         HttpCacheLayer {
             settings: Arc::new(Settings {
@@ -145,6 +154,17 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
     }
 
     /// Keys requests with `key` ([`HttpKey`], [`PathKey`](super::PathKey), a closure).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// use tower_caching::http::HttpKey;
+    /// let layer = HttpCacheLayer::new(cache)
+    ///     .key(HttpKey::new().prefix("api").header("accept-language"));
+    /// # let _ = (layer, Duration::ZERO);
+    /// ```
     pub fn key<K2>(self, key: K2) -> HttpCacheLayer<St, C, K2, T> {
         let s = self.settings();
         HttpCacheLayer {
@@ -165,6 +185,15 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
 
     /// Keeps responses fresh for `ttl` (a `Duration`, [`Jitter`](crate::ttl::Jitter), a
     /// closure over the key and the response).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// let layer = HttpCacheLayer::new(cache).ttl(Duration::from_secs(60));
+    /// # let _ = layer;
+    /// ```
     pub fn ttl<T2>(self, ttl: T2) -> HttpCacheLayer<St, C, K, T2> {
         let s = self.settings();
         HttpCacheLayer {
@@ -189,22 +218,39 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
     }
 
     /// The statuses whose responses are stored (default: 200 only).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// use http::StatusCode;
+    /// let layer = HttpCacheLayer::new(cache)
+    ///     .statuses([StatusCode::OK, StatusCode::MOVED_PERMANENTLY])
+    ///     .negative_ttl(Duration::from_secs(30)) // 404s, briefly
+    ///     .max_body_size(256 * 1024)
+    ///     .cache_header(http::HeaderName::from_static("x-cache-status"));
+    /// # let _ = layer;
+    /// ```
     pub fn statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         let statuses = statuses.into_iter().collect();
         self.update(|s| s.statuses = statuses)
     }
 
-    /// Stores `404 Not Found` responses too, for `ttl`.
+    /// Stores `404 Not Found` responses too, for `ttl`. See
+    /// [`statuses`](HttpCacheLayer::statuses) for an example.
     pub fn negative_ttl(self, ttl: Duration) -> Self {
         self.update(|s| s.negative_ttl = Some(ttl))
     }
 
-    /// The largest body stored (default 1 MiB); larger ones stream through uncached.
+    /// The largest body stored (default 1 MiB); larger ones stream through uncached. See
+    /// [`statuses`](HttpCacheLayer::statuses) for an example.
     pub fn max_body_size(self, bytes: usize) -> Self {
         self.update(|s| s.max_body_size = bytes)
     }
 
-    /// Names the response header that says `HIT` or `MISS` (default `x-cache`).
+    /// Names the response header that says `HIT` or `MISS` (default `x-cache`). See
+    /// [`statuses`](HttpCacheLayer::statuses) for an example.
     pub fn cache_header(self, name: HeaderName) -> Self {
         self.update(|s| s.cache_header = Some(name))
     }
@@ -212,6 +258,17 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
     /// Read-through's refresh-ahead: a hit in the last `fraction` of its TTL is served and
     /// reloaded in the background (once per key), with the request it arrived with. Counted
     /// under the strategy `read_through`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// let layer = HttpCacheLayer::new(cache)
+    ///     .refresh_ahead(0.2)
+    ///     .fail_safe(Duration::from_secs(3600), Duration::from_secs(30));
+    /// # let _ = layer;
+    /// ```
     pub fn refresh_ahead(self, fraction: f64) -> Self {
         let fraction = if fraction.is_finite() {
             fraction.clamp(0.0, 1.0)
@@ -224,18 +281,38 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
     /// Fail-safe: responses are kept `grace` past their TTL, and when the reload of a stale
     /// one fails — the inner service answers 5xx or errs — the stale response is served
     /// with `x-cache: STALE` (counted as `stale_served`) and served again for `throttle`
-    /// before the inner service is asked again.
+    /// before the inner service is asked again. See
+    /// [`refresh_ahead`](HttpCacheLayer::refresh_ahead) for an example.
     pub fn fail_safe(self, grace: Duration, throttle: Duration) -> Self {
         self.update(|s| s.fail_safe = Some((grace, throttle)))
     }
 
     /// Leaves out the `HIT`/`MISS` header.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// let layer = HttpCacheLayer::new(cache).no_cache_header();
+    /// # let _ = (layer, Duration::ZERO);
+    /// ```
     pub fn no_cache_header(self) -> Self {
         self.update(|s| s.cache_header = None)
     }
 
     /// Forwards request header `name` to the inner service on the cached path although the
     /// key does not cover it — for headers that cannot change the response (a trace id).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// let layer = HttpCacheLayer::new(cache)
+    ///     .forward_header(http::HeaderName::from_static("traceparent"));
+    /// # let _ = (layer, Duration::ZERO);
+    /// ```
     pub fn forward_header(self, name: HeaderName) -> Self {
         self.update(|s| s.forward_headers.push(name))
     }
