@@ -9,6 +9,20 @@ use crate::key::{IntoKey, Key, KeyBuilder};
 ///
 /// Implemented by [`HttpKey`], [`PathKey`] and closures `Fn(&Request<B>) -> K` (any
 /// [`IntoKey`] result; closures cover no header).
+///
+/// ```
+/// use http::Request;
+/// use tower_caching::{http::RequestKey, key::Key};
+///
+/// // Keyed by a tenant header only: a closure covers no header, so the cached path does
+/// // not forward `x-tenant` to the handler — key it with `HttpKey::header` when it must.
+/// let by_tenant = |req: &Request<()>| {
+///     let tenant = req.headers().get("x-tenant")?.to_str().ok()?;
+///     Key::new(format!("tenant:{tenant}:{}", req.uri().path())).ok()
+/// };
+/// let request = Request::get("/plan").header("x-tenant", "acme").body(()).unwrap();
+/// assert_eq!(by_tenant.key(&request).unwrap().as_str(), "tenant:acme:/plan");
+/// ```
 pub trait RequestKey<B> {
     /// The key, or `None` to bypass the cache.
     fn key(&self, request: &Request<B>) -> Option<Key>;
@@ -52,18 +66,29 @@ pub struct HttpKey {
 }
 
 impl HttpKey {
-    /// Method, path and canonical query, under the kind `http`.
+    /// Method, path and canonical query, under the kind `http`. See [`HttpKey`] for an
+    /// example.
     pub fn new() -> Self {
         HttpKey::default()
     }
 
     /// Prefixes keys with `prefix`.
+    ///
+    /// ```
+    /// use http::Request;
+    /// use tower_caching::http::{HttpKey, RequestKey};
+    ///
+    /// let request = Request::get("/entries/e1").body(()).unwrap();
+    /// let key = HttpKey::new().prefix("api").key(&request).unwrap();
+    /// assert!(key.as_str().starts_with("api:http:"));
+    /// ```
     pub fn prefix(mut self, prefix: &str) -> Self {
         self.builder = self.builder.prefix(prefix);
         self
     }
 
     /// Adds a request header to the key. Names that are not valid header names are ignored.
+    /// See [`HttpKey`] for an example.
     pub fn header(mut self, name: &str) -> Self {
         if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
             self.headers.push(name);
@@ -168,6 +193,16 @@ fn parse_template(template: &str) -> Vec<Segment> {
 
 impl PathKey {
     /// Matches paths against `path` (axum's `{name}` syntax) and builds keys from `key`.
+    ///
+    /// ```
+    /// use http::Request;
+    /// use tower_caching::http::{PathKey, RequestKey};
+    ///
+    /// let key = PathKey::new("/entries/{id}", "entry:{id}");
+    /// let request = Request::get("/entries/e1").body(()).unwrap();
+    /// assert_eq!(key.key(&request).unwrap().as_str(), "entry:e1");
+    /// assert!(key.key(&Request::get("/other").body(()).unwrap()).is_none());
+    /// ```
     pub fn new(path: &str, key: &str) -> Self {
         PathKey {
             path: parse_template(path),
@@ -177,6 +212,15 @@ impl PathKey {
     }
 
     /// Prefixes keys with `prefix`.
+    ///
+    /// ```
+    /// use http::Request;
+    /// use tower_caching::http::{PathKey, RequestKey};
+    ///
+    /// let key = PathKey::new("/entries/{id}", "entry:{id}").prefix("payments");
+    /// let request = Request::get("/entries/e1").body(()).unwrap();
+    /// assert_eq!(key.key(&request).unwrap().as_str(), "payments:entry:e1");
+    /// ```
     pub fn prefix(mut self, prefix: &str) -> Self {
         self.builder = self.builder.prefix(prefix);
         self

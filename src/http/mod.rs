@@ -113,7 +113,17 @@ fn is_stored_header(name: &HeaderName) -> bool {
 }
 
 impl CachedResponse {
-    /// A response from its parts.
+    /// A response from its parts (a body that is not UTF-8 is stored in base64).
+    ///
+    /// ```
+    /// use tower_caching::http::CachedResponse;
+    ///
+    /// let cached = CachedResponse::from_parts(200, vec![("content-type".into(), "text/plain".into())], "hi");
+    /// assert_eq!(cached.status(), 200);
+    /// let response = cached.into_response();
+    /// assert_eq!(response.headers()["content-type"], "text/plain");
+    /// assert_eq!(response.body().as_ref(), b"hi");
+    /// ```
     pub fn from_parts(status: u16, headers: Vec<(String, String)>, body: impl Into<Bytes>) -> Self {
         let body: Bytes = body.into();
         let body = match std::str::from_utf8(&body) {
@@ -140,13 +150,22 @@ impl CachedResponse {
         CachedResponse::from_parts(parts.status.as_u16(), headers, body)
     }
 
-    /// The status code.
+    /// The status code. See [`from_parts`](CachedResponse::from_parts) for an example.
     pub fn status(&self) -> u16 {
         self.status
     }
 
     /// The response, with a body of bytes. Headers or a status that no longer parse (the
     /// entry was tampered with) are dropped or read as 500, never a panic.
+    ///
+    /// ```
+    /// use tower_caching::http::CachedResponse;
+    ///
+    /// let tampered = CachedResponse::from_parts(1000, vec![("bad name".into(), "x".into())], "");
+    /// let response = tampered.into_response();
+    /// assert_eq!(response.status(), 500);
+    /// assert!(response.headers().is_empty());
+    /// ```
     pub fn into_response(self) -> Response<Bytes> {
         let body = match self.body {
             StoredBody::Text(text) => Bytes::from(text),
@@ -208,7 +227,8 @@ pub struct PathInvalidation {
 }
 
 impl PathInvalidation {
-    /// For requests whose path matches `path` (axum's `{name}` syntax).
+    /// For requests whose path matches `path` (axum's `{name}` syntax). See
+    /// [`PathInvalidation`] for an example.
     pub fn new(path: &str) -> Self {
         PathInvalidation {
             path: path.to_owned(),
@@ -219,6 +239,15 @@ impl PathInvalidation {
     }
 
     /// Prefixes keys and patterns with `prefix`.
+    ///
+    /// ```
+    /// use tower_caching::{http::PathInvalidation, strategy::InvalidationPolicy};
+    ///
+    /// let policy = PathInvalidation::new("/entries/{id}").key("entry:{id}").prefix("payments");
+    /// let request = http::Request::delete("/entries/9").body(()).unwrap();
+    /// let invalidation = InvalidationPolicy::<_, ()>::invalidation(&policy, &(), &request);
+    /// assert_eq!(invalidation.key_list()[0].as_str(), "payments:entry:9");
+    /// ```
     pub fn prefix(mut self, prefix: &str) -> Self {
         self.prefix = Some(prefix.to_owned());
         let rebuild = |k: &PathKey| k.clone().prefix(prefix);
@@ -235,7 +264,8 @@ impl PathInvalidation {
         }
     }
 
-    /// Invalidates the key `template` filled with the path parameters.
+    /// Invalidates the key `template` filled with the path parameters. See
+    /// [`PathInvalidation`] for an example.
     pub fn key(mut self, template: &str) -> Self {
         let key = self.path_key(template);
         self.keys.push(key);
@@ -243,7 +273,8 @@ impl PathInvalidation {
     }
 
     /// Invalidates every key matching `template`: parameters are filled in escaped, and a
-    /// trailing `*` (the template's own) matches any suffix.
+    /// trailing `*` (the template's own) matches any suffix. See [`PathInvalidation`] for
+    /// an example.
     pub fn pattern(mut self, template: &str) -> Self {
         let key = self.path_key(template.trim_end_matches('*'));
         self.patterns.push(key);
