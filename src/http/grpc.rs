@@ -78,14 +78,21 @@ impl fmt::Debug for GrpcKey {
 }
 
 impl GrpcKey {
-    /// `grpc:{method path} {SHA-256 digest of the encoded request}`.
+    /// `grpc:{method path} {SHA-256 digest of the encoded request}`: two requests share a
+    /// reply only when their bytes are equal.
+    ///
+    /// ```
+    /// # use tower_caching::http::grpc::GrpcKey;
+    /// let key = GrpcKey::encoded();
+    /// # let _ = key;
+    /// ```
     pub fn encoded() -> Self {
         GrpcKey {
             kind: KeyKind::Encoded(KeyBuilder::new()),
         }
     }
 
-    /// [`GrpcKey::encoded`] under a prefix.
+    /// [`GrpcKey::encoded`] under a prefix. See [`GrpcCacheLayer::new`] for an example.
     pub fn encoded_with_prefix(prefix: &str) -> Self {
         GrpcKey {
             kind: KeyKind::Encoded(KeyBuilder::new().prefix(prefix)),
@@ -94,6 +101,17 @@ impl GrpcKey {
 
     /// A key from the method path and the request message (uncompressed protobuf bytes):
     /// decode it and return the key, or `None` to pass the call through.
+    ///
+    /// ```
+    /// use tower_caching::{http::grpc::GrpcKey, key::KeyBuilder};
+    ///
+    /// // With prost: `GetEntryRequest::decode(message).ok().map(|r| keys.entry(&r.id))`.
+    /// let keys = KeyBuilder::new();
+    /// let key = GrpcKey::typed(move |_method: &str, message: &[u8]| {
+    ///     std::str::from_utf8(message).ok().map(|id| keys.entry(id))
+    /// });
+    /// # let _ = key;
+    /// ```
     pub fn typed<F, K>(key: F) -> Self
     where
         F: Fn(&str, &[u8]) -> K + Send + Sync + 'static,
@@ -165,6 +183,21 @@ impl<St: fmt::Debug, C: fmt::Debug> fmt::Debug for GrpcCacheLayer<St, C> {
 impl<St, C> GrpcCacheLayer<St, C> {
     /// Caches every unary call's OK responses in `cache` for five minutes, keyed by
     /// [`GrpcKey::encoded`]. Limit it with [`methods`](GrpcCacheLayer::methods).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::http::{grpc::{GrpcCacheLayer, GrpcKey}, CachedResponse};
+    /// use tower_caching::Cache;
+    ///
+    /// let layer = GrpcCacheLayer::new(Cache::<CachedResponse>::in_memory())
+    ///     .key(GrpcKey::encoded_with_prefix("directory"))
+    ///     .methods(["/directory.v1.Directory/GetEntry"])
+    ///     .ttl(Duration::from_secs(300))
+    ///     .max_request_size(16 * 1024)
+    ///     .max_response_size(256 * 1024);
+    /// // tonic::transport::Server::builder().layer(layer)…
+    /// # let _ = layer;
+    /// ```
     pub fn new(cache: Cache<CachedResponse, St, C>) -> Self {
         GrpcCacheLayer {
             settings: Arc::new(GrpcSettings {
@@ -193,28 +226,30 @@ impl<St, C> GrpcCacheLayer<St, C> {
         }
     }
 
-    /// Keys calls with `key`.
+    /// Keys calls with `key`. See [`new`](GrpcCacheLayer::new) for an example.
     pub fn key(self, key: GrpcKey) -> Self {
         self.update(|s| s.key = key)
     }
 
     /// Caches only these methods (`/package.Service/Method`); the others pass through.
+    /// See [`new`](GrpcCacheLayer::new) for an example.
     pub fn methods<I: IntoIterator<Item = M>, M: Into<String>>(self, methods: I) -> Self {
         let methods = methods.into_iter().map(Into::into).collect();
         self.update(|s| s.methods = Some(methods))
     }
 
-    /// How long a response stays fresh (default five minutes).
+    /// How long a response stays fresh (default five minutes). See [`new`](GrpcCacheLayer::new) for an example.
     pub fn ttl(self, ttl: Duration) -> Self {
         self.update(|s| s.ttl = ttl)
     }
 
     /// The largest request read to build a key (default 64 KiB); larger calls pass through.
+    /// See [`new`](GrpcCacheLayer::new) for an example.
     pub fn max_request_size(self, bytes: usize) -> Self {
         self.update(|s| s.max_request_size = bytes)
     }
 
-    /// The largest response stored (default 1 MiB).
+    /// The largest response stored (default 1 MiB). See [`new`](GrpcCacheLayer::new) for an example.
     pub fn max_response_size(self, bytes: usize) -> Self {
         self.update(|s| s.max_response_size = bytes)
     }
