@@ -181,6 +181,21 @@ fn invalid(route: &str, field: &'static str, problem: impl Into<String>) -> Conf
 
 impl CacheConfig {
     /// Parses TOML.
+    ///
+    /// ```
+    /// use tower_caching::http::config::CacheConfig;
+    ///
+    /// let config = CacheConfig::from_toml(r#"
+    ///     prefix = "payments"
+    ///     [routes.vsync]
+    ///     path = "/vsync/{id}"
+    ///     method = "POST"
+    ///     strategy = "write_around"
+    ///     key = "vsync:{id}"
+    /// "#)?;
+    /// assert_eq!(config.routes["vsync"].strategy, "write_around");
+    /// # Ok::<(), tower_caching::http::config::ConfigError>(())
+    /// ```
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
     }
@@ -205,6 +220,13 @@ impl CacheConfig {
     }
 
     /// Reads a `.toml`, `.yaml` or `.yml` file.
+    ///
+    /// ```
+    /// use tower_caching::http::config::CacheConfig;
+    ///
+    /// let error = CacheConfig::from_file("/nonexistent/cache.toml").unwrap_err();
+    /// assert!(error.to_string().contains("cache.toml"));
+    /// ```
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
@@ -219,7 +241,8 @@ impl CacheConfig {
 
     /// Applies `{prefix}_{ROUTE}_{FIELD}` environment variables: fields `PATH`, `METHOD`,
     /// `STRATEGY`, `KEY`, `TTL`, `TTL_JITTER`, `NEGATIVE_TTL`, `REFRESH_AHEAD`,
-    /// `MAX_BODY_SIZE` (route names upper-cased, `-` as `_`).
+    /// `MAX_BODY_SIZE` (route names upper-cased, `-` as `_`). See
+    /// [`with_overrides`](CacheConfig::with_overrides) for an example.
     pub fn with_env_overrides(self, prefix: &str) -> Result<Self, ConfigError> {
         self.with_overrides(prefix, |name| std::env::var(name).ok())
     }
@@ -290,6 +313,20 @@ impl CacheConfig {
     }
 
     /// Checks every route, failing on the first problem with its route and field.
+    ///
+    /// ```
+    /// use tower_caching::http::config::CacheConfig;
+    ///
+    /// let config = CacheConfig::from_toml(r#"
+    ///     [routes.entry]
+    ///     path = "/entries/{id}"
+    ///     strategy = "cache_aside"
+    ///     ttl = "soon"
+    /// "#)?;
+    /// let error = config.validate().unwrap_err().to_string();
+    /// assert!(error.contains("entry") && error.contains("ttl"), "{error}");
+    /// # Ok::<(), tower_caching::http::config::ConfigError>(())
+    /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.compile().map(|_| ())
     }
@@ -303,6 +340,22 @@ impl CacheConfig {
 
     /// A layer that caches the configured routes of the service it wraps, with `cache`.
     /// Requests to other routes pass through untouched.
+    ///
+    /// ```
+    /// use tower_caching::http::{config::CacheConfig, CachedResponse};
+    /// use tower_caching::Cache;
+    ///
+    /// let config = CacheConfig::from_toml(r#"
+    ///     [routes.entry]
+    ///     path = "/entries/{id}"
+    ///     strategy = "cache_aside"
+    ///     key = "entry:{id}"
+    /// "#)?;
+    /// let layer = config.layer(Cache::<CachedResponse>::in_memory())?;
+    /// // axum::Router::new().route("/entries/{id}", get(handler)).layer(layer)
+    /// # let _ = layer;
+    /// # Ok::<(), tower_caching::http::config::ConfigError>(())
+    /// ```
     pub fn layer<St: Store, C: Codec>(
         &self,
         cache: Cache<CachedResponse, St, C>,
