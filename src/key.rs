@@ -479,7 +479,7 @@ impl KeyBuilder {
     /// assert_eq!(KeyBuilder::new().prefix("payments").entry("e1").as_str(), "payments:entry:e1");
     /// ```
     pub fn prefix(mut self, prefix: &str) -> Self {
-        self.namespace = (!prefix.is_empty()).then(|| escape_part(prefix));
+        self.namespace = (!prefix.is_empty()).then(|| escape_part(prefix).into_owned());
         self.join_prefix();
         self
     }
@@ -673,24 +673,33 @@ pub(crate) fn digest(bytes: &[u8]) -> String {
 
 /// Percent-escapes everything in a user-supplied key part that Redis or the key layout
 /// gives a meaning to (`#` too: it marks the digest of an over-long part).
-pub(crate) fn escape_part(part: &str) -> String {
-    let mut escaped = String::with_capacity(part.len());
-    for c in part.chars() {
-        if matches!(
+pub(crate) fn escape_part(part: &str) -> std::borrow::Cow<'_, str> {
+    fn needs_escape(c: char) -> bool {
+        matches!(
             c,
             '%' | ':' | '*' | '?' | '[' | ']' | '\\' | '{' | '}' | '#'
         ) || c.is_whitespace()
             || c.is_control()
-        {
+    }
+    // Most parts (ids, ISPBs) need no escape: no allocation for them.
+    if !part.chars().any(needs_escape) {
+        return std::borrow::Cow::Borrowed(part);
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut escaped = String::with_capacity(part.len() + 8);
+    for c in part.chars() {
+        if needs_escape(c) {
             let mut buf = [0u8; 4];
             for byte in c.encode_utf8(&mut buf).bytes() {
-                escaped.push_str(&format!("%{byte:02X}"));
+                escaped.push('%');
+                escaped.push(char::from(HEX[usize::from(byte >> 4)]));
+                escaped.push(char::from(HEX[usize::from(byte & 0xF)]));
             }
         } else {
             escaped.push(c);
         }
     }
-    escaped
+    std::borrow::Cow::Owned(escaped)
 }
 
 /// Turns a request into the [`Key`] it is cached under, or `None` to bypass the cache for

@@ -213,7 +213,7 @@ impl<Conn> StreamQueue<Conn> {
         let name = if name.is_empty() { "default" } else { name };
         StreamQueue {
             commands,
-            name: escape_part(name),
+            name: escape_part(name).into_owned(),
             claim_after: Duration::from_secs(60),
             retention: Duration::from_secs(3600),
         }
