@@ -28,6 +28,24 @@ async fn instance(
     (Cache::new(store.clone()), l1, store)
 }
 
+/// Reads `key` through `cache` until its L1 holds it: a read that raced an invalidation
+/// of the key (even the writer's own message, arriving late) leaves L1 alone, and a later
+/// read fills it.
+async fn read_into_l1<V: tower_caching::Cacheable>(
+    cache: &Cache<V, TieredStore>,
+    l1: &MemoryStore,
+    key: &tower_caching::Key,
+) {
+    for _ in 0..100 {
+        cache.get(key).await.unwrap();
+        if l1.get(key).await.unwrap().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("{key} never reached L1");
+}
+
 /// How long until `check` holds, polling every millisecond (at most `limit`).
 async fn within(limit: Duration, check: impl AsyncFn() -> bool) -> Option<Duration> {
     let started = Instant::now();
@@ -53,7 +71,7 @@ async fn a_write_on_one_instance_leaves_no_stale_l1_on_another() {
     a.set(&key, &"v1".to_string(), None).await.unwrap();
     assert_eq!(b.get(&key).await.unwrap().as_deref(), Some("v1"));
     // Now in B's L1: served without Redis.
-    assert!(b_l1.get(&key).await.unwrap().is_some());
+    read_into_l1(&b, &b_l1, &key).await;
 
     let mut delays = Vec::new();
     for round in 2..12 {
@@ -77,7 +95,7 @@ async fn a_write_on_one_instance_leaves_no_stale_l1_on_another() {
     // Pattern deletes reach the other L1 too.
     for id in ["1", "2", "3"] {
         a.set(&keys.vsync(id), &id.to_string(), None).await.unwrap();
-        b.get(&keys.vsync(id)).await.unwrap();
+        read_into_l1(&b, &b_l1, &keys.vsync(id)).await;
     }
     a.delete_pattern(&keys.vsyncs()).await.unwrap();
     let gone = within(Duration::from_millis(100), async || {
@@ -136,9 +154,8 @@ async fn a_tag_invalidated_on_one_instance_empties_every_l1() {
             .unwrap();
     }
     for id in 0..50 {
-        assert!(b.get(&keys.entry(&id.to_string())).await.unwrap().is_some());
+        read_into_l1(&b, &b_l1, &keys.entry(&id.to_string())).await;
     }
-    assert!(b_l1.get(&keys.entry("0")).await.unwrap().is_some());
 
     let started = Instant::now();
     assert_eq!(
@@ -179,6 +196,7 @@ async fn an_l2_hit_lands_in_l1_typed_and_no_longer_than_it_is_fresh() {
 
     // B's first read is an L2 hit: decoded once, and L1 keeps the typed value.
     assert_eq!(b.get(&long).await.unwrap().as_deref(), Some("kept"));
+    read_into_l1(&b, &b_l1, &long).await;
     let in_l1 = b_l1.get(&long).await.unwrap().expect("copied into L1");
     let typed = in_l1.decoded().and_then(|d| d.downcast_ref::<String>());
     assert_eq!(
@@ -189,11 +207,54 @@ async fn an_l2_hit_lands_in_l1_typed_and_no_longer_than_it_is_fresh() {
 
     // L1's TTL (60 s here) never outlasts the value's own.
     assert_eq!(b.get(&short).await.unwrap().as_deref(), Some("brief"));
-    assert!(b_l1.get(&short).await.unwrap().is_some());
+    read_into_l1(&b, &b_l1, &short).await;
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert!(
         b_l1.get(&short).await.unwrap().is_none(),
         "L1 served a value past its TTL"
     );
     assert_eq!(b.get(&short).await.unwrap(), None);
+}
+
+/// A read on B races writes on A: whatever the interleaving of B's L2 reply and A's
+/// invalidation, B's L1 never keeps a value older than the last write once things settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l2_read_racing_an_invalidation_leaves_no_stale_l1() {
+    let server = RedisServer::spawn();
+    let config = RedisConfig::new(server.url()).command_timeout(Duration::from_secs(1));
+    let channel = support::unique_prefix("race");
+    let (a, _, _) = instance(&config, &channel).await;
+    let (b, b_l1, _) = instance(&config, &channel).await;
+    let key = KeyBuilder::new().entry("raced");
+    for round in 0..1000u32 {
+        let value = round.to_string();
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (b, key) = (b.clone(), key.clone());
+                tokio::spawn(async move {
+                    for _ in 0..3 {
+                        let _ = b.get(&key).await;
+                    }
+                })
+            })
+            .collect();
+        a.set(&key, &value, None).await.unwrap();
+        for reader in readers {
+            reader.await.unwrap();
+        }
+        let settled = within(Duration::from_millis(100), async || {
+            match b_l1.get(&key).await.unwrap() {
+                None => true,
+                Some(_) => b.get(&key).await.unwrap().as_deref() == Some(value.as_str()),
+            }
+        })
+        .await;
+        if settled.is_none() {
+            let held = b_l1.get(&key).await.unwrap().map(|v| v.bytes().len());
+            panic!(
+                "round {round}: B's L1 kept {:?} ({held:?} bytes), the last write was {value}",
+                b.get(&key).await.unwrap()
+            );
+        }
+    }
 }

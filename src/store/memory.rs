@@ -179,6 +179,12 @@ impl MemoryStore {
         });
     }
 
+    /// Removes the entry under `key`, synchronously.
+    #[cfg(feature = "redis")]
+    pub(crate) fn remove_now(&self, key: &Key) {
+        self.entries.invalidate(key);
+    }
+
     /// Removes every entry.
     ///
     /// ```

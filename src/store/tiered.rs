@@ -1,7 +1,7 @@
 use std::fmt;
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,6 +58,53 @@ struct Shared {
     channel: String,
     l1_ttl: Duration,
     connected: AtomicBool,
+    /// Counts invalidations (local, or received from the backplane), each counted before
+    /// it touches L1, so that an L2 value read before one does not land in L1 after it:
+    /// per key (hashed into a few slots) for key invalidations, and all at once for
+    /// patterns and clears.
+    invalidations: Invalidations,
+}
+
+/// How many counters key invalidations are spread over: a read is held back only by an
+/// invalidation of its own slot.
+const INVALIDATION_SLOTS: usize = 256;
+
+struct Invalidations {
+    all: AtomicU64,
+    slots: Box<[AtomicU64]>,
+}
+
+impl Invalidations {
+    fn new() -> Self {
+        Invalidations {
+            all: AtomicU64::new(0),
+            slots: (0..INVALIDATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn slot(&self, key: &str) -> &AtomicU64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        &self.slots[(hash as usize) % INVALIDATION_SLOTS]
+    }
+
+    /// Counts an invalidation of `key`.
+    fn key(&self, key: &str) {
+        self.slot(key).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts an invalidation of everything (a pattern, a clear).
+    fn everything(&self) {
+        self.all.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// What a read of `key` compares before and after.
+    fn seen(&self, key: &str) -> (u64, u64) {
+        (
+            self.all.load(Ordering::Acquire),
+            self.slot(key).load(Ordering::Acquire),
+        )
+    }
 }
 
 impl fmt::Debug for TieredStore {
@@ -103,9 +150,17 @@ impl TieredStore {
             channel: channel.to_owned(),
             l1_ttl,
             connected: AtomicBool::new(false),
+            invalidations: Invalidations::new(),
         });
         tokio::spawn(subscribe(client, l1.clone(), Arc::downgrade(&shared)));
         Ok(TieredStore { l1, l2, shared })
+    }
+
+    /// Counts invalidations of `keys`, before they are applied to L1.
+    fn invalidating<'k>(&self, keys: impl IntoIterator<Item = &'k Key>) {
+        for key in keys {
+            self.shared.invalidations.key(key.as_str());
+        }
     }
 
     /// Whether the backplane is subscribed now (L1 is only used while it is).
@@ -151,6 +206,9 @@ async fn subscribe(client: redis::Client, l1: MemoryStore, shared: std::sync::We
             Ok(Ok(pubsub)) => {
                 backoff = Duration::from_millis(50);
                 // Whatever L1 holds may have missed invalidations while disconnected.
+                if let Some(shared) = shared.upgrade() {
+                    shared.invalidations.everything();
+                }
                 l1.clear();
                 if let Some(shared) = shared.upgrade() {
                     shared.connected.store(true, Ordering::Release);
@@ -174,11 +232,15 @@ async fn subscribe(client: redis::Client, l1: MemoryStore, shared: std::sync::We
                     }
                     match kind {
                         "k" => {
+                            shared.invalidations.key(target);
                             if let Ok(key) = Key::new(target) {
                                 let _ = l1.delete(&key).await;
                             }
                         }
                         "K" => {
+                            target
+                                .split('\n')
+                                .for_each(|key| shared.invalidations.key(key));
                             let keys: Vec<Key> = target
                                 .split('\n')
                                 .filter_map(|key| Key::new(key).ok())
@@ -186,6 +248,7 @@ async fn subscribe(client: redis::Client, l1: MemoryStore, shared: std::sync::We
                             let _ = l1.delete_many(&keys).await;
                         }
                         "p" => {
+                            shared.invalidations.everything();
                             let _ = l1.delete_pattern(&Pattern::glob(target)).await;
                         }
                         _ => {}
@@ -193,6 +256,7 @@ async fn subscribe(client: redis::Client, l1: MemoryStore, shared: std::sync::We
                 }
                 if let Some(shared) = shared.upgrade() {
                     shared.connected.store(false, Ordering::Release);
+                    shared.invalidations.everything();
                 }
                 l1.clear();
                 tracing::warn!("cache backplane disconnected: L1 cleared");
@@ -261,8 +325,10 @@ impl Store for TieredStore {
             }
         }
         let (l1, l2, key) = (self.l1.clone(), self.l2.clone(), key.clone());
-        let l1_ttl = self.shared.l1_ttl;
+        let shared = self.shared.clone();
+        let l1_ttl = shared.l1_ttl;
         let coherent = self.is_coherent();
+        let before = shared.invalidations.seen(key.as_str());
         TieredGet::L2(Box::pin(async move {
             let found = l2.get(&key).await?;
             let Some(value) = found else {
@@ -271,11 +337,25 @@ impl Store for TieredStore {
             let Some(ttl) = coherent.then(|| l1_ttl_of(&value, l1_ttl)).flatten() else {
                 return Ok(Some(value));
             };
+            let unchanged = || shared.invalidations.seen(key.as_str()) == before;
+            if !unchanged() {
+                return Ok(Some(value));
+            }
             let _ = l1.set(&key, value.clone(), Some(ttl)).await;
+            if !unchanged() {
+                // An invalidation ran meanwhile: it may have missed this copy.
+                let _ = l1.delete(&key).await;
+                return Ok(Some(value));
+            }
             // Once a cache decodes it, L1 keeps the typed value: later L1 hits skip decoding.
             let bytes = value.bytes().clone();
             Ok(Some(value.on_decoded(move |decoded| {
-                l1.attach_decoded(&key, &bytes, decoded)
+                l1.attach_decoded(&key, &bytes, decoded);
+                // The same guard as the copy: an invalidation that ran while the typed value
+                // was written back may have been undone by it.
+                if shared.invalidations.seen(key.as_str()) != before {
+                    l1.remove_now(&key);
+                }
             })))
         }))
     }
@@ -292,6 +372,7 @@ impl Store for TieredStore {
     ) -> Result<(), StoreError> {
         self.l2.set(key, value.clone(), ttl).await?;
         let l1_ttl = Some(ttl.map_or(self.shared.l1_ttl, |ttl| ttl.min(self.shared.l1_ttl)));
+        self.invalidating([key]);
         let _ = self.l1.set(key, value, l1_ttl).await;
         self.publish('k', key.as_str()).await;
         Ok(())
@@ -303,12 +384,14 @@ impl Store for TieredStore {
     ) -> Result<(), StoreError> {
         let keys: Vec<Key> = entries.iter().map(|(key, _, _)| key.clone()).collect();
         self.l2.set_many(entries).await?;
+        self.invalidating(&keys);
         let _ = self.l1.delete_many(&keys).await;
         self.publish_keys(&keys).await;
         Ok(())
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
+        self.invalidating([key]);
         let _ = self.l1.delete(key).await;
         let deleted = self.l2.delete(key).await;
         self.publish('k', key.as_str()).await;
@@ -316,6 +399,7 @@ impl Store for TieredStore {
     }
 
     async fn delete_many(&self, keys: &[Key]) -> Result<u64, StoreError> {
+        self.invalidating(keys);
         let _ = self.l1.delete_many(keys).await;
         let deleted = self.l2.delete_many(keys).await;
         self.publish_keys(keys).await;
@@ -323,6 +407,7 @@ impl Store for TieredStore {
     }
 
     async fn delete_pattern(&self, pattern: &Pattern) -> Result<u64, StoreError> {
+        self.shared.invalidations.everything();
         let _ = self.l1.delete_pattern(pattern).await;
         let deleted = self.l2.delete_pattern(pattern).await;
         self.publish('p', pattern.as_str()).await;
@@ -343,6 +428,7 @@ impl Store for TieredStore {
         // L1 needs no filing: a tag's invalidation names its keys to every instance.
         self.l2.set_tagged(key, value.clone(), ttl, tags).await?;
         let l1_ttl = Some(ttl.map_or(self.shared.l1_ttl, |ttl| ttl.min(self.shared.l1_ttl)));
+        self.invalidating([key]);
         let _ = self.l1.set(key, value, l1_ttl).await;
         self.publish('k', key.as_str()).await;
         Ok(())
@@ -350,6 +436,7 @@ impl Store for TieredStore {
 
     async fn invalidate_tag(&self, tag: &Tag) -> Result<u64, StoreError> {
         let (keys, deleted) = self.l2.invalidate_tag_keys(tag).await;
+        self.invalidating(&keys);
         let _ = self.l1.delete_many(&keys).await;
         // Published even when L2 failed part way: other instances must drop what was deleted.
         for batch in keys.chunks(1000) {
