@@ -20,7 +20,9 @@ pub const DEFAULT_CHANNEL: &str = "tower-caching:invalidations";
 /// of a shared [`RedisStore`] (L2), kept coherent across app instances by a Redis pub/sub
 /// **backplane**.
 ///
-/// - A read tries L1, then L2; an L2 hit is copied into L1 for at most `l1_ttl`.
+/// - A read tries L1, then L2; an L2 hit is copied into L1 for at most `l1_ttl` (less when
+///   the value is fresh for less), typed once a cache has decoded it. A read that overlapped
+///   an invalidation of its key leaves L1 alone: it may have fetched the old value.
 /// - A write or delete goes to L2, then L1, then is **published**: every other instance on
 ///   the channel drops the key (or pattern) from its L1.
 /// - When the backplane's connection drops, L1 is **cleared** — it may have missed
