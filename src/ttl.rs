@@ -43,15 +43,15 @@ use crate::key::Key;
 /// assert_eq!(ttl::DICT_KEY, ttl::DICT_ISPB);
 /// ```
 pub const ENTRY: Duration = Duration::from_secs(5 * 60);
-/// `metrics:{ispb}`: 10 minutes.
+/// `metrics:{ispb}`: 10 minutes. See [`ENTRY`] for an example.
 pub const METRICS: Duration = Duration::from_secs(10 * 60);
-/// `config:{name}`: 1 hour.
+/// `config:{name}`: 1 hour. See [`ENTRY`] for an example.
 pub const CONFIG: Duration = Duration::from_secs(60 * 60);
-/// `participant:{ispb}`: 15 minutes.
+/// `participant:{ispb}`: 15 minutes. See [`ENTRY`] for an example.
 pub const PARTICIPANT: Duration = Duration::from_secs(15 * 60);
-/// `dict:key:{key}`: 5 minutes.
+/// `dict:key:{key}`: 5 minutes. See [`ENTRY`] for an example.
 pub const DICT_KEY: Duration = Duration::from_secs(5 * 60);
-/// `dict:ispb:{ispb}`: 5 minutes.
+/// `dict:ispb:{ispb}`: 5 minutes. See [`ENTRY`] for an example.
 pub const DICT_ISPB: Duration = Duration::from_secs(5 * 60);
 
 /// Decides how long a value cached under a key stays fresh.
@@ -145,6 +145,15 @@ pub struct Jitter<T> {
 
 impl<T> Jitter<T> {
     /// Jitters `inner` by `±spread` (a fraction: `0.1` is ±10 %), clamped to `0.0..=1.0`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{key::Key, ttl::{Jitter, TtlPolicy}};
+    ///
+    /// let ttl = Jitter::new(Duration::from_secs(100), 0.1);
+    /// let chosen = TtlPolicy::<u8>::ttl(&ttl, &Key::new("k").unwrap(), &0).unwrap();
+    /// assert!((90..=110).contains(&chosen.as_secs()));
+    /// ```
     pub fn new(inner: T, spread: f64) -> Self {
         let spread = if spread.is_finite() {
             spread.clamp(0.0, 1.0)

@@ -133,11 +133,18 @@ pub struct CircuitBreakerBuilder<S> {
 
 impl<S: Store> CircuitBreaker<S> {
     /// A breaker around `inner` that opens after 5 consecutive failures, for 2 seconds.
+    ///
+    /// ```
+    /// # use tower_caching::{store::{CircuitBreaker, MemoryStore}, Cache};
+    /// let cache: Cache<String, _> = Cache::new(CircuitBreaker::new(MemoryStore::new()));
+    /// # let _ = cache;
+    /// ```
     pub fn new(inner: S) -> Self {
         Self::builder(inner).build()
     }
 
-    /// A builder to choose the thresholds.
+    /// A builder to choose the thresholds. See
+    /// [`failures`](CircuitBreakerBuilder::failures) for an example.
     pub fn builder(inner: S) -> CircuitBreakerBuilder<S> {
         CircuitBreakerBuilder {
             inner,

@@ -341,6 +341,19 @@ pub struct ConfigError {
 impl RedisStore {
     /// Connects, waiting at most the connect timeout for the first connection. A dead
     /// address is a [`StoreError::Connect`] within that time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::store::{RedisConfig, RedisStore, StoreError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Port 1 on loopback: nothing listens there.
+    /// let config = RedisConfig::new("127.0.0.1:1").connect_timeout(Duration::from_millis(200));
+    /// let error = RedisStore::connect(config).await.unwrap_err();
+    /// assert!(matches!(error, StoreError::Connect { .. }));
+    /// # }
+    /// ```
     pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
         let client = config.client()?;
         let connect = ConnectionManager::new_with_config(client, config.manager_config());
@@ -374,6 +387,20 @@ impl RedisStore {
     /// A store that connects on first use, so a service can start while Redis is down:
     /// until Redis answers, every command fails within the command timeout. Only an invalid
     /// address is an error here. Must be called within a Tokio runtime.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::store::{RedisConfig, RedisStore, Store};
+    /// use tower_caching::Key;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = RedisConfig::new("127.0.0.1:1").command_timeout(Duration::from_millis(50));
+    /// let store = RedisStore::connect_lazy(config)?; // starts although nothing listens
+    /// assert!(store.get(&Key::new("k")?).await.is_err()); // a typed error, in time
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn connect_lazy(config: RedisConfig) -> Result<Self, StoreError> {
         let client = config.client()?;
         let connection = ConnectionManager::new_lazy_with_config(client, config.manager_config())

@@ -14,6 +14,10 @@ use super::{MemoryStore, RedisConfig, RedisStore, Store, StoreError, StoreValue}
 use crate::key::{Key, Pattern, Tag};
 
 /// The default Redis channel of invalidations between instances.
+///
+/// ```
+/// assert_eq!(tower_caching::store::DEFAULT_CHANNEL, "tower-caching:invalidations");
+/// ```
 pub const DEFAULT_CHANNEL: &str = "tower-caching:invalidations";
 
 /// Two tiers: an in-process [`MemoryStore`] (L1, typed values, no decode on a hit) in front
@@ -128,7 +132,8 @@ fn message(id: &str, kind: char, target: &str) -> String {
 
 impl TieredStore {
     /// L1 `l1` in front of L2 `l2`, with the backplane on the default channel; `config`
-    /// tells the subscriber where Redis is. Must be called within a Tokio runtime.
+    /// tells the subscriber where Redis is. Must be called within a Tokio runtime. See
+    /// [`TieredStore`] for an example.
     pub fn new(
         l1: MemoryStore,
         l2: RedisStore,
@@ -139,6 +144,27 @@ impl TieredStore {
     }
 
     /// [`TieredStore::new`] on another channel (one per application sharing a Redis).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tower_caching::store::{MemoryStore, RedisConfig, RedisStore, TieredStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = RedisConfig::from_env()?;
+    /// let l2 = RedisStore::connect(config.clone()).await?;
+    /// let store = TieredStore::with_channel(
+    ///     MemoryStore::builder().max_entries(50_000).build(),
+    ///     l2,
+    ///     &config,
+    ///     Duration::from_secs(30),
+    ///     "payments:invalidations",
+    /// )?;
+    /// // L1 serves reads only while the backplane is subscribed.
+    /// println!("coherent: {}", store.is_coherent());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_channel(
         l1: MemoryStore,
         l2: RedisStore,
@@ -165,7 +191,8 @@ impl TieredStore {
         }
     }
 
-    /// Whether the backplane is subscribed now (L1 is only used while it is).
+    /// Whether the backplane is subscribed now (L1 is only used while it is). See
+    /// [`with_channel`](TieredStore::with_channel) for an example.
     pub fn is_coherent(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
     }

@@ -54,6 +54,11 @@ impl<V: ?Sized, F: Fn(&V) -> bool> Predicate<V> for F {
 }
 
 /// The predicate that always says yes.
+///
+/// ```
+/// use tower_caching::strategy::{Always, Predicate};
+/// assert!(Always.test("anything"));
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Always;
 
@@ -64,6 +69,11 @@ impl<V: ?Sized> Predicate<V> for Always {
 }
 
 /// The predicate that always says no.
+///
+/// ```
+/// use tower_caching::strategy::{Never, Predicate};
+/// assert!(!Never.test(&42));
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Never;
 

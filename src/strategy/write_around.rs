@@ -165,12 +165,26 @@ impl Invalidation {
 ///
 /// Implemented by [`KeyOnly`] (the default: the one key of the layer's key extractor) and by
 /// closures `Fn(&Req) -> Invalidation`.
+///
+/// ```
+/// use tower_caching::key::{Key, KeyBuilder};
+/// use tower_caching::strategy::{Invalidation, InvalidationPolicy, KeyOnly};
+///
+/// let by_id = |id: &u32| Key::new(format!("entry:{id}")).ok();
+/// assert_eq!(KeyOnly.invalidation(&by_id, &7).key_list()[0].as_str(), "entry:7");
+///
+/// let wider = |id: &u32| Invalidation::new()
+///     .key(KeyBuilder::new().entry(&id.to_string()))
+///     .pattern(KeyBuilder::new().vsyncs());
+/// assert_eq!(InvalidationPolicy::<u32, ()>::invalidation(&wider, &(), &7).pattern_list().len(), 1);
+/// ```
 pub trait InvalidationPolicy<Req, K> {
     /// What `request` invalidates once the write succeeds.
     fn invalidation(&self, key: &K, request: &Req) -> Invalidation;
 }
 
-/// The default invalidation: the request's key, from the layer's key extractor.
+/// The default invalidation: the request's key, from the layer's key extractor. See
+/// [`InvalidationPolicy`] for an example.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KeyOnly;
 

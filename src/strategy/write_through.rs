@@ -160,7 +160,10 @@ impl<V, St, C, F, K, T> CacheLayer<WriteThrough<V, St, C, F>, K, T> {
     }
 }
 
-/// Where write-through takes the value to cache from.
+/// Where write-through takes the value to cache from: [`ResponseValue`] (the default),
+/// or [`FromRequest`] / [`FromResponse`] as set by
+/// [`value_from_request`](crate::CacheLayer::value_from_request) and
+/// [`value_from_response`](crate::CacheLayer::value_from_response), which show them in use.
 pub trait WriteValue<Req, Resp, V> {
     /// The value taken from the request, before the writer runs.
     fn before_write(&self, request: &Req) -> Option<V>;
@@ -169,7 +172,8 @@ pub trait WriteValue<Req, Resp, V> {
     fn after_write(&self, response: &Resp, from_request: Option<V>) -> Option<V>;
 }
 
-/// The default value source: the writer's response is the value.
+/// The default value source: the writer's response is the value. See
+/// [`CacheLayer::write_through`](crate::CacheLayer::write_through) for an example.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ResponseValue;
 
@@ -182,7 +186,8 @@ impl<Req, V: Clone> WriteValue<Req, V, V> for ResponseValue {
     }
 }
 
-/// Takes the value from the request with a closure `Fn(&Req) -> Option<V>`.
+/// Takes the value from the request with a closure `Fn(&Req) -> Option<V>`. See
+/// [`value_from_request`](crate::CacheLayer::value_from_request) for an example.
 #[derive(Clone, Copy, Debug)]
 pub struct FromRequest<F>(F);
 
@@ -196,6 +201,7 @@ impl<Req, Resp, V, F: Fn(&Req) -> Option<V>> WriteValue<Req, Resp, V> for FromRe
 }
 
 /// Takes the value from the writer's response with a closure `Fn(&Resp) -> Option<V>`.
+/// See [`value_from_response`](crate::CacheLayer::value_from_response) for an example.
 #[derive(Clone, Copy, Debug)]
 pub struct FromResponse<F>(F);
 

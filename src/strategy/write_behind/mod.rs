@@ -248,6 +248,21 @@ pub struct DeadLetter<Req> {
 
 /// What the writer receives a dead letter with. Implemented for closures
 /// `Fn(DeadLetter<Req>)` and by [`LogDeadLetter`].
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use tower_caching::strategy::write_behind::{DeadLetterHook, LogDeadLetter};
+/// use tower_caching::strategy::DeadLetter;
+///
+/// /// Counts abandoned writes, then logs them as the default hook does.
+/// struct Counted(AtomicU64);
+/// impl<Req> DeadLetterHook<Req> for Counted {
+///     fn dead_letter(&self, letter: DeadLetter<Req>) {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///         LogDeadLetter.dead_letter(letter);
+///     }
+/// }
+/// ```
 pub trait DeadLetterHook<Req>: Send + Sync + 'static {
     /// Takes a write that will not be retried.
     fn dead_letter(&self, letter: DeadLetter<Req>);
@@ -259,7 +274,8 @@ impl<Req, F: Fn(DeadLetter<Req>) + Send + Sync + 'static> DeadLetterHook<Req> fo
     }
 }
 
-/// The default dead-letter hook: logs the key, attempts and error at error level.
+/// The default dead-letter hook: logs the key, attempts and error at error level. See
+/// [`DeadLetterHook`] for an example.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LogDeadLetter;
 
@@ -276,6 +292,14 @@ impl<Req> DeadLetterHook<Req> for LogDeadLetter {
 
 /// Where write-behind takes the value to cache from: a closure `Fn(&Req) -> Option<V>`, or
 /// [`RequestValue`] (the default) when the request converts into the value.
+///
+/// ```
+/// use tower_caching::strategy::write_behind::{RequestToValue, RequestValue};
+///
+/// let from_closure = |update: &(u32, u64)| Some(update.1);
+/// assert_eq!(RequestToValue::<_, u64>::value(&from_closure, &(7, 42)), Some(42));
+/// assert_eq!(RequestToValue::<u64, u64>::value(&RequestValue, &5), Some(5));
+/// ```
 pub trait RequestToValue<Req, V> {
     /// The value to cache for `request`; `None` invalidates the key instead.
     fn value(&self, request: &Req) -> Option<V>;
@@ -288,6 +312,7 @@ impl<Req, V, F: Fn(&Req) -> Option<V>> RequestToValue<Req, V> for F {
 }
 
 /// The default value source: `V: From<Req>` (so a request that is the value works as is).
+/// See [`RequestToValue`] for an example.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestValue;
 
@@ -299,6 +324,14 @@ impl<Req: Clone, V: From<Req>> RequestToValue<Req, V> for RequestValue {
 
 /// The response a write-behind call answers with at once: a closure `Fn(&Req) -> Resp`, or
 /// [`DefaultAck`] (the default), `Resp::default()`.
+///
+/// ```
+/// use tower_caching::strategy::write_behind::{Acknowledge, DefaultAck};
+///
+/// assert_eq!(Acknowledge::<u8, u16>::acknowledge(&DefaultAck, &1), 0);
+/// let accepted = |_: &u8| 202u16;
+/// assert_eq!(accepted.acknowledge(&1), 202);
+/// ```
 pub trait Acknowledge<Req, Resp> {
     /// The response for a queued `request`.
     fn acknowledge(&self, request: &Req) -> Resp;
@@ -310,7 +343,7 @@ impl<Req, Resp, F: Fn(&Req) -> Resp> Acknowledge<Req, Resp> for F {
     }
 }
 
-/// Answers queued writes with `Resp::default()`.
+/// Answers queued writes with `Resp::default()`. See [`Acknowledge`] for an example.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DefaultAck;
 
