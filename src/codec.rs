@@ -55,6 +55,13 @@ pub trait Codec: Clone + Send + Sync + 'static {
 }
 
 /// A value could not be encoded or decoded.
+///
+/// ```
+/// use tower_caching::codec::{Codec, Json};
+///
+/// let error = Json.decode::<u32>(b"not json").unwrap_err();
+/// assert!(error.to_string().starts_with("json codec:"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("{codec} codec: {source}")]
 pub struct CodecError {

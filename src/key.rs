@@ -43,6 +43,12 @@ pub struct Key(String);
 impl Key {
     /// The longest key accepted, in bytes. Redis allows 512 MiB, but a key this long is always
     /// a bug or an attack, and every lookup hashes and sends the whole key.
+    ///
+    /// ```
+    /// # use tower_caching::key::Key;
+    /// assert!(Key::new("k".repeat(Key::MAX_LEN)).is_ok());
+    /// assert!(Key::new("k".repeat(Key::MAX_LEN + 1)).is_err());
+    /// ```
     pub const MAX_LEN: usize = 1024;
 
     /// Validates `key`: not empty, at most [`Key::MAX_LEN`] bytes, no control characters.
@@ -191,6 +197,11 @@ pub struct Tag(std::sync::Arc<str>);
 
 impl Tag {
     /// The longest tag accepted, in bytes: its escaped index key must stay a valid [`Key`].
+    ///
+    /// ```
+    /// # use tower_caching::key::Tag;
+    /// assert!(Tag::new("t".repeat(Tag::MAX_LEN)).is_ok());
+    /// ```
     pub const MAX_LEN: usize = 256;
 
     /// Validates `tag`: not empty, at most [`Tag::MAX_LEN`] bytes, no control characters.
@@ -770,7 +781,15 @@ impl<Req: CacheKey> KeyExtractor<Req> for DefaultKey {
     }
 }
 
-/// What a [`KeyExtractor`] closure may return. Sealed.
+/// What a [`KeyExtractor`] closure may return: a [`Key`], or `Option<Key>` to bypass the
+/// cache for some requests. Sealed.
+///
+/// ```
+/// use tower_caching::key::{IntoKey, Key};
+///
+/// assert!(Key::new("k").unwrap().into_key().is_some());
+/// assert!(None::<Key>.into_key().is_none());
+/// ```
 pub trait IntoKey: sealed::Sealed {
     /// The validated key, or `None` to bypass the cache.
     fn into_key(self) -> Option<Key>;

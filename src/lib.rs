@@ -66,6 +66,11 @@ pub use crate::layer::CacheLayer;
 pub use crate::store::{MemoryStore, Store, StoreError};
 
 /// A type-erased error, as tower uses.
+///
+/// ```
+/// let error: tower_caching::BoxError = "database down".into();
+/// assert_eq!(error.to_string(), "database down");
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Parses a duration as written in configuration: `250ms`, `10s`, `5m`, `1h`, `1d`, or a

@@ -12,7 +12,21 @@ macro_rules! strategy_service {
         }
 
         impl<Svc, S, K, T> $name<Svc, S, K, T> {
-            /// Wraps `inner` with the settings of `layer`.
+            /// Wraps `inner` with the settings of `layer` (what `layer.layer(inner)` does).
+            ///
+            /// The accessors work alike on every strategy's service:
+            ///
+            /// ```
+            /// use tower_caching::{Cache, CacheLayer};
+            /// use tower_layer::Layer;
+            ///
+            /// let writer = tower::service_fn(|n: u64| async move { Ok::<_, std::convert::Infallible>(n) });
+            /// let mut service = CacheLayer::write_through(Cache::<u64>::in_memory()).layer(writer);
+            /// let _: &_ = service.get_ref();
+            /// let _: &mut _ = service.get_mut();
+            /// let writer = service.into_inner();
+            /// # let _ = writer;
+            /// ```
             pub fn new(inner: Svc, layer: $crate::layer::CacheLayer<S, K, T>) -> Self {
                 $name {
                     inner,
@@ -20,17 +34,17 @@ macro_rules! strategy_service {
                 }
             }
 
-            #[doc = concat!("The inner ", $inner, ".")]
+            #[doc = concat!("The inner ", $inner, ". See [`new`](Self::new) for an example.")]
             pub fn get_ref(&self) -> &Svc {
                 &self.inner
             }
 
-            #[doc = concat!("The inner ", $inner, ", mutably.")]
+            #[doc = concat!("The inner ", $inner, ", mutably. See [`new`](Self::new) for an example.")]
             pub fn get_mut(&mut self) -> &mut Svc {
                 &mut self.inner
             }
 
-            #[doc = concat!("The inner ", $inner, ", consuming the service.")]
+            #[doc = concat!("The inner ", $inner, ", consuming the service. See [`new`](Self::new) for an example.")]
             pub fn into_inner(self) -> Svc {
                 self.inner
             }

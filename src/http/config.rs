@@ -145,6 +145,13 @@ pub struct RouteConfig {
 }
 
 /// A configuration that does not parse or does not make sense, naming the route and field.
+///
+/// ```
+/// use tower_caching::http::config::{CacheConfig, ConfigError};
+///
+/// let error = CacheConfig::from_toml("routes = 3").unwrap_err();
+/// assert!(matches!(error, ConfigError::Parse(_)));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {

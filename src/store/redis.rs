@@ -331,6 +331,18 @@ fn parse_var<T>(
 }
 
 /// An environment variable holds a value that does not parse.
+///
+/// ```
+/// use tower_caching::store::RedisConfig;
+///
+/// let env = |name: &str| match name {
+///     "REDIS_ADDR" => Some("127.0.0.1:6379".to_string()),
+///     "REDIS_DB" => Some("two".to_string()),
+///     _ => None,
+/// };
+/// let error = RedisConfig::from_lookup(env).unwrap_err();
+/// assert!(error.to_string().contains("REDIS_DB"));
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("environment variable {variable} has an invalid value {value:?}")]
 pub struct ConfigError {

@@ -141,17 +141,17 @@ impl Invalidation {
         self
     }
 
-    /// The keys.
+    /// The keys. See [`key`](Invalidation::key) for an example.
     pub fn key_list(&self) -> &[Key] {
         &self.keys
     }
 
-    /// The patterns.
+    /// The patterns. See [`pattern`](Invalidation::pattern) for an example.
     pub fn pattern_list(&self) -> &[Pattern] {
         &self.patterns
     }
 
-    /// The tags.
+    /// The tags. See [`tag`](Invalidation::tag) for an example.
     pub fn tag_list(&self) -> &[Tag] {
         &self.tags
     }

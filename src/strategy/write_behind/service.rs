@@ -48,23 +48,42 @@ impl<Svc, Req, S, K, T> WriteBehindService<Svc, Req, S, K, T> {
         }
     }
 
-    /// The inner writer.
+    /// The inner writer. See [`queue_depth`](Self::queue_depth) for a service in use.
     pub fn get_ref(&self) -> &Svc {
         &self.inner
     }
 
-    /// The inner writer, mutably.
+    /// The inner writer, mutably. See [`get_ref`](Self::get_ref).
     pub fn get_mut(&mut self) -> &mut Svc {
         &mut self.inner
     }
 
     /// The inner writer, consuming the service. Queued writes stay with the queue's worker.
+    /// See [`get_ref`](Self::get_ref).
     pub fn into_inner(self) -> Svc {
         self.inner
     }
 
     /// How many writes this process holds, waiting or running: the
     /// `write_behind_queue_size` gauge.
+    ///
+    /// ```
+    /// use tower::ServiceExt;
+    /// use tower_caching::{key::Key, Cache, CacheLayer};
+    /// use tower_layer::Layer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: Cache<u64> = Cache::in_memory();
+    /// let service = CacheLayer::write_behind(cache.clone())
+    ///     .key(|n: &u64| Key::new(format!("n:{n}")).ok())
+    ///     .layer(tower::service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>(()) }));
+    /// service.clone().oneshot(1).await.unwrap();
+    /// assert_eq!(service.queue_depth(), 1);
+    /// cache.flush_pending_writes().await.unwrap();
+    /// assert_eq!(service.queue_depth(), 0);
+    /// # }
+    /// ```
     pub fn queue_depth(&self) -> usize {
         self.queue.depth()
     }
