@@ -337,16 +337,30 @@ pub struct HttpCache<Svc, St = MemoryStore, C = Json, K = HttpKey, T = FixedTtl>
 
 impl<Svc, St, C, K, T> HttpCache<Svc, St, C, K, T> {
     /// The inner service.
+    ///
+    /// ```
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    /// use tower_layer::Layer;
+    ///
+    /// let handler = tower::service_fn(|_: http::Request<String>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    /// });
+    /// let mut cached = HttpCacheLayer::new(Cache::<CachedResponse>::in_memory()).layer(handler);
+    /// let _: &_ = cached.get_ref();
+    /// let _: &mut _ = cached.get_mut();
+    /// let handler = cached.into_inner();
+    /// # let _ = handler;
+    /// ```
     pub fn get_ref(&self) -> &Svc {
         &self.inner
     }
 
-    /// The inner service, mutably.
+    /// The inner service, mutably. See [`get_ref`](Self::get_ref) for an example.
     pub fn get_mut(&mut self) -> &mut Svc {
         &mut self.inner
     }
 
-    /// The inner service, consuming this one.
+    /// The inner service, consuming this one. See [`get_ref`](Self::get_ref) for an example.
     pub fn into_inner(self) -> Svc {
         self.inner
     }

@@ -227,6 +227,19 @@ impl RedisClusterConfig {
 
 impl RedisClusterStore {
     /// Connects to the cluster, waiting at most the connect timeout.
+    ///
+    /// ```no_run
+    /// use tower_caching::store::{RedisClusterConfig, RedisClusterStore};
+    /// use tower_caching::Cache;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = RedisClusterConfig::from_env()?.expect("REDIS_CLUSTER_NODES is set");
+    /// let cache: Cache<String, _> = Cache::new(RedisClusterStore::connect(config).await?);
+    /// # let _ = cache;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn connect(config: RedisClusterConfig) -> Result<Self, StoreError> {
         let client = config.client()?;
         let connection =

@@ -101,6 +101,12 @@ fn redact_url(url: &str) -> String {
 impl RedisConfig {
     /// Connects to `address`: `host:port`, or a URL (`redis://`, `rediss://` with the `tls`
     /// feature, `redis+unix://`).
+    ///
+    /// ```
+    /// # use tower_caching::store::RedisConfig;
+    /// assert_eq!(RedisConfig::new("cache:6379").url(), "redis://cache:6379");
+    /// assert_eq!(RedisConfig::new("redis://cache:6379/2").url(), "redis://cache:6379/2");
+    /// ```
     pub fn new(address: impl Into<String>) -> Self {
         let address = address.into();
         let url = if address.contains("://") {
