@@ -413,34 +413,25 @@ async fn tag_bookkeeping_expires_with_its_last_entry() {
     let mut raw = support::raw_connection(&server.url()).await;
     let tag = Tag::new("owner:ana").unwrap();
     let index = "tower-caching:tag:owner%3Aana";
-    let short = Key::new("short").unwrap();
-    let long = Key::new("long").unwrap();
-    let value = StoreValue::from_static(b"v");
-    let tags = std::slice::from_ref(&tag);
+    let file = async |name: &str, ttl_ms: Option<u64>| {
+        let key = Key::new(name).unwrap();
+        let ttl = ttl_ms.map(Duration::from_millis);
+        let value = StoreValue::from_static(b"v");
+        let tags = std::slice::from_ref(&tag);
+        store.set_tagged(&key, value, ttl, tags).await.unwrap();
+    };
+    // The index's PTTL: -1 without expiry, -2 once it is gone.
+    let mut index_ttl = async || -> i64 {
+        redis::cmd("PTTL")
+            .arg(index)
+            .query_async(&mut raw)
+            .await
+            .unwrap()
+    };
 
-    store
-        .set_tagged(
-            &short,
-            value.clone(),
-            Some(Duration::from_millis(300)),
-            tags,
-        )
-        .await
-        .unwrap();
-    store
-        .set_tagged(
-            &long,
-            value.clone(),
-            Some(Duration::from_millis(1500)),
-            tags,
-        )
-        .await
-        .unwrap();
-    let pttl: i64 = redis::cmd("PTTL")
-        .arg(index)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    file("short", Some(300)).await;
+    file("long", Some(1500)).await;
+    let pttl = index_ttl().await;
     assert!(
         (1500..=2600).contains(&pttl),
         "index TTL {pttl} ms: not the last entry's"
@@ -448,50 +439,24 @@ async fn tag_bookkeeping_expires_with_its_last_entry() {
 
     // Filing another key prunes members that expired.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let other = Key::new("other").unwrap();
-    store
-        .set_tagged(
-            &other,
-            value.clone(),
-            Some(Duration::from_millis(100)),
-            tags,
-        )
-        .await
-        .unwrap();
+    file("other", Some(100)).await;
+    let mut members_of = support::raw_connection(&server.url()).await;
     let members: Vec<String> = redis::cmd("ZRANGE")
         .arg(index)
         .arg(0)
         .arg(-1)
-        .query_async(&mut raw)
+        .query_async(&mut members_of)
         .await
         .unwrap();
     assert_eq!(members, vec!["other".to_string(), "long".to_string()]);
 
     // Once every entry has expired (plus a second), the index is gone with them.
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    let exists: u64 = redis::cmd("EXISTS")
-        .arg(index)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    assert_eq!(exists, 0, "the tag index outlived its entries");
+    assert_eq!(index_ttl().await, -2, "the tag index outlived its entries");
 
     // An entry without a TTL keeps its index, until the tag is invalidated.
-    store
-        .set_tagged(&long, value.clone(), None, tags)
-        .await
-        .unwrap();
-    let pttl: i64 = redis::cmd("PTTL")
-        .arg(index)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    assert_eq!(pttl, -1);
+    file("long", None).await;
+    assert_eq!(index_ttl().await, -1);
     assert_eq!(store.invalidate_tag(&tag).await.unwrap(), 1);
-    let exists: u64 = redis::cmd("EXISTS")
-        .arg(index)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    assert_eq!(exists, 0);
+    assert_eq!(index_ttl().await, -2);
 }
