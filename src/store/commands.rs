@@ -10,6 +10,7 @@ use redis::aio::ConnectionLike;
 use redis::RedisError;
 
 use super::{StoreError, StoreValue};
+use crate::cache::frame::millis;
 use crate::key::{Key, Tag};
 
 /// How many keys one `SCAN` step asks for, and so how many one `UNLINK` removes at most.
@@ -73,6 +74,7 @@ end
 
 /// Files a key under one tag. `KEYS[1]` index, `ARGV[1]` member, `ARGV[2]` TTL in ms or
 /// empty.
+#[cfg(feature = "cluster")]
 const TAG_ADD: &str = concat!(file_function!(), "file(KEYS[1], ARGV[1], ARGV[2])");
 
 /// Files a key under every tag, then stores it — in one round trip, and never stored when
@@ -104,14 +106,14 @@ for i = 1, #ARGV, 2 do
 end
 "#;
 
+/// A TTL in milliseconds as Redis takes it: at least one (`PX 0` is an error).
+fn ttl_millis(ttl: Duration) -> u64 {
+    millis(ttl).max(1)
+}
+
 /// A TTL as the tag scripts take it: milliseconds, or empty for none.
 fn script_ttl(ttl: Option<Duration>) -> String {
-    ttl.map_or(String::new(), |ttl| {
-        u64::try_from(ttl.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1)
-            .to_string()
-    })
+    ttl.map_or(String::new(), |ttl| ttl_millis(ttl).to_string())
 }
 
 /// The script that files `key` under every tag of `tags` and stores `value`, for a single
@@ -136,8 +138,7 @@ pub(super) fn set_command(key: &Key, value: &StoreValue, ttl: Option<Duration>) 
     let mut command = redis::cmd("SET");
     command.arg(key.as_str()).arg(value.bytes().as_ref());
     if let Some(ttl) = ttl {
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        command.arg("PX").arg(millis);
+        command.arg("PX").arg(ttl_millis(ttl));
     }
     command
 }
@@ -229,6 +230,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
 
     /// Files `key` under every tag of `tags` (one script per tag: each index is one key,
     /// so this works on a cluster), then stores it.
+    #[cfg(feature = "cluster")]
     pub(super) async fn set_tagged(
         &self,
         key: &Key,

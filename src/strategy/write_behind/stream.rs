@@ -20,6 +20,7 @@ use tower_service::Service;
 
 use super::service::WriteBehindService;
 use super::{DeadLetter, DeadLetterHook, Enqueue, Settings, WriteBehind, WriteQueue};
+use crate::cache::frame::millis;
 use crate::cache::{CacheError, Cacheable, PendingWrites};
 use crate::codec::Codec;
 use crate::key::{escape_part, Key};
@@ -513,7 +514,7 @@ where
             .arg(&self.stream)
             .arg(GROUP)
             .arg(&self.consumer)
-            .arg(u64::try_from(self.queue.claim_after.as_millis()).unwrap_or(u64::MAX))
+            .arg(millis(self.queue.claim_after))
             .arg(&state.claim_cursor)
             .arg("COUNT")
             .arg(max);
@@ -613,7 +614,7 @@ where
             }
         }
         let newest: Vec<Delivered<Req>> = newest.into_values().collect();
-        let lease_ms = u64::try_from(self.queue.claim_after.as_millis()).unwrap_or(u64::MAX);
+        let lease_ms = millis(self.queue.claim_after);
         let leases = futures_util::future::join_all(newest.iter().map(|write| {
             let mut acquire = redis::cmd("EVAL");
             acquire
@@ -679,7 +680,7 @@ where
             .arg(self.queue.lease_key(&write.key))
             .arg(GROUP)
             .arg(write.id.to_string())
-            .arg(u64::try_from(self.queue.retention.as_millis()).unwrap_or(u64::MAX))
+            .arg(millis(self.queue.retention))
             .arg(&self.consumer);
         if let Err(error) = self.run::<u64>("write_behind_ack", &record).await {
             // Still pending in Redis: replayed after `claim_after`, an idempotent rewrite.
@@ -810,7 +811,7 @@ where
         else {
             return;
         };
-        let limit = u64::try_from(self.queue.claim_after.as_millis() * 10).unwrap_or(u64::MAX);
+        let limit = millis(self.queue.claim_after).saturating_mul(10);
         for consumer in consumers {
             let field = |name: &str| consumer.get(name).cloned();
             let name: Option<String> = field("name").and_then(|v| redis::from_redis_value(v).ok());
