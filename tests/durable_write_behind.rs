@@ -263,6 +263,7 @@ async fn an_entry_that_does_not_decode_is_set_aside_without_blocking_the_others(
     let db = Db::default();
     let (cache, service) = layered(&db, queue);
     service
+        .clone()
         .oneshot(Write {
             ispb: "new".into(),
             seq: 7,
@@ -373,7 +374,8 @@ async fn consumers_of_departed_instances_are_forgotten() {
     };
     let stream = queue().await.stream_key();
     for _ in 0..3 {
-        // An instance that writes, then goes away.
+        // An instance that writes, then goes away: once closed, its worker reads nothing
+        // more, so the next instance's write is delivered to the next instance.
         let (cache, service) = layered(&db, queue().await);
         service
             .oneshot(Write {
@@ -382,7 +384,7 @@ async fn consumers_of_departed_instances_are_forgotten() {
             })
             .await
             .unwrap();
-        cache.flush_pending_writes().await.unwrap();
+        cache.close().await.unwrap();
     }
     assert_eq!(consumers(&stream).await, 3);
     // Idle for more than ten claim periods (the claim period is raised to twice the
@@ -476,7 +478,9 @@ async fn a_redis_that_lost_the_stream_gets_it_back() {
     // As after a restart without persistence: the stream and its group are gone.
     let mut raw = support::raw_connection(&server.url()).await;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    // The service stays alive (as in a running application): its queue is flushed below.
     service
+        .clone()
         .oneshot(Write {
             ispb: "a".into(),
             seq: 2,

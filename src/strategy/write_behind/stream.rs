@@ -411,8 +411,9 @@ where
         self.queue.commands.run(operation, command).await
     }
 
-    /// Starts the worker, once, if a Tokio runtime is here. It holds the worker weakly: it
-    /// stops within one batch interval of the last service being dropped.
+    /// Starts the worker, once, if a Tokio runtime is here. It holds the worker weakly
+    /// between rounds: it stops within one batch interval of the last service being dropped,
+    /// and after [`close`](PendingWrites::close) it runs no round.
     fn start(self: &Arc<Self>) {
         if self.started.load(Ordering::Acquire)
             || tokio::runtime::Handle::try_current().is_err()
@@ -435,13 +436,11 @@ where
                         _ = worker.wake.notified() => {}
                     }
                 }
-                if worker.closed.load(Ordering::Acquire) {
-                    return;
-                }
                 loop {
-                    match worker.round().await {
-                        Ok(round) if round.taken > 0 => continue,
-                        Ok(_) => break,
+                    match worker.background_round().await {
+                        Ok(Some(round)) if round.taken > 0 => continue,
+                        Ok(Some(_)) => break,
+                        Ok(None) => return,
                         Err(error) => {
                             tracing::warn!(stream = %worker.stream, %error, "durable write-behind round failed, will retry");
                             break;
@@ -450,6 +449,16 @@ where
                 }
             }
         });
+    }
+
+    /// The worker's round: `None`, without reading anything, once the queue is closed.
+    async fn background_round(&self) -> Result<Option<Round>, StoreError> {
+        let mut state = self.rounds.lock().await;
+        // Checked under the round lock: a close that flushed first has the last word.
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        self.round_locked(&mut state).await.map(Some)
     }
 
     async fn create_group(&self) -> Result<(), StoreError> {
@@ -470,11 +479,15 @@ where
     /// and writes it.
     async fn round(&self) -> Result<Round, StoreError> {
         let mut state = self.rounds.lock().await;
+        self.round_locked(&mut state).await
+    }
+
+    async fn round_locked(&self, state: &mut RoundState) -> Result<Round, StoreError> {
         if !state.group_ready {
             self.create_group().await?;
             state.group_ready = true;
         }
-        let result = self.take_and_write(&mut state).await;
+        let result = self.take_and_write(state).await;
         if let Err(error) = &result {
             if has_code(error, "NOGROUP") {
                 state.group_ready = false;
