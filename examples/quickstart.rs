@@ -20,7 +20,7 @@ struct Entry {
 }
 
 /// Stands in for a database query: slow on purpose.
-async fn load_entry(id: String) -> Result<Entry, String> {
+async fn load_entry(id: String) -> Result<Entry, std::io::Error> {
     tokio::time::sleep(Duration::from_millis(50)).await;
     Ok(Entry {
         id,

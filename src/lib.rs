@@ -21,7 +21,7 @@
 //! let cache: Cache<String> = Cache::in_memory();
 //! let key = KeyBuilder::new().config("default");
 //! let value = cache
-//!     .get_or_load(&key, Some(ttl::CONFIG), || async { Ok::<_, String>("v1".to_string()) })
+//!     .get_or_load(&key, Some(ttl::CONFIG), || async { Ok::<_, std::io::Error>("v1".to_string()) })
 //!     .await?;
 //! assert_eq!(value, "v1");
 //! # Ok(())
@@ -49,6 +49,8 @@
 
 pub mod cache;
 pub mod codec;
+mod engine;
+mod frame;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
@@ -61,6 +63,7 @@ pub mod strategy;
 pub mod ttl;
 
 pub use crate::cache::{Cache, CacheBuilder, CacheError, Cacheable};
+pub use crate::engine::LoadError;
 pub use crate::key::{Key, KeyBuilder, KeyExtractor, Pattern, Tag};
 pub use crate::layer::CacheLayer;
 pub use crate::store::{MemoryStore, Store, StoreError};

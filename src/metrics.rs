@@ -70,8 +70,8 @@ impl Strategy {
         Strategy::Direct,
     ];
 
-    #[cfg(feature = "metrics")]
-    pub(crate) fn label(self) -> &'static str {
+    /// The label value, also the `strategy` field of `cache` spans.
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Strategy::CacheAside => "cache_aside",
             Strategy::ReadThrough => "read_through",
@@ -80,6 +80,11 @@ impl Strategy {
             Strategy::WriteAround => "write_around",
             Strategy::Direct => "direct",
         }
+    }
+
+    #[cfg(feature = "metrics")]
+    pub(crate) fn label(self) -> &'static str {
+        self.name()
     }
 }
 
@@ -522,6 +527,7 @@ impl Observer {
 }
 
 /// Prints a key as a hash, so that spans and logs never carry user-supplied values.
+#[derive(Debug)]
 pub(crate) struct KeyDigest<'a>(pub(crate) &'a crate::key::Key);
 
 impl fmt::Display for KeyDigest<'_> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tower_caching::key::{Key, KeyBuilder};
 use tower_caching::store::{MemoryStore, Store, StoreValue};
-use tower_caching::{Cache, CacheError};
+use tower_caching::{Cache, CacheError, LoadError};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Entry {
@@ -170,7 +170,7 @@ async fn concurrent_misses_share_one_load<S: Store>(store: S, prefix: &str) {
         }));
     }
     for waiter in waiters {
-        assert_eq!(waiter.await.unwrap(), Err("database down".to_string()));
+        assert_eq!(waiter.await.unwrap(), Err(LoadError::Failed(Arc::new("database down".to_string()))));
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     // A failed load is not cached, and the next miss loads again.
@@ -303,7 +303,7 @@ async fn bulk_get_or_load_loads_only_misses_in_one_call<S: Store>(store: S, pref
             Err::<HashMap<Key, Entry>, _>("down".to_string())
         })
         .await;
-    assert_eq!(failed, Err("down".to_string()));
+    assert_eq!(failed, Err(LoadError::Failed(Arc::new("down".to_string()))));
 }
 
 async fn bulk_and_single_loads_coalesce<S: Store>(store: S, prefix: &str) {

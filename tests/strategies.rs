@@ -14,7 +14,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_caching::key::{Key, KeyBuilder};
 use tower_caching::store::Store;
 use tower_caching::strategy::{DeadLetter, Invalidation};
-use tower_caching::{ttl, Cache, CacheLayer};
+use tower_caching::{ttl, Cache, CacheLayer, LoadError};
 use tower_layer::Layer;
 
 type SharedError = Arc<dyn std::error::Error + Send + Sync>;
@@ -491,7 +491,7 @@ async fn coalescing_1000_concurrent_misses_one_load<S: Store>(store: S, prefix: 
     let results = futures_util::future::join_all(calls).await;
     assert!(results
         .iter()
-        .all(|r| r == &Err(DbError("database down".into()))));
+        .all(|r| r == &Err(LoadError::Failed(Arc::new(DbError("database down".into()))))));
     assert_eq!(db.reads(), 2);
     assert!(!cache.exists(&keys.entry("cold")).await.unwrap());
 }
@@ -863,7 +863,7 @@ async fn fail_safe_serves_stale_values_when_the_loader_fails<S: Store>(store: S,
     assert_eq!(db.reads(), 2);
     // A key with nothing stale still fails.
     let cold = service.clone().oneshot(get(&keys, "cold")).await;
-    assert_eq!(cold, Err(DbError("database down".into())));
+    assert_eq!(cold, Err(LoadError::Failed(Arc::new(DbError("database down".into())))));
     // Back up, after the throttle: fresh values again.
     db.down.store(false, Ordering::SeqCst);
     db.insert(entry("e1", "v2"));
@@ -1128,7 +1128,7 @@ async fn composes_with_service_builder_and_box_clone_service() {
     let db = Db::default();
     db.insert(entry("e1", "v"));
     let cache: Cache<Option<Entry>> = Cache::in_memory();
-    let service: tower::util::BoxCloneService<GetEntry, Option<Entry>, DbError> =
+    let service: tower::util::BoxCloneService<GetEntry, Option<Entry>, LoadError<DbError>> =
         ServiceBuilder::new()
             .concurrency_limit(8)
             .layer(CacheLayer::cache_aside(cache))

@@ -27,7 +27,7 @@ use tower_caching::metrics::Metrics;
 use tower_caching::store::{CircuitBreaker, RedisConfig, RedisStore, Store};
 use tower_caching::strategy::{Invalidation, StreamQueue};
 use tower_caching::ttl::{self, Jitter};
-use tower_caching::{Cache, CacheLayer, Cacheable, MemoryStore};
+use tower_caching::{Cache, CacheLayer, Cacheable, LoadError, MemoryStore};
 use tower_layer::Layer;
 
 /// A directory entry.
@@ -339,11 +339,11 @@ repository!(Vsync => usize, |db, req| {
 /// The cached services the handlers call.
 #[derive(Clone)]
 struct Services {
-    get_entry: BoxCloneSyncService<GetEntry, Option<Entry>, DbError>,
+    get_entry: BoxCloneSyncService<GetEntry, Option<Entry>, LoadError<DbError>>,
     create_entry: BoxCloneSyncService<CreateEntry, Entry, DbError>,
-    get_metrics: BoxCloneSyncService<GetMetrics, Option<ParticipantMetrics>, DbError>,
+    get_metrics: BoxCloneSyncService<GetMetrics, Option<ParticipantMetrics>, LoadError<DbError>>,
     update_metrics: BoxCloneSyncService<UpdateMetrics, (), DbError>,
-    get_config: BoxCloneSyncService<GetConfig, Option<Config>, DbError>,
+    get_config: BoxCloneSyncService<GetConfig, Option<Config>, LoadError<DbError>>,
     vsync: BoxCloneSyncService<Vsync, usize, DbError>,
     registry: prometheus::Registry,
 }
@@ -594,8 +594,8 @@ fn services<S: Store>(
     (services, closers)
 }
 
-/// Maps a database failure to a 500 with a JSON body.
-fn internal(error: DbError) -> Response {
+/// Maps a database failure (or a panicked load) to a 500 with a JSON body.
+fn internal(error: impl fmt::Display) -> Response {
     tracing::error!(%error, "request failed");
     (
         StatusCode::INTERNAL_SERVER_ERROR,

@@ -45,16 +45,16 @@ use std::time::Duration;
 use pin_project::pin_project;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::codec::{Codec, CodecError, Json};
-use crate::key::{Key, KeyError, Pattern, Tag};
+use crate::codec::{Codec, Json};
+use crate::engine::flight::{Flights, Lease};
+use crate::frame::{self, Header};
+use crate::key::{Key, Pattern, Tag};
 use crate::metrics::{KeyDigest, Observer, Operation, Strategy};
 use crate::store::{MemoryStore, Store, StoreError, StoreValue};
 
-mod flight;
-pub(crate) mod frame;
+mod error;
 
-pub(crate) use self::flight::{unwrap_outcome, Flights, Joined, SharedLoad};
-use self::frame::Header;
+pub use self::error::CacheError;
 
 /// What a [`Cache`] can hold: serde round-trippable, cloneable, shareable across threads.
 /// Implemented for every such type.
@@ -363,6 +363,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         tag: &Tag,
     ) -> Result<u64, CacheError> {
         self.check_open()?;
+        self.shared.flights.supersede_all();
         self.observed(Operation::InvalidateTag, strategy, async {
             Ok(self.shared.store.invalidate_tag(tag).await?)
         })
@@ -370,14 +371,14 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     }
 
     /// The tags of `value` under `key`: none without a policy.
-    fn tags_of(&self, key: &Key, value: &V) -> Vec<Tag> {
+    pub(crate) fn tags_of(&self, key: &Key, value: &V) -> Vec<Tag> {
         self.tags
             .as_ref()
             .map_or_else(Vec::new, |tags| tags(key, value))
     }
 
     /// Stores a framed value, filed under `tags` when there are any.
-    async fn put(
+    pub(crate) async fn put(
         &self,
         key: &Key,
         stored: StoreValue,
@@ -392,7 +393,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     }
 
     /// Stores framed values: the untagged in one round trip, the tagged each with its tags.
-    async fn put_many(
+    pub(crate) async fn put_many(
         &self,
         entries: Vec<(Key, StoreValue, Option<Duration>, Vec<Tag>)>,
     ) -> Result<(), StoreError> {
@@ -434,7 +435,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             .ok()
     }
 
-    #[cfg(feature = "redis")]
+
     pub(crate) fn codec(&self) -> &C {
         &self.shared.codec
     }
@@ -448,7 +449,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     }
 
     /// Runs a store operation, timing it and counting its error.
-    async fn observed<T>(
+    pub(crate) async fn observed<T>(
         &self,
         operation: Operation,
         strategy: Strategy,
@@ -474,8 +475,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
 
     /// Looks `key` up without allocating beyond the store's lookup: the layers' hit path.
     pub(crate) fn lookup(&self, key: &Key) -> Lookup<V, S, C> {
+        let closed = self.shared.closed.load(Ordering::Acquire);
         Lookup {
-            get: (!self.shared.closed.load(Ordering::Acquire)).then(|| self.shared.store.get(key)),
+            get: (!closed).then(|| self.shared.store.get(key)),
+            closed,
             codec: self.shared.codec.clone(),
             _value: PhantomData,
         }
@@ -553,7 +556,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         self.encode_with(value, Header::new(ttl))
     }
 
-    fn encode_with(&self, value: &V, header: Header) -> Result<StoreValue, CacheError> {
+    pub(crate) fn encode_with(&self, value: &V, header: Header) -> Result<StoreValue, CacheError> {
         let bytes = frame::encode(&self.shared.codec, header, value)?;
         if bytes.len() > self.shared.max_value_size {
             return Err(CacheError::ValueTooLarge {
@@ -593,6 +596,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         ttl: Option<Duration>,
     ) -> Result<(), CacheError> {
         self.check_open()?;
+        self.shared.flights.supersede(key);
         self.observed(Operation::Set, strategy, async {
             let stored = self.encode(value, ttl)?;
             Ok(self
@@ -623,6 +627,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         let entries = entries
             .iter()
             .map(|(key, value)| {
+                self.shared.flights.supersede(key);
                 let stored = self.encode(value, ttl)?;
                 Ok((key.clone(), stored, ttl, self.tags_of(key, value)))
             })
@@ -654,6 +659,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         key: &Key,
     ) -> Result<bool, CacheError> {
         self.check_open()?;
+        self.shared.flights.supersede(key);
         self.observed(Operation::Delete, strategy, async {
             Ok(self.shared.store.delete(key).await?)
         })
@@ -683,6 +689,9 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         keys: &[Key],
     ) -> Result<u64, CacheError> {
         self.check_open()?;
+        for key in keys {
+            self.shared.flights.supersede(key);
+        }
         self.observed(Operation::DeleteMany, strategy, async {
             Ok(self.shared.store.delete_many(keys).await?)
         })
@@ -716,6 +725,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         pattern: &Pattern,
     ) -> Result<u64, CacheError> {
         self.check_open()?;
+        self.shared.flights.supersede_all();
         self.observed(Operation::DeletePattern, strategy, async {
             Ok(self.shared.store.delete_pattern(pattern).await?)
         })
@@ -743,249 +753,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         .await
     }
 
-    /// Cache-aside, imperatively: the cached value of `key`, or the value `loader` produces,
-    /// which is then cached for `ttl`.
-    ///
-    /// - Concurrent calls for one key while it loads share **one** call of a loader (the
-    ///   first caller's); the others wait for its value or its error, so the error type is
-    ///   `Clone` (wrap non-cloneable errors in an `Arc`).
-    /// - The load runs on its own Tokio task: a caller that is cancelled does not cancel
-    ///   it, and the value is still cached for the next caller.
-    /// - A store that fails, times out or holds an undecodable value counts as a miss; a
-    ///   value that cannot be cached (too large, store down) is still returned. Only the
-    ///   loader's error is an error.
-    ///
-    /// # Panics
-    ///
-    /// When the loader panics, every caller waiting for it panics too.
-    ///
-    /// ```
-    /// # use std::{sync::atomic::{AtomicU32, Ordering}, sync::Arc};
-    /// # use tower_caching::{key::Key, Cache};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let cache: Cache<String> = Cache::in_memory();
-    /// let key = Key::new("config:default")?;
-    /// let loads = Arc::new(AtomicU32::new(0));
-    /// for _ in 0..3 {
-    ///     let loads = loads.clone();
-    ///     let value = cache.get_or_load(&key, None, move || async move {
-    ///         loads.fetch_add(1, Ordering::SeqCst);
-    ///         Ok::<_, String>("from the database".to_string())
-    ///     }).await?;
-    ///     assert_eq!(value, "from the database");
-    /// }
-    /// assert_eq!(loads.load(Ordering::SeqCst), 1);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn get_or_load<F, Fut, E>(
-        &self,
-        key: &Key,
-        ttl: Option<Duration>,
-        loader: F,
-    ) -> Result<V, E>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-    {
-        let strategy = Strategy::CacheAside;
-        let mut store_healthy = true;
-        match self
-            .observed(Operation::Get, strategy, self.lookup(key))
-            .await
-        {
-            Ok(Some(hit)) => {
-                self.observer().hit(strategy);
-                return Ok(hit.value);
-            }
-            Ok(None) => {}
-            Err(error) => {
-                // A failing store is not written to after the load: one timeout is enough.
-                store_healthy = !matches!(error, CacheError::Store(_));
-                tracing::warn!(key = %KeyDigest(key), %error, "cache lookup failed, loading")
-            }
-        }
-        if let Some(value) = self.pending_value(key) {
-            self.observer().hit(strategy);
-            return Ok(value);
-        }
-        self.observer().miss(strategy);
-        if let Some(batch) = self.flights().join_batch::<V, E>(key) {
-            self.observer().coalesced(strategy);
-            if let Some(value) = unwrap_outcome(batch.await)? {
-                return Ok(value);
-            }
-        }
-        let load = loader();
-        let (load, started) =
-            self.load_coalesced(strategy, key, move |_| store_healthy.then_some(ttl), load);
-        if !started {
-            self.observer().coalesced(strategy);
-        }
-        unwrap_outcome(load.await)
-    }
-
-    /// Bulk cache-aside: the values of `keys`, in order, with the hits fetched in one round
-    /// trip and **all** the misses loaded by one call of `loader`, which returns the values
-    /// it found by key (a key it leaves out is `None` here, and not cached). The loaded
-    /// values are cached for `ttl` in one round trip.
-    ///
-    /// Keys already being loaded — by [`get_or_load`](Cache::get_or_load), a read layer or
-    /// another batch — are not loaded again: this call waits for those loads. A
-    /// [`get_or_load`](Cache::get_or_load) of a key this batch is loading waits for the
-    /// batch in turn. Store failures are misses, as in `get_or_load`.
-    ///
-    /// ```
-    /// # use std::collections::HashMap;
-    /// # use tower_caching::{key::KeyBuilder, Cache};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let cache: Cache<String> = Cache::in_memory();
-    /// let keys = KeyBuilder::new();
-    /// cache.set(&keys.entry("1"), &"cached".to_string(), None).await?;
-    ///
-    /// let wanted = [keys.entry("1"), keys.entry("2"), keys.entry("3")];
-    /// let values = cache
-    ///     .get_many_or_load(&wanted, None, |missing| async move {
-    ///         assert_eq!(missing.len(), 2); // entry:2 and entry:3, in one call
-    ///         let found: HashMap<_, _> =
-    ///             missing.into_iter().filter(|k| k.as_str() == "entry:2").map(|k| (k, "loaded".to_string())).collect();
-    ///         Ok::<_, String>(found)
-    ///     })
-    ///     .await?;
-    /// assert_eq!(values, vec![Some("cached".into()), Some("loaded".into()), None]);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn get_many_or_load<F, Fut, E>(
-        &self,
-        keys: &[Key],
-        ttl: Option<Duration>,
-        loader: F,
-    ) -> Result<Vec<Option<V>>, E>
-    where
-        F: FnOnce(Vec<Key>) -> Fut,
-        Fut: Future<Output = Result<std::collections::HashMap<Key, V>, E>> + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-    {
-        let mut values: Vec<Option<V>> = match self.get_many(keys).await {
-            Ok(values) => values,
-            Err(error) => {
-                tracing::warn!(keys = keys.len(), %error, "cache lookup failed, loading");
-                vec![None; keys.len()]
-            }
-        };
-        for value in &values {
-            match value {
-                Some(_) => self.observer().hit(Strategy::CacheAside),
-                None => self.observer().miss(Strategy::CacheAside),
-            }
-        }
-        let misses: Vec<Key> = keys
-            .iter()
-            .zip(&values)
-            .filter(|(_, value)| value.is_none())
-            .map(|(key, _)| key.clone())
-            .collect();
-        if misses.is_empty() {
-            return Ok(values);
-        }
-        let cache = self.clone();
-        let start = move |missing: Vec<Key>, id: u64| {
-            let load = loader(missing.clone());
-            async move {
-                let result = load.await.map(Arc::new);
-                if let Ok(found) = &result {
-                    cache.store_many_best_effort(found, ttl).await;
-                }
-                for key in &missing {
-                    cache.flights().finish(key, id);
-                }
-                result
-            }
-        };
-        let joined = self.flights().join_or_start_many::<V, E, _>(&misses, start);
-        let mut loaded = Vec::with_capacity(joined.len());
-        for wait in joined {
-            loaded.push(match wait {
-                Joined::Single(load) => {
-                    self.observer().coalesced(Strategy::CacheAside);
-                    Some(unwrap_outcome(load.await)?)
-                }
-                Joined::Batch(load) => unwrap_outcome(load.await)?,
-            });
-        }
-        let mut loaded = loaded.into_iter();
-        for value in values.iter_mut().filter(|value| value.is_none()) {
-            *value = loaded.next().flatten();
-        }
-        Ok(values)
-    }
-
-    /// Caches `values` in one round trip, logging instead of failing.
-    async fn store_many_best_effort(
-        &self,
-        values: &std::collections::HashMap<Key, V>,
-        ttl: Option<Duration>,
-    ) {
-        if self.is_closed() || values.is_empty() {
-            return;
-        }
-        let entries: Vec<_> = values
-            .iter()
-            .filter_map(|(key, value)| match self.encode(value, ttl) {
-                Ok(stored) => Some((key.clone(), stored, ttl, self.tags_of(key, value))),
-                Err(error) => {
-                    self.observer().error(Operation::SetMany, error.kind());
-                    tracing::warn!(key = %KeyDigest(key), %error, "value not cached");
-                    None
-                }
-            })
-            .collect();
-        let stored = self
-            .observed(Operation::SetMany, Strategy::CacheAside, async {
-                Ok(self.put_many(entries).await?)
-            })
-            .await;
-        if let Err(error) = stored {
-            tracing::warn!(keys = values.len(), %error, "values not cached");
-        }
-    }
-
-    /// Starts `load` as the one load of `key`, or joins the one in flight (then `false`),
-    /// caching the loaded value for `ttl(&value)` when that is `Some` (best effort).
-    pub(crate) fn load_coalesced<Fut, E>(
-        &self,
-        strategy: Strategy,
-        key: &Key,
-        ttl: impl FnOnce(&V) -> Option<Option<Duration>> + Send + 'static,
-        load: Fut,
-    ) -> (SharedLoad<V, E>, bool)
-    where
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-    {
-        let cache = self.clone();
-        let owned_key = key.clone();
-        self.flights().join_or_start(key, move |id| async move {
-            let result = load.await;
-            if let Ok(value) = &result {
-                if let Some(ttl) = ttl(value) {
-                    cache
-                        .store_best_effort(strategy, &owned_key, value, ttl)
-                        .await;
-                }
-            }
-            cache.flights().finish(&owned_key, id);
-            result
-        })
-    }
-
     /// Caches `value` fresh for `fresh`, kept `grace` longer for fail-safe, recording how long
-    /// its load took (for XFetch); logs instead of failing.
-    pub(crate) async fn store_entry(
+    /// its load took (for XFetch) — unless `lease` is void: the key was written or
+    /// invalidated since the load began. Whether it stored; logs instead of failing.
+    pub(crate) async fn store_leased(
         &self,
         strategy: Strategy,
         key: &Key,
@@ -993,13 +764,14 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         fresh: Option<Duration>,
         grace: Duration,
         load: Duration,
-    ) {
-        if self.is_closed() {
-            return;
+        lease: &Lease,
+    ) -> bool {
+        if self.is_closed() || !lease.is_current() {
+            return false;
         }
         let mut header = Header::new(fresh);
         header.load_ms = u32::try_from(load.as_millis()).unwrap_or(u32::MAX);
-        let keep = fresh.map(|fresh| fresh + grace);
+        let keep = fresh.map(|fresh| fresh.saturating_add(grace));
         let stored = self
             .observed(Operation::Set, strategy, async {
                 let stored = self.encode_with(value, header)?;
@@ -1010,7 +782,15 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             .await;
         if let Err(error) = stored {
             tracing::warn!(key = %KeyDigest(key), %error, "value not cached");
+            return false;
         }
+        if !lease.is_current() {
+            // A write of the key raced this store and may have landed before it: take the
+            // value out again, so that the next read loads what the write wrote.
+            let _ = self.shared.store.delete(key).await;
+            return false;
+        }
+        true
     }
 
     /// Stores `value` under `key` — or, when there is no value or it cannot be stored, deletes
@@ -1024,6 +804,8 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         value: Option<&V>,
         ttl: Option<Duration>,
     ) {
+        // A load of the key in flight may have read the row this write replaced.
+        self.shared.flights.supersede(key);
         let encoded = value.map(|value| (self.encode(value, ttl), self.tags_of(key, value)));
         let value = encoded.is_some();
         let stored = match encoded {
@@ -1053,23 +835,6 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             tokio::spawn(invalidate);
         } else {
             invalidate.await;
-        }
-    }
-
-    /// Caches `value`, logging instead of failing: for paths where caching is an
-    /// optimisation.
-    pub(crate) async fn store_best_effort(
-        &self,
-        strategy: Strategy,
-        key: &Key,
-        value: &V,
-        ttl: Option<Duration>,
-    ) {
-        if self.is_closed() {
-            return;
-        }
-        if let Err(error) = self.set_as(strategy, key, value, ttl).await {
-            tracing::warn!(key = %KeyDigest(key), %error, "value not cached");
         }
     }
 
@@ -1150,7 +915,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
 
 /// Decodes a framed value, from its attached decoded form when the store kept one.
 fn decode<V: Cacheable, C: Codec>(codec: &C, stored: &StoreValue) -> Result<Hit<V>, CacheError> {
-    let (header, payload) = frame::split(stored.bytes())?;
+    let (header, payload) = frame::split(stored.bytes()).map_err(CacheError::from)?;
     if let Some(value) = stored.decoded().and_then(|d| d.downcast_ref::<V>()) {
         return Ok(Hit {
             value: value.clone(),
@@ -1167,8 +932,22 @@ fn decode<V: Cacheable, C: Codec>(codec: &C, stored: &StoreValue) -> Result<Hit<
 pub(crate) struct Lookup<V, S: Store, C> {
     #[pin]
     get: Option<S::GetFuture>,
+    /// Why there is no get: the cache is closed (`true`), or the lookup is skipped.
+    closed: bool,
     codec: C,
     _value: PhantomData<fn() -> V>,
+}
+
+impl<V, S: Store, C> Lookup<V, S, C> {
+    /// A lookup that finds nothing without asking the store.
+    pub(crate) fn skipped(codec: C) -> Self {
+        Lookup {
+            get: None,
+            closed: false,
+            codec,
+            _value: PhantomData,
+        }
+    }
 }
 
 impl<V: Cacheable, S: Store, C: Codec> Future for Lookup<V, S, C> {
@@ -1177,7 +956,11 @@ impl<V: Cacheable, S: Store, C: Codec> Future for Lookup<V, S, C> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Some(get) = this.get.as_pin_mut() else {
-            return Poll::Ready(Err(CacheError::Closed));
+            return Poll::Ready(if *this.closed {
+                Err(CacheError::Closed)
+            } else {
+                Ok(None)
+            });
         };
         let stored = match std::task::ready!(get.poll(cx)) {
             Ok(Some(stored)) => stored,
@@ -1185,72 +968,5 @@ impl<V: Cacheable, S: Store, C: Codec> Future for Lookup<V, S, C> {
             Err(error) => return Poll::Ready(Err(error.into())),
         };
         Poll::Ready(decode(this.codec, &stored).map(Some))
-    }
-}
-
-/// A cache operation failed.
-///
-/// ```
-/// use tower_caching::{key::Key, Cache, CacheError};
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let cache: Cache<String> = tower_caching::Cache::builder(tower_caching::MemoryStore::new())
-///     .max_value_size(8)
-///     .build();
-/// let error = cache.set(&Key::new("k")?, &"far too long".to_string(), None).await.unwrap_err();
-/// assert!(matches!(error, CacheError::ValueTooLarge { max: 8, .. }));
-/// assert_eq!(error.kind(), "too_large");
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CacheError {
-    /// A key did not validate.
-    #[error(transparent)]
-    InvalidKey(#[from] KeyError),
-    /// The store failed, timed out or could not be reached.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A value could not be encoded.
-    #[error("cannot encode the value")]
-    Encode(#[source] CodecError),
-    /// A stored value could not be decoded as the cache's value type.
-    #[error("cannot decode the cached value")]
-    Decode(#[source] CodecError),
-    /// A stored value is not a frame this crate wrote.
-    #[error("corrupt cached value: {reason}")]
-    Corrupt {
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// An encoded value is larger than the cache's limit.
-    #[error("encoded value is {size} bytes, the limit is {max}")]
-    ValueTooLarge {
-        /// The encoded size.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The cache was closed.
-    #[error("the cache is closed")]
-    Closed,
-}
-
-impl CacheError {
-    /// A short stable name for metrics labels.
-    ///
-    /// ```
-    /// assert_eq!(tower_caching::CacheError::Closed.kind(), "closed");
-    /// ```
-    pub fn kind(&self) -> &'static str {
-        match self {
-            CacheError::InvalidKey(_) => "invalid_key",
-            CacheError::Store(error) => error.kind(),
-            CacheError::Encode(_) => "encode",
-            CacheError::Decode(_) | CacheError::Corrupt { .. } => "decode",
-            CacheError::ValueTooLarge { .. } => "too_large",
-            CacheError::Closed => "closed",
-        }
     }
 }

@@ -44,11 +44,12 @@ use tower_service::Service;
 
 use super::body::passthrough;
 use super::{CacheBody, CachedResponse};
-use crate::cache::frame::now_ms;
 use crate::cache::Cache;
 use crate::codec::{Codec, Json};
+use crate::engine::{Load, Loaded, Outcome, ReadContext, ReadFuture, ReadPolicy};
+use crate::frame::now_ms;
 use crate::key::{IntoKey, Key, KeyBuilder};
-use crate::metrics::{KeyDigest, Operation, Strategy};
+use crate::metrics::Strategy;
 use crate::store::{MemoryStore, Store};
 use crate::BoxError;
 
@@ -331,6 +332,7 @@ where
     Svc:
         Service<Request<CacheBody<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
     Svc::Future: Send + 'static,
+    Svc::Error: Send + Sync + 'static,
     ReqBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ReqBody::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -373,24 +375,101 @@ where
             let Some(key) = key else {
                 return Ok(inner.call(request).await?.map(CacheBody::stream));
             };
-            let observer = settings.cache.observer();
-            let started = observer.start();
-            let found = settings.cache.lookup(&key).await;
-            observer.finish(Operation::Get, Strategy::CacheAside, started);
-            match found {
-                Ok(Some(hit)) => {
-                    observer.hit(Strategy::CacheAside);
+            let load = GrpcLoad { inner, request };
+            Ok(match ReadFuture::new(settings.clone(), key, load).await {
+                Outcome::Hit(hit) | Outcome::Stale(hit) => {
                     let age = now_ms().saturating_sub(hit.header.stored_at_ms) / 1000;
-                    return Ok(replay_response(hit.value, "HIT", Some(age)));
+                    replay_response(hit.value, "HIT", Some(age))
                 }
-                Ok(None) => {}
+                Outcome::Pending(cached) => replay_response(cached, "HIT", None),
+                Outcome::Loaded(cached) => replay_response(cached, "MISS", None),
+                Outcome::Private(own) => own?,
+                Outcome::Unshared(GrpcLoad { mut inner, request }) => {
+                    inner.call(request).await?.map(CacheBody::stream)
+                }
+                Outcome::Failed(never) => match *never {},
+                Outcome::Panicked => panicked(),
+            })
+        })
+    }
+}
+
+/// A `grpc-status: 13` (internal) answer, for a call whose handler panicked.
+fn panicked<B>() -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::full(Bytes::new()));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static("13"));
+    headers.insert(
+        "grpc-message",
+        HeaderValue::from_static("the%20handler%20panicked"),
+    );
+    response
+}
+
+impl<St: Store, C: Codec> ReadContext for Arc<GrpcSettings<St, C>> {
+    type Value = CachedResponse;
+    type Store = St;
+    type Codec = C;
+
+    fn cache(&self) -> &Cache<CachedResponse, St, C> {
+        &self.cache
+    }
+
+    fn policy(&self) -> &ReadPolicy {
+        const POLICY: ReadPolicy = ReadPolicy::plain(Strategy::CacheAside);
+        &POLICY
+    }
+}
+
+/// The gRPC layer's load: the inner service called with the request. A call whose status is
+/// OK is stored and shared; any other answer, and an error, is the caller's alone.
+struct GrpcLoad<Svc, B> {
+    inner: Svc,
+    request: Request<CacheBody<B>>,
+}
+
+impl<Svc, ReqBody, ResBody, St, C> Load<Arc<GrpcSettings<St, C>>> for GrpcLoad<Svc, ReqBody>
+where
+    Svc:
+        Service<Request<CacheBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    Svc::Future: Send + 'static,
+    Svc::Error: Send + Sync + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    St: Store,
+    C: Codec,
+{
+    type Private = Result<Response<CacheBody<ResBody>>, Svc::Error>;
+    type Error = std::convert::Infallible;
+
+    fn load(
+        self,
+        settings: Arc<GrpcSettings<St, C>>,
+        _: Key,
+    ) -> impl Future<Output = Result<Loaded<CachedResponse, Self::Private>, Self::Error>>
+           + Send
+           + 'static {
+        let GrpcLoad { mut inner, request } = self;
+        async move {
+            let private = |response, failed| {
+                Ok(Loaded::Private {
+                    private: Ok(response),
+                    failed,
+                })
+            };
+            let (parts, body) = match inner.call(request).await {
+                Ok(response) => response.into_parts(),
                 Err(error) => {
-                    observer.error(Operation::Get, error.kind());
-                    tracing::warn!(key = %KeyDigest(&key), %error, "cache lookup failed, calling");
+                    return Ok(Loaded::Private {
+                        private: Err(error),
+                        failed: true,
+                    })
                 }
-            }
-            observer.miss(Strategy::CacheAside);
-            let (parts, body) = inner.call(request).await?.into_parts();
+            };
             let mut frames = VecDeque::new();
             let mut data = BytesMut::new();
             let mut trailers = None;
@@ -406,14 +485,13 @@ where
                         }
                         frames.push_back(frame);
                         if data.len() > settings.max_response_size {
-                            return Ok(Response::from_parts(
-                                parts,
-                                CacheBody::resume(frames, Some(body)),
-                            ));
+                            let rest = CacheBody::resume(frames, Some(body));
+                            return private(Response::from_parts(parts, rest), false);
                         }
                     }
                     Some(Err(_)) => {
-                        return Ok(Response::from_parts(parts, CacheBody::resume(frames, None)));
+                        let rest = CacheBody::resume(frames, None);
+                        return private(Response::from_parts(parts, rest), true);
                     }
                 }
             }
@@ -421,17 +499,17 @@ where
             let ok = trailers
                 .as_ref()
                 .map_or_else(|| grpc_ok(&parts.headers), grpc_ok);
-            if ok && parts.status == http::StatusCode::OK {
-                let mut cached =
-                    CachedResponse::from_parts(200, pairs(&parts.headers), data.freeze());
-                cached.trailers = trailers.as_ref().map(pairs).unwrap_or_default();
-                settings
-                    .cache
-                    .store_best_effort(Strategy::CacheAside, &key, &cached, Some(settings.ttl))
-                    .await;
+            if !(ok && parts.status == http::StatusCode::OK) {
+                let rest = CacheBody::resume(frames, None);
+                return private(Response::from_parts(parts, rest), false);
             }
-            Ok(Response::from_parts(parts, CacheBody::resume(frames, None)))
-        })
+            let mut cached = CachedResponse::from_parts(200, pairs(&parts.headers), data.freeze());
+            cached.trailers = trailers.as_ref().map(pairs).unwrap_or_default();
+            Ok(Loaded::Shared {
+                value: cached,
+                admission: Some(Some(settings.ttl)),
+            })
+        }
     }
 }
 

@@ -11,18 +11,18 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use tokio::sync::oneshot;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::{passthrough, CacheBody};
 use super::key::{HttpKey, RequestKey};
 use super::CachedResponse;
-use crate::cache::frame::now_ms;
-use crate::cache::{unwrap_outcome, Cache};
+use crate::cache::Cache;
 use crate::codec::{Codec, Json};
+use crate::engine::{FailSafe, Load, Loaded, Outcome, ReadContext, ReadFuture, ReadPolicy};
+use crate::frame::now_ms;
 use crate::key::Key;
-use crate::metrics::{KeyDigest, Operation, Strategy};
+use crate::metrics::{Operation, Strategy};
 use crate::store::{MemoryStore, Store};
 use crate::ttl::{FixedTtl, TtlPolicy};
 use crate::BoxError;
@@ -76,8 +76,7 @@ struct Settings<St, C, K, T> {
     max_body_size: usize,
     cache_header: Option<HeaderName>,
     forward_headers: Vec<HeaderName>,
-    refresh_ahead: Option<f64>,
-    fail_safe: Option<(Duration, Duration)>,
+    policy: ReadPolicy,
 }
 
 impl<St, C, K, T> Clone for HttpCacheLayer<St, C, K, T> {
@@ -101,8 +100,7 @@ impl<St, C, K: Clone, T: Clone> Clone for Settings<St, C, K, T> {
                 max_body_size: s.max_body_size,
                 cache_header: s.cache_header.clone(),
                 forward_headers: s.forward_headers.clone(),
-                refresh_ahead: s.refresh_ahead,
-                fail_safe: s.fail_safe,
+                policy: s.policy,
             }
         }
     }
@@ -141,8 +139,7 @@ impl<St, C> HttpCacheLayer<St, C> {
                 max_body_size: 1 << 20,
                 cache_header: Some(HeaderName::from_static("x-cache")),
                 forward_headers: Vec::new(),
-                refresh_ahead: None,
-                fail_safe: None,
+                policy: ReadPolicy::plain(Strategy::CacheAside),
             }),
         }
     }
@@ -177,8 +174,7 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
                 max_body_size: s.max_body_size,
                 cache_header: s.cache_header,
                 forward_headers: s.forward_headers,
-                refresh_ahead: s.refresh_ahead,
-                fail_safe: s.fail_safe,
+                policy: s.policy,
             }),
         }
     }
@@ -206,8 +202,7 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
                 max_body_size: s.max_body_size,
                 cache_header: s.cache_header,
                 forward_headers: s.forward_headers,
-                refresh_ahead: s.refresh_ahead,
-                fail_safe: s.fail_safe,
+                policy: s.policy,
             }),
         }
     }
@@ -275,7 +270,10 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
         } else {
             0.0
         };
-        self.update(|s| s.refresh_ahead = Some(fraction))
+        self.update(|s| {
+            s.policy.refresh_ahead = Some(fraction);
+            s.policy.strategy = Strategy::ReadThrough;
+        })
     }
 
     /// Fail-safe: responses are kept `grace` past their TTL, and when the reload of a stale
@@ -284,7 +282,7 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
     /// before the inner service is asked again. See
     /// [`refresh_ahead`](HttpCacheLayer::refresh_ahead) for an example.
     pub fn fail_safe(self, grace: Duration, throttle: Duration) -> Self {
-        self.update(|s| s.fail_safe = Some((grace, throttle)))
+        self.update(|s| s.policy.fail_safe = Some(FailSafe { grace, throttle }))
     }
 
     /// Leaves out the `HIT`/`MISS` header.
@@ -388,15 +386,6 @@ impl<Svc: fmt::Debug, St, C, K, T> fmt::Debug for HttpCache<Svc, St, C, K, T> {
 pub type ResponseFuture<B, E> =
     Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
 
-/// What one load of a key gives the requests that waited for it.
-#[derive(Clone)]
-enum Shareable {
-    /// The response was stored: everyone may be served it.
-    Stored(CachedResponse),
-    /// It was not: only the request that caused it gets it. `failed`: it was a 5xx.
-    Private { failed: bool },
-}
-
 fn has_token(value: &HeaderValue, tokens: &[&str]) -> bool {
     value.to_str().is_ok_and(|value| {
         value.split(',').any(|directive| {
@@ -472,7 +461,7 @@ impl<Svc, ReqBody, ResBody, St, C, K, T> Service<Request<ReqBody>> for HttpCache
 where
     Svc: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     Svc::Future: Send + 'static,
-    Svc::Error: Clone + Send + Sync + 'static,
+    Svc::Error: Send + Sync + 'static,
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
@@ -526,6 +515,76 @@ where
     }
 }
 
+impl<St, C, K, T> ReadContext for Arc<Settings<St, C, K, T>>
+where
+    St: Store,
+    C: Codec,
+    K: Send + Sync + 'static,
+    T: Send + Sync + 'static,
+{
+    type Value = CachedResponse;
+    type Store = St;
+    type Codec = C;
+
+    fn cache(&self) -> &Cache<CachedResponse, St, C> {
+        &self.cache
+    }
+
+    fn policy(&self) -> &ReadPolicy {
+        &self.policy
+    }
+}
+
+/// The HTTP layer's load: the inner service called with the request. A response that is
+/// stored is shared with every request that waited; any other — and an error — is the
+/// leader's alone.
+struct HttpLoad<Svc, ReqBody> {
+    inner: Svc,
+    request: Request<ReqBody>,
+}
+
+/// The leader's own answer, when it is not shared.
+type Own<ResBody, E> = Result<Response<CacheBody<ResBody>>, E>;
+
+impl<Svc, ReqBody, ResBody, St, C, K, T> Load<Arc<Settings<St, C, K, T>>> for HttpLoad<Svc, ReqBody>
+where
+    Svc: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    Svc::Future: Send + 'static,
+    Svc::Error: Send + Sync + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+    St: Store,
+    C: Codec,
+    K: RequestKey<ReqBody> + Send + Sync + 'static,
+    T: TtlPolicy<CachedResponse> + Send + Sync + 'static,
+{
+    type Private = Own<ResBody, Svc::Error>;
+    type Error = std::convert::Infallible;
+
+    fn load(
+        self,
+        settings: Arc<Settings<St, C, K, T>>,
+        key: Key,
+    ) -> impl Future<Output = Result<Loaded<CachedResponse, Self::Private>, Self::Error>>
+           + Send
+           + 'static {
+        let HttpLoad { mut inner, request } = self;
+        async move {
+            let response = match inner.call(request).await {
+                Ok(response) => response,
+                Err(error) => {
+                    return Ok(Loaded::Private {
+                        private: Err(error),
+                        failed: true,
+                    })
+                }
+            };
+            Ok(load(&settings, &key, response).await)
+        }
+    }
+}
+
 async fn serve<Svc, ReqBody, ResBody, St, C, K, T>(
     settings: Arc<Settings<St, C, K, T>>,
     inner: Svc,
@@ -536,7 +595,7 @@ async fn serve<Svc, ReqBody, ResBody, St, C, K, T>(
 where
     Svc: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     Svc::Future: Send + 'static,
-    Svc::Error: Clone + Send + Sync + 'static,
+    Svc::Error: Send + Sync + 'static,
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
@@ -545,201 +604,75 @@ where
     K: RequestKey<ReqBody> + Send + Sync + 'static,
     T: TtlPolicy<CachedResponse> + Send + Sync + 'static,
 {
-    let cache = &settings.cache;
-    let observer = cache.observer();
-    let mut stale = None;
-    let mut store_healthy = true;
-    let strategy = if settings.refresh_ahead.is_some() {
-        Strategy::ReadThrough
+    let load = HttpLoad { inner, request };
+    let read = if lookup {
+        ReadFuture::new(settings.clone(), key, load)
     } else {
-        Strategy::CacheAside
+        // `Cache-Control: no-cache`: not served from the cache, but refreshed (coalesced).
+        ReadFuture::reload(settings.clone(), key, load)
     };
-    if lookup {
-        let started = observer.start();
-        let found = cache.lookup(&key).await;
-        observer.finish(Operation::Get, strategy, started);
-        let now = now_ms();
-        let found = match found {
-            Ok(Some(hit)) if settings.fail_safe.is_some() && hit.header.is_stale(now) => {
-                stale = Some(hit);
-                Ok(None)
-            }
-            found => found,
-        };
-        match found {
-            Ok(Some(hit)) => {
-                observer.hit(strategy);
-                if refresh_due(settings.refresh_ahead, &hit.header, now) {
-                    // Not awaited: the reload runs on its own task, once per key; its
-                    // response, if private, is dropped.
-                    let (load, unused) =
-                        start_load(&settings, &key, inner, request, oneshot::channel().0, true);
-                    drop(load);
-                    if unused.is_none() {
-                        observer.refresh(strategy);
-                    }
-                }
-                let age = now.saturating_sub(hit.header.stored_at_ms) / 1000;
-                return Ok(settings.respond(hit.value, "HIT", Some(age)));
-            }
-            Ok(None) => {}
-            Err(error) => {
-                observer.error(Operation::Get, error.kind());
-                // A failing store is not written to after the load: one timeout is enough.
-                store_healthy = !matches!(error, crate::CacheError::Store(_));
-                tracing::warn!(key = %KeyDigest(&key), %error, "cache lookup failed, loading");
-            }
+    let age = |header: &crate::frame::Header| now_ms().saturating_sub(header.stored_at_ms) / 1000;
+    Ok(match read.await {
+        Outcome::Hit(hit) => {
+            let age = age(&hit.header);
+            settings.respond(hit.value, "HIT", Some(age))
         }
-    }
-    observer.miss(strategy);
-
-    let (private_tx, private_rx) = oneshot::channel();
-    let (load, unused) = start_load(&settings, &key, inner, request, private_tx, store_healthy);
-    let outcome = unwrap_outcome(load.await);
-    let serve_stale = |stale: crate::cache::Hit<CachedResponse>| {
-        observer.stale_served(strategy);
-        let age = now_ms().saturating_sub(stale.header.stored_at_ms) / 1000;
-        settings.respond(stale.value, "STALE", Some(age))
-    };
-    let (shared, unused) = match (outcome, stale) {
-        (Ok(shared), stale) => ((shared, stale), unused),
-        (Err(_), Some(stale)) => return Ok(serve_stale(stale)),
-        (Err(error), None) => return Err(error),
-    };
-    match (shared, unused) {
-        ((Shareable::Stored(cached), _), _) => Ok(settings.respond(cached, "MISS", None)),
-        // The leader: its own response, handed over privately — unless it is a failure and a
-        // stale response can stand in for it.
-        ((Shareable::Private { .. }, stale), None) => match (private_rx.await, stale) {
-            (Ok(response), Some(stale)) if response.status().is_server_error() => {
-                let throttle = settings.fail_safe;
-                if let Some((grace, throttle)) = throttle {
-                    cache
-                        .store_entry(
-                            strategy,
-                            &key,
-                            &stale.value,
-                            Some(throttle),
-                            grace,
-                            Duration::ZERO,
-                        )
-                        .await;
-                }
-                Ok(serve_stale(stale))
-            }
-            (Ok(response), _) => Ok(response),
-            (Err(_), _) => unreachable!("the load sends the private response before it ends"),
-        },
-        // A failure elsewhere, and something stale to stand in for it.
-        ((Shareable::Private { failed: true }, Some(stale)), Some(_)) => Ok(serve_stale(stale)),
+        Outcome::Pending(cached) => settings.respond(cached, "HIT", None),
+        Outcome::Loaded(cached) => settings.respond(cached, "MISS", None),
+        Outcome::Stale(hit) => {
+            let age = age(&hit.header);
+            settings.respond(hit.value, "STALE", Some(age))
+        }
+        Outcome::Private(own) => own?,
         // Another request's private response is not ours to serve: ask the inner service.
-        ((Shareable::Private { .. }, _), Some((mut inner, request))) => {
-            observer.coalesced(strategy);
-            Ok(inner.call(request).await?.map(CacheBody::stream))
+        Outcome::Unshared(HttpLoad { mut inner, request }) => {
+            inner.call(request).await?.map(CacheBody::stream)
         }
-    }
+        Outcome::Failed(never) => match *never {},
+        Outcome::Panicked => {
+            let mut response = Response::new(CacheBody::full(Bytes::new()));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        }
+    })
 }
 
-/// Whether a hit is in its refresh-ahead window.
-fn refresh_due(fraction: Option<f64>, header: &crate::cache::frame::Header, now: u64) -> bool {
-    let (Some(fraction), Some(until)) = (fraction, header.fresh_until_ms) else {
-        return false;
-    };
-    let whole = until.saturating_sub(header.stored_at_ms) as f64;
-    until.saturating_sub(now) as f64 <= whole * fraction
-}
-
-type Started<ReqBody, Svc> = (
-    crate::cache::SharedLoad<Shareable, <Svc as Service<Request<ReqBody>>>::Error>,
-    Option<(Svc, Request<ReqBody>)>,
-);
-
-/// Starts the one load of `key` with `inner`, or joins the one in flight (then `inner` and
-/// `request` come back unused).
-fn start_load<Svc, ReqBody, ResBody, St, C, K, T>(
-    settings: &Arc<Settings<St, C, K, T>>,
-    key: &Key,
-    inner: Svc,
-    request: Request<ReqBody>,
-    private: oneshot::Sender<Response<CacheBody<ResBody>>>,
-    store_healthy: bool,
-) -> Started<ReqBody, Svc>
-where
-    Svc: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    Svc::Future: Send + 'static,
-    Svc::Error: Clone + Send + Sync + 'static,
-    ReqBody: Send + 'static,
-    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-    St: Store,
-    C: Codec,
-    K: RequestKey<ReqBody> + Send + Sync + 'static,
-    T: TtlPolicy<CachedResponse> + Send + Sync + 'static,
-{
-    let load_settings = settings.clone();
-    let load_key = key.clone();
-    settings.cache.flights().join_or_start_with(
-        key,
-        (inner, request),
-        move |id, (mut inner, request): (Svc, Request<ReqBody>)| async move {
-            let call = inner.call(request);
-            let outcome = load(&load_settings, &load_key, call, private, store_healthy).await;
-            load_settings.cache.flights().finish(&load_key, id);
-            outcome
-        },
-    )
-}
-
-/// Calls the inner service, then stores and shares the response, or hands it privately to
-/// the request that caused it.
-async fn load<Fut, ResBody, E, St, C, K, T, ReqBody>(
+/// Stores and shares the response when it may be, or hands it to the request that caused it.
+async fn load<ResBody, E, St, C, K, T, ReqBody>(
     settings: &Settings<St, C, K, T>,
     key: &Key,
-    call: Fut,
-    private: oneshot::Sender<Response<CacheBody<ResBody>>>,
-    store_healthy: bool,
-) -> Result<Shareable, E>
+    response: Response<ResBody>,
+) -> Loaded<CachedResponse, Own<ResBody, E>>
 where
-    Fut: Future<Output = Result<Response<ResBody>, E>>,
     ResBody: Body<Data = Bytes> + Unpin,
     St: Store,
     C: Codec,
     K: RequestKey<ReqBody>,
     T: TtlPolicy<CachedResponse>,
 {
-    let (parts, body) = call.await?.into_parts();
+    let (parts, body) = response.into_parts();
+    let failed = parts.status.is_server_error();
     let Some(ttl_cap) = settings.admits::<ReqBody>(&parts, &settings.key) else {
-        let failed = parts.status.is_server_error();
-        let _ = private.send(Response::from_parts(parts, CacheBody::stream(body)));
-        return Ok(Shareable::Private { failed });
+        return Loaded::Private {
+            private: Ok(Response::from_parts(parts, CacheBody::stream(body))),
+            failed,
+        };
     };
     match read_limited(body, settings.max_body_size).await {
         Read::Complete(bytes) => {
             let cached = CachedResponse::new(&parts, bytes);
             let ttl = ttl_cap.or_else(|| settings.ttl.ttl(key, &cached));
-            let grace = settings
-                .fail_safe
-                .map_or(Duration::ZERO, |(grace, _)| grace);
-            if store_healthy {
-                let cache = &settings.cache;
-                cache
-                    .store_entry(
-                        Strategy::CacheAside,
-                        key,
-                        &cached,
-                        ttl,
-                        grace,
-                        Duration::ZERO,
-                    )
-                    .await;
+            Loaded::Shared {
+                value: cached,
+                admission: Some(ttl),
             }
-            Ok(Shareable::Stored(cached))
         }
         Read::Partial(frames, rest) => {
             settings.cache.observer().error(Operation::Set, "too_large");
-            let failed = parts.status.is_server_error();
-            let _ = private.send(Response::from_parts(parts, CacheBody::resume(frames, rest)));
-            Ok(Shareable::Private { failed })
+            Loaded::Private {
+                private: Ok(Response::from_parts(parts, CacheBody::resume(frames, rest))),
+                failed,
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use redis::aio::ConnectionLike;
 use redis::RedisError;
 
 use super::{StoreError, StoreValue};
-use crate::cache::frame::millis;
+use crate::frame::millis;
 use crate::key::{Key, Tag};
 
 /// How many keys one `SCAN` step asks for, and so how many one `UNLINK` removes at most.

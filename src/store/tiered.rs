@@ -303,13 +303,13 @@ async fn subscribe(client: redis::Client, l1: MemoryStore, shared: std::sync::We
 /// ends sooner (from its frame header), so L1 never serves it past that. `None` when it is
 /// no longer fresh: stale values (kept for fail-safe) stay in L2 only.
 fn l1_ttl_of(value: &StoreValue, l1_ttl: Duration) -> Option<Duration> {
-    let Ok((header, _)) = crate::cache::frame::split(value.bytes()) else {
+    let Ok((header, _)) = crate::frame::split(value.bytes()) else {
         return Some(l1_ttl);
     };
     match header.fresh_until_ms {
         None => Some(l1_ttl),
         Some(until) => {
-            let left = until.checked_sub(crate::cache::frame::now_ms())?;
+            let left = until.checked_sub(crate::frame::now_ms())?;
             (left > 0).then(|| l1_ttl.min(Duration::from_millis(left)))
         }
     }

@@ -8,9 +8,16 @@
 //! # Guarantees
 //!
 //! - **Coalescing**: concurrent misses of one key make exactly one loader call; every
-//!   waiter gets its value or its error (so the loader's error type is `Clone`: wrap a
-//!   `BoxError` in an `Arc`). The load runs on its own task: a waiter that is cancelled
-//!   (client gone) never stalls the others, and the value is still cached.
+//!   waiter gets its value or its error, shared in an `Arc` ([`LoadError`]: the loader's
+//!   error type need not be `Clone`). The load runs on its own task: a waiter that is
+//!   cancelled (client gone) never stalls the others, and the value is still cached.
+//! - **Panics**: a loader (or key extractor, TTL policy, predicate) that panics fails the
+//!   requests that waited for that load with [`LoadError::Panicked`]; the next request for
+//!   the key loads again.
+//! - **Writes win**: a write or invalidation of a key (write-through, write-around,
+//!   write-behind, [`Cache::set`], [`Cache::delete`], …) while a load of it is in flight
+//!   keeps that load's value out of the cache: a load that read the old row never
+//!   overwrites the new one.
 //! - **Fall-open**: a store that fails, times out or holds undecodable bytes is a miss; a
 //!   value that cannot be cached (too large, store down) is still served.
 //! - **Decisions from the result**: [`cache_if`](crate::CacheLayer::cache_if) decides
@@ -18,6 +25,7 @@
 //! - **Negative caching**, off by default: a value that
 //!   [`not_found`](crate::CacheLayer::not_found) classifies as "not found" (e.g. `None`) is
 //!   cached only when [`negative_ttl`](crate::CacheLayer::negative_ttl) is set, for that TTL.
+//! - **Errors**: the service's error is [`LoadError`]`<E>` around the loader's error `E`.
 //! - **Consistency**: eventual. A value changed behind the cache's back is served until its
 //!   TTL ends; use write-through or write-around on the write path to shorten that.
 //! - **Read-through's refresh-ahead**: a hit in the last fraction of its TTL returns the
@@ -59,9 +67,13 @@ use std::time::Duration;
 
 use crate::cache::Cache;
 use crate::codec::Json;
+use crate::engine::{FailSafe, ReadPolicy};
 use crate::layer::CacheLayer;
+use crate::metrics::Strategy;
 use crate::store::MemoryStore;
 use crate::strategy::{Always, Never};
+#[cfg(doc)]
+use crate::LoadError;
 
 mod future;
 mod service;
@@ -75,19 +87,8 @@ pub struct Read<M, V, St = MemoryStore, C = Json, P = Always, N = Never> {
     pub(crate) cache_if: P,
     pub(crate) not_found: N,
     pub(crate) negative_ttl: Option<Duration>,
-    pub(crate) refresh_ahead: Option<f64>,
-    pub(crate) early_expiration: Option<f64>,
-    pub(crate) fail_safe: Option<FailSafe>,
-    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) policy: ReadPolicy,
     _mode: PhantomData<fn() -> M>,
-}
-
-/// Fail-safe settings: how long entries outlive their freshness, and how long a stale value
-/// served because the loader failed is served again before the loader is retried.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct FailSafe {
-    pub(crate) grace: Duration,
-    pub(crate) throttle: Duration,
 }
 
 /// Cache-aside: the cache sits beside the loader. See the [module docs](self).
@@ -121,6 +122,15 @@ impl ReadMode for ReadThroughMode {
     const STRATEGY: &'static str = "read_through";
 }
 
+/// The `strategy` label of a read mode.
+fn strategy<M: ReadMode>() -> Strategy {
+    if M::STRATEGY == ReadThroughMode::STRATEGY {
+        Strategy::ReadThrough
+    } else {
+        Strategy::CacheAside
+    }
+}
+
 mod sealed {
     pub trait Sealed {}
     impl Sealed for super::CacheAsideMode {}
@@ -134,10 +144,7 @@ impl<M, V, St, C, P: Clone, N: Clone> Clone for Read<M, V, St, C, P, N> {
             cache_if: self.cache_if.clone(),
             not_found: self.not_found.clone(),
             negative_ttl: self.negative_ttl,
-            refresh_ahead: self.refresh_ahead,
-            early_expiration: self.early_expiration,
-            fail_safe: self.fail_safe,
-            soft_timeout: self.soft_timeout,
+            policy: self.policy,
             _mode: PhantomData,
         }
     }
@@ -149,25 +156,19 @@ impl<M: ReadMode, V, St: fmt::Debug, C: fmt::Debug, P, N> fmt::Debug for Read<M,
             .field("strategy", &M::STRATEGY)
             .field("cache", &self.cache)
             .field("negative_ttl", &self.negative_ttl)
-            .field("refresh_ahead", &self.refresh_ahead)
-            .field("early_expiration", &self.early_expiration)
-            .field("fail_safe", &self.fail_safe)
-            .field("soft_timeout", &self.soft_timeout)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
 
-impl<M, V, St, C> Read<M, V, St, C> {
+impl<M: ReadMode, V, St, C> Read<M, V, St, C> {
     fn new(cache: Cache<V, St, C>) -> Self {
         Read {
             cache,
             cache_if: Always,
             not_found: Never,
             negative_ttl: None,
-            refresh_ahead: None,
-            early_expiration: None,
-            fail_safe: None,
-            soft_timeout: None,
+            policy: ReadPolicy::plain(strategy::<M>()),
             _mode: PhantomData,
         }
     }
@@ -245,10 +246,7 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
             cache_if: predicate,
             not_found: read.not_found,
             negative_ttl: read.negative_ttl,
-            refresh_ahead: read.refresh_ahead,
-            early_expiration: read.early_expiration,
-            fail_safe: read.fail_safe,
-            soft_timeout: read.soft_timeout,
+            policy: read.policy,
             _mode: PhantomData,
         })
     }
@@ -269,10 +267,7 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
             cache_if: read.cache_if,
             not_found: classifier,
             negative_ttl: read.negative_ttl,
-            refresh_ahead: read.refresh_ahead,
-            early_expiration: read.early_expiration,
-            fail_safe: read.fail_safe,
-            soft_timeout: read.soft_timeout,
+            policy: read.policy,
             _mode: PhantomData,
         })
     }
@@ -312,7 +307,7 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
     /// # let _ = layer;
     /// ```
     pub fn fail_safe(mut self, grace: Duration, throttle: Duration) -> Self {
-        self.strategy.fail_safe = Some(FailSafe { grace, throttle });
+        self.strategy.policy.fail_safe = Some(FailSafe { grace, throttle });
         self
     }
 
@@ -330,7 +325,7 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
     /// # let _ = layer;
     /// ```
     pub fn soft_timeout(mut self, timeout: Duration) -> Self {
-        self.strategy.soft_timeout = Some(timeout);
+        self.strategy.policy.soft_timeout = Some(timeout);
         self
     }
 }
@@ -347,7 +342,7 @@ impl<V, St, C, P, N, K, T> CacheLayer<ReadThrough<V, St, C, P, N>, K, T> {
     /// # let _ = layer;
     /// ```
     pub fn refresh_ahead(mut self, fraction: f64) -> Self {
-        self.strategy.refresh_ahead = Some(if fraction.is_finite() {
+        self.strategy.policy.refresh_ahead = Some(if fraction.is_finite() {
             fraction.clamp(0.0, 1.0)
         } else {
             0.0
@@ -368,7 +363,7 @@ impl<V, St, C, P, N, K, T> CacheLayer<ReadThrough<V, St, C, P, N>, K, T> {
     /// # let _ = layer;
     /// ```
     pub fn early_expiration(mut self, beta: f64) -> Self {
-        self.strategy.early_expiration = Some(if beta.is_finite() { beta.max(0.0) } else { 1.0 });
+        self.strategy.policy.early_expiration = Some(if beta.is_finite() { beta.max(0.0) } else { 1.0 });
         self
     }
 }

@@ -12,6 +12,7 @@ use crate::layer::CacheLayer;
 use crate::store::Store;
 use crate::strategy::Predicate;
 use crate::ttl::TtlPolicy;
+use crate::LoadError;
 
 crate::macros::strategy_service!(
     /// The service of a read strategy ([`CacheAside`](super::CacheAside) or
@@ -39,7 +40,7 @@ impl<Svc, Req, M, V, St, C, P, N, K, T> Service<Req>
 where
     Svc: Service<Req, Response = V> + Clone + Send + 'static,
     Svc::Future: Send + 'static,
-    Svc::Error: Clone + Send + Sync + 'static,
+    Svc::Error: Send + Sync + 'static,
     Req: Send + 'static,
     M: ReadMode,
     V: Cacheable,
@@ -51,12 +52,14 @@ where
     T: TtlPolicy<V> + Send + Sync + 'static,
 {
     type Response = V;
-    type Error = Svc::Error;
+    type Error = LoadError<Svc::Error>;
     type Future = ResponseFuture<Svc, Req, Read<M, V, St, C, P, N>, K, T>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner
+            .poll_ready(cx)
+            .map_err(|error| LoadError::Failed(std::sync::Arc::new(error)))
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
@@ -65,7 +68,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         match self.layer.key.key(&request) {
             Some(key) if !self.layer.strategy.cache.is_closed() => {
-                ResponseFuture::lookup(self.layer.clone(), key, inner, request)
+                ResponseFuture::read(self.layer.clone(), key, inner, request)
             }
             _ => {
                 let mut inner = inner;

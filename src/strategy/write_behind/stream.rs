@@ -20,7 +20,7 @@ use tower_service::Service;
 
 use super::service::WriteBehindService;
 use super::{DeadLetter, DeadLetterHook, Enqueue, Settings, WriteBehind, WriteQueue};
-use crate::cache::frame::millis;
+use crate::frame::millis;
 use crate::cache::{CacheError, Cacheable, PendingWrites};
 use crate::codec::Codec;
 use crate::key::{escape_part, Key};

@@ -15,15 +15,13 @@
 //! With fail-safe, an entry outlives its freshness: Redis or moka keep it for its TTL plus a
 //! grace period, and readers tell fresh from stale by "fresh until".
 //!
-//! ```text
-//! ```
+//! It sits below the stores and the cache, with the time helpers both use.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::CacheError;
-use crate::codec::Codec;
+use crate::codec::{Codec, CodecError};
 
 const MAGIC: u8 = 0xCA;
 const VERSION: u8 = 1;
@@ -41,6 +39,15 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A value that could not be framed, or bytes that are not a frame.
+#[derive(Debug)]
+pub(crate) enum FrameError {
+    /// The codec could not encode the value.
+    Encode(CodecError),
+    /// The bytes are not a frame this crate wrote.
+    Corrupt(&'static str),
 }
 
 /// `duration` in whole milliseconds, saturating.
@@ -69,7 +76,7 @@ pub(crate) fn encode<V: serde::Serialize, C: Codec>(
     codec: &C,
     header: Header,
     value: &V,
-) -> Result<Bytes, CacheError> {
+) -> Result<Bytes, FrameError> {
     let mut buf = Vec::with_capacity(HEADER_LEN + 128);
     buf.extend_from_slice(&[MAGIC, VERSION, 0]);
     buf.extend_from_slice(&header.stored_at_ms.to_le_bytes());
@@ -77,26 +84,20 @@ pub(crate) fn encode<V: serde::Serialize, C: Codec>(
     buf.extend_from_slice(&header.load_ms.to_le_bytes());
     codec
         .encode_into(value, &mut buf)
-        .map_err(CacheError::Encode)?;
+        .map_err(FrameError::Encode)?;
     Ok(Bytes::from(buf))
 }
 
 /// Splits a framed value into its header and payload.
-pub(crate) fn split(bytes: &[u8]) -> Result<(Header, &[u8]), CacheError> {
+pub(crate) fn split(bytes: &[u8]) -> Result<(Header, &[u8]), FrameError> {
     if bytes.len() < HEADER_LEN {
-        return Err(CacheError::Corrupt {
-            reason: "shorter than the frame header",
-        });
+        return Err(FrameError::Corrupt("shorter than the frame header"));
     }
     if bytes[0] != MAGIC {
-        return Err(CacheError::Corrupt {
-            reason: "not written by tower-caching (bad magic byte)",
-        });
+        return Err(FrameError::Corrupt("not written by tower-caching (bad magic byte)"));
     }
     if bytes[1] != VERSION {
-        return Err(CacheError::Corrupt {
-            reason: "written by an unknown format version",
-        });
+        return Err(FrameError::Corrupt("written by an unknown format version"));
     }
     let word = |at: usize| {
         let mut le = [0u8; 8];

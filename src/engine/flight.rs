@@ -1,0 +1,410 @@
+//! The loads in flight, one per key, and their leases.
+//!
+//! - **One load per key.** A miss joins the load of its key in flight, or starts it. The load
+//!   runs on its own Tokio task, so a waiter that is cancelled never stalls the others, and
+//!   no waiter depends on another caller's future being polled (moka#240 is that bug).
+//! - **Supervised.** A load is removed from the table by a guard that lives on its task, so a
+//!   load that panics, or whose task is aborted, is forgotten all the same: its waiters get
+//!   [`Landed::Panicked`] and the next miss starts a new load. A panic never wedges a key.
+//! - **Leases** (memcache's, Nishtala et al., NSDI 2013). Every load holds a [`Lease`]; a write
+//!   or invalidation of its key — or of many keys at once — voids it, and a load whose lease
+//!   is void does not store its value (it still answers its waiters). So a load that read the
+//!   old row never overwrites the value a write stored after it.
+//! - **Airtight coalescing.** Every stored load bumps [`Flights::landed`]. A lookup reads it
+//!   before asking the store; when its miss finds no load in flight but the count moved, a
+//!   load finished in between, and the caller looks again instead of loading a second time.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::future::{FutureExt, Shared};
+
+use crate::key::Key;
+
+/// What a load gives everyone who waited for it.
+pub(crate) enum Landed<V, E> {
+    /// A value every waiter may be given.
+    Value(V),
+    /// A result only its leader may see (an HTTP response that was not stored); `failed`: it
+    /// is a failure, for which a stale value may stand in.
+    Private { failed: bool },
+    /// A batch load that did not return this key.
+    Missing,
+    /// The loader's error, shared.
+    Failed(Arc<E>),
+    /// The load panicked or its task was aborted.
+    Panicked,
+}
+
+impl<V: Clone, E> Clone for Landed<V, E> {
+    fn clone(&self) -> Self {
+        match self {
+            Landed::Value(value) => Landed::Value(value.clone()),
+            Landed::Private { failed } => Landed::Private { failed: *failed },
+            Landed::Missing => Landed::Missing,
+            Landed::Failed(error) => Landed::Failed(error.clone()),
+            Landed::Panicked => Landed::Panicked,
+        }
+    }
+}
+
+/// A load in flight, as its waiters poll it.
+pub(crate) type SharedLoad<V, E> = Shared<Pin<Box<dyn Future<Output = Landed<V, E>> + Send>>>;
+
+/// The entry of a load in the table: its shared future, typed by value, error and the kind
+/// of private result, so that only loads of one kind join each other.
+struct Typed<V, E, P>(SharedLoad<V, E>, PhantomData<fn() -> P>);
+
+struct Flight {
+    id: u64,
+    lease: Arc<AtomicBool>,
+    load: Arc<dyn Any + Send + Sync>,
+}
+
+/// A load's right to store its value: void once its key was written or invalidated since
+/// the load began.
+#[derive(Clone, Debug)]
+pub(crate) struct Lease {
+    void: Arc<AtomicBool>,
+    epoch: u64,
+    inner: Arc<Inner>,
+}
+
+impl Lease {
+    /// Whether no write or invalidation of the key happened since the load began.
+    pub(crate) fn is_current(&self) -> bool {
+        !self.void.load(Ordering::Acquire) && self.inner.epoch.load(Ordering::Acquire) == self.epoch
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    loads: Mutex<HashMap<Key, FlightEntry>>,
+    next_id: AtomicU64,
+    landed: AtomicU64,
+    epoch: AtomicU64,
+}
+
+struct FlightEntry(Flight);
+
+impl std::fmt::Debug for FlightEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flight").field("id", &self.0.id).finish()
+    }
+}
+
+/// The table of loads in flight of one cache (and its typed views).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Flights {
+    inner: Arc<Inner>,
+}
+
+/// Removes a load from the table when dropped: at the end of its task, or while the task
+/// unwinds from a panic, or when the task is aborted.
+pub(crate) struct Landing {
+    inner: Arc<Inner>,
+    keys: Vec<Key>,
+    id: u64,
+    stored: bool,
+}
+
+impl Landing {
+    /// Records that the load stored a value: lookups that missed meanwhile look again.
+    pub(crate) fn stored(&mut self) {
+        self.stored = true;
+    }
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        if self.stored {
+            // Before the load leaves the table: whoever finds it gone also sees the count moved.
+            self.inner.landed.fetch_add(1, Ordering::AcqRel);
+        }
+        let mut loads = lock(&self.inner.loads);
+        for key in &self.keys {
+            if loads.get(key).is_some_and(|entry| entry.0.id == self.id) {
+                loads.remove(key);
+            }
+        }
+    }
+}
+
+/// What [`Flights::join_or_start`] did.
+pub(crate) enum Joined<V, E, L> {
+    /// Joined the load in flight; the loader comes back unused.
+    Joined(SharedLoad<V, E>, L),
+    /// Started the load with the loader.
+    Started(SharedLoad<V, E>),
+    /// No load in flight, but one landed since the lookup began: look again.
+    LookAgain(L),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `load` on its own task; its panic or abort is [`Landed::Panicked`] for the waiters.
+fn spawn_shared<V, E>(
+    load: impl Future<Output = Landed<V, E>> + Send + 'static,
+) -> SharedLoad<V, E>
+where
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    let task = tokio::spawn(load);
+    let load: Pin<Box<dyn Future<Output = Landed<V, E>> + Send>> =
+        Box::pin(task.map(|joined| joined.unwrap_or(Landed::Panicked)));
+    load.shared()
+}
+
+impl Flights {
+    /// How many loads stored their value so far; read it before a lookup.
+    #[inline]
+    pub(crate) fn landed(&self) -> u64 {
+        self.inner.landed.load(Ordering::Acquire)
+    }
+
+    /// Voids the lease of the load of `key` in flight, if any: `key` was written or
+    /// invalidated, so what that load read may be older.
+    pub(crate) fn supersede(&self, key: &Key) {
+        if let Some(entry) = lock(&self.inner.loads).get(key) {
+            entry.0.lease.store(true, Ordering::Release);
+        }
+    }
+
+    /// Voids every lease: many keys were invalidated at once (a pattern, a tag).
+    pub(crate) fn supersede_all(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Joins the load of `key` in flight, or starts one with `start(loader, lease, landing)`
+    /// on its own task. `seen`, the [`landed`](Flights::landed) count read before the
+    /// caller's lookup: when no load is in flight but the count moved since, the caller is
+    /// told to look again instead. `P` is the kind of private result the loader may have:
+    /// loads of different kinds never join each other.
+    pub(crate) fn join_or_start<V, E, P, L, F>(
+        &self,
+        key: &Key,
+        seen: Option<u64>,
+        loader: L,
+        start: impl FnOnce(L, Lease, Landing) -> F,
+    ) -> Joined<V, E, L>
+    where
+        V: Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        P: 'static,
+        F: Future<Output = Landed<V, E>> + Send + 'static,
+    {
+        let mut loads = lock(&self.inner.loads);
+        let registered = match loads.get(key) {
+            Some(entry) => match entry.0.load.downcast_ref::<Typed<V, E, P>>() {
+                Some(load) => return Joined::Joined(load.0.clone(), loader),
+                // Another kind of load (another view's type) has the key: this one runs
+                // beside it, unregistered.
+                None => false,
+            },
+            None => {
+                if seen.is_some_and(|seen| seen != self.landed()) {
+                    return Joined::LookAgain(loader);
+                }
+                true
+            }
+        };
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let void = Arc::new(AtomicBool::new(false));
+        let lease = Lease {
+            void: void.clone(),
+            epoch: self.inner.epoch.load(Ordering::Acquire),
+            inner: self.inner.clone(),
+        };
+        let landing = Landing {
+            inner: self.inner.clone(),
+            keys: if registered {
+                vec![key.clone()]
+            } else {
+                Vec::new()
+            },
+            id,
+            stored: false,
+        };
+        let load = spawn_shared(start(loader, lease, landing));
+        if registered {
+            let typed: Typed<V, E, P> = Typed(load.clone(), PhantomData);
+            loads.insert(
+                key.clone(),
+                FlightEntry(Flight {
+                    id,
+                    lease: void,
+                    load: Arc::new(typed),
+                }),
+            );
+        }
+        Joined::Started(load)
+    }
+
+    /// For each key, joins the load in flight of the same kind, and starts **one** load of
+    /// all the others with `start(keys, leases, landing)` (one lease per key, in order),
+    /// which yields each key's value.
+    pub(crate) fn join_or_start_many<V, E, P, F>(
+        &self,
+        keys: &[Key],
+        start: impl FnOnce(Vec<Key>, Vec<Lease>, Landing) -> F,
+    ) -> Vec<SharedLoad<V, E>>
+    where
+        V: Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        P: 'static,
+        F: Future<Output = Result<Arc<HashMap<Key, V>>, Landed<V, E>>> + Send + 'static,
+    {
+        let mut loads = lock(&self.inner.loads);
+        let mut joined: Vec<Option<SharedLoad<V, E>>> = keys
+            .iter()
+            .map(|key| {
+                let entry = loads.get(key)?;
+                entry
+                    .0
+                    .load
+                    .downcast_ref::<Typed<V, E, P>>()
+                    .map(|load| load.0.clone())
+            })
+            .collect();
+        // Keys held by another kind of load are loaded here too, unregistered.
+        let unjoined: Vec<(Key, bool)> = keys
+            .iter()
+            .zip(&joined)
+            .filter(|(_, joined)| joined.is_none())
+            .map(|(key, _)| (key.clone(), !loads.contains_key(key)))
+            .collect();
+        if unjoined.is_empty() {
+            return joined.into_iter().flatten().collect();
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.inner.epoch.load(Ordering::Acquire);
+        let voids: Vec<Arc<AtomicBool>> = unjoined
+            .iter()
+            .map(|_| Arc::new(AtomicBool::new(false)))
+            .collect();
+        let leases = voids
+            .iter()
+            .map(|void| Lease {
+                void: void.clone(),
+                epoch,
+                inner: self.inner.clone(),
+            })
+            .collect();
+        let landing = Landing {
+            inner: self.inner.clone(),
+            keys: unjoined
+                .iter()
+                .filter(|(_, register)| *register)
+                .map(|(key, _)| key.clone())
+                .collect(),
+            id,
+            stored: false,
+        };
+        let batch_keys = unjoined.iter().map(|(key, _)| key.clone()).collect();
+        let task = tokio::spawn(start(batch_keys, leases, landing));
+        let batch: Pin<
+            Box<dyn Future<Output = Result<Arc<HashMap<Key, V>>, Landed<V, E>>> + Send>,
+        > = Box::pin(task.map(|joined| joined.unwrap_or(Err(Landed::Panicked))));
+        let batch = batch.shared();
+        let mut unjoined = unjoined.into_iter().zip(voids);
+        for slot in joined.iter_mut().filter(|slot| slot.is_none()) {
+            let Some(((key, register), void)) = unjoined.next() else {
+                break;
+            };
+            let own_key = key.clone();
+            let share: Pin<Box<dyn Future<Output = Landed<V, E>> + Send>> =
+                Box::pin(batch.clone().map(move |outcome| match outcome {
+                    Ok(values) => values
+                        .get(&own_key)
+                        .cloned()
+                        .map_or(Landed::Missing, Landed::Value),
+                    Err(failed) => failed,
+                }));
+            let share = share.shared();
+            if register {
+                let typed: Typed<V, E, P> = Typed(share.clone(), PhantomData);
+                loads.insert(
+                    key,
+                    FlightEntry(Flight {
+                        id,
+                        lease: void,
+                        load: Arc::new(typed),
+                    }),
+                );
+            }
+            *slot = Some(share);
+        }
+        joined.into_iter().flatten().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Key {
+        Key::new(name).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_load_is_forgotten_and_its_waiters_told() {
+        let flights = Flights::default();
+        let joined = flights.join_or_start::<u8, (), (), _, _>(&key("k"), None, (), |(), _, landing| async move {
+            let _landing = landing;
+            panic!("loader bug")
+        });
+        let Joined::Started(load) = joined else {
+            panic!("nothing was in flight")
+        };
+        assert!(matches!(load.await, Landed::Panicked));
+        // The next miss starts a new load.
+        let again = flights.join_or_start::<u8, (), (), _, _>(&key("k"), None, (), |(), _, landing| async move {
+            let _landing = landing;
+            Landed::Value(1)
+        });
+        assert!(matches!(again, Joined::Started(_)));
+    }
+
+    #[tokio::test]
+    async fn a_write_voids_the_lease_of_the_load_in_flight() {
+        let flights = Flights::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let joined = flights.join_or_start::<bool, (), (), _, _>(&key("k"), None, rx, |rx, lease, landing| async move {
+            let _landing = landing;
+            let _ = rx.await;
+            Landed::Value(lease.is_current())
+        });
+        let Joined::Started(load) = joined else {
+            panic!("nothing was in flight")
+        };
+        flights.supersede(&key("k"));
+        tx.send(()).unwrap();
+        assert!(matches!(load.await, Landed::Value(false)));
+    }
+
+    #[tokio::test]
+    async fn a_miss_after_a_landing_looks_again() {
+        let flights = Flights::default();
+        let seen = flights.landed();
+        let Joined::Started(load) = flights.join_or_start::<u8, (), (), _, _>(&key("k"), Some(seen), (), |(), _, mut landing| async move {
+            landing.stored();
+            Landed::Value(1)
+        }) else {
+            panic!("nothing was in flight")
+        };
+        load.await;
+        // A lookup that began before the value landed, joining after the load ended.
+        assert!(matches!(
+            flights.join_or_start::<u8, (), (), _, _>(&key("k"), Some(seen), (), |(), _, _| async { Landed::Value(2) }),
+            Joined::LookAgain(())
+        ));
+    }
+}
