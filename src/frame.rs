@@ -50,6 +50,16 @@ pub(crate) enum FrameError {
     Corrupt(&'static str),
 }
 
+/// The longest TTL any store is given: about 100 years. Longer ones (`Duration::MAX`, a
+/// policy's overflow) mean "practically forever" and are clamped here, so that no store
+/// overflows an expiry instant or refuses the command.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// `ttl`, no longer than [`MAX_TTL`].
+pub(crate) fn clamp_ttl(ttl: Duration) -> Duration {
+    ttl.min(MAX_TTL)
+}
+
 /// `duration` in whole milliseconds, saturating.
 pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)

@@ -89,7 +89,7 @@ impl<S, K, T> CacheLayer<S, K, T> {
     /// ```
     /// use tower_caching::{ttl::{self, Jitter}, Cache, CacheLayer};
     ///
-    /// // The original's entry TTL, spread by ±10 % so that entries do not expire together.
+    /// // The original's entry TTL, shortened by up to 10 % so that entries do not expire together.
     /// let layer = CacheLayer::cache_aside(Cache::<String>::in_memory())
     ///     .ttl(Jitter::new(ttl::ENTRY, 0.1));
     /// # let _ = layer;

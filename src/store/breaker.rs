@@ -111,14 +111,58 @@ impl Breaker {
         *mode = next;
     }
 
+    /// A probe that ended without an outcome (its future was dropped: a request timeout, a
+    /// client gone) hands the probe to the next operation instead of keeping the circuit
+    /// half-open with nothing to close it.
+    fn abandon(&self, admit: Admit) {
+        if let Admit::Probe = admit {
+            let mut mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+            if let Mode::HalfOpen { probing: true } = *mode {
+                *mode = Mode::HalfOpen { probing: false };
+            }
+        }
+    }
+
     async fn run<T>(
-        &self,
+        self: &Arc<Self>,
         operation: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let admit = self.admit()?;
+        let mut ticket = Ticket::new(self.clone(), self.admit()?);
         let result = operation.await;
-        self.record(admit, result.is_ok());
+        ticket.record(result.is_ok());
         result
+    }
+}
+
+/// An admitted operation's obligation to report its outcome; dropped unreported, it gives
+/// the probe back.
+#[derive(Debug)]
+struct Ticket {
+    breaker: Arc<Breaker>,
+    admit: Admit,
+    reported: bool,
+}
+
+impl Ticket {
+    fn new(breaker: Arc<Breaker>, admit: Admit) -> Self {
+        Ticket {
+            breaker,
+            admit,
+            reported: false,
+        }
+    }
+
+    fn record(&mut self, ok: bool) {
+        self.reported = true;
+        self.breaker.record(self.admit, ok);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.breaker.abandon(self.admit);
+        }
     }
 }
 
@@ -245,8 +289,7 @@ impl<S: Store> CircuitBreakerBuilder<S> {
 pub struct BreakerGet<F> {
     #[pin]
     inner: Option<F>,
-    breaker: Arc<Breaker>,
-    admit: Admit,
+    ticket: Option<Ticket>,
 }
 
 impl<F> std::fmt::Debug for BreakerGet<F> {
@@ -269,7 +312,9 @@ where
             return Poll::Ready(Err(StoreError::Unavailable));
         };
         let result = std::task::ready!(inner.poll(cx));
-        this.breaker.record(*this.admit, result.is_ok());
+        if let Some(ticket) = this.ticket {
+            ticket.record(result.is_ok());
+        }
         Poll::Ready(result)
     }
 }
@@ -278,11 +323,15 @@ impl<S: Store> Store for CircuitBreaker<S> {
     type GetFuture = BreakerGet<S::GetFuture>;
 
     fn get(&self, key: &Key) -> Self::GetFuture {
-        let admitted = self.state.admit();
-        BreakerGet {
-            inner: admitted.as_ref().ok().map(|_| self.inner.get(key)),
-            breaker: self.state.clone(),
-            admit: admitted.unwrap_or(Admit::Pass),
+        match self.state.admit() {
+            Ok(admit) => BreakerGet {
+                inner: Some(self.inner.get(key)),
+                ticket: Some(Ticket::new(self.state.clone(), admit)),
+            },
+            Err(_) => BreakerGet {
+                inner: None,
+                ticket: None,
+            },
         }
     }
 

@@ -108,7 +108,7 @@ end
 
 /// A TTL in milliseconds as Redis takes it: at least one (`PX 0` is an error).
 fn ttl_millis(ttl: Duration) -> u64 {
-    millis(ttl).max(1)
+    millis(crate::frame::clamp_ttl(ttl)).max(1)
 }
 
 /// A TTL as the tag scripts take it: milliseconds, or empty for none.

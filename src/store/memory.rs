@@ -206,7 +206,7 @@ impl MemoryStore {
         ttl: Option<Duration>,
         tags: Option<(Arc<[Tag]>, u64)>,
     ) {
-        let ttl = ttl.map(|ttl| ttl.max(Duration::from_millis(1)));
+        let ttl = ttl.map(|ttl| crate::frame::clamp_ttl(ttl).max(Duration::from_millis(1)));
         self.entries.insert(key.clone(), Slot { value, ttl, tags });
     }
 }

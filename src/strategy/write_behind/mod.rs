@@ -144,9 +144,12 @@ impl Settings {
             1u32.checked_shl(attempt.saturating_sub(1))
                 .unwrap_or(u32::MAX),
         );
-        exponential
-            .min(self.backoff_max)
-            .mul_f64(0.8 + 0.4 * fastrand::f64())
+        let capped = exponential.min(self.backoff_max);
+        let factor = 0.8 + 0.4 * fastrand::f64();
+        // Never an overflow, whatever the cap (`Duration::MAX` included).
+        Duration::try_from_secs_f64(capped.as_secs_f64() * factor)
+            .unwrap_or(capped)
+            .min(crate::frame::MAX_TTL)
     }
 }
 
