@@ -104,7 +104,9 @@ pub(crate) fn split(bytes: &[u8]) -> Result<(Header, &[u8]), FrameError> {
         return Err(FrameError::Corrupt("shorter than the frame header"));
     }
     if bytes[0] != MAGIC {
-        return Err(FrameError::Corrupt("not written by tower-caching (bad magic byte)"));
+        return Err(FrameError::Corrupt(
+            "not written by tower-caching (bad magic byte)",
+        ));
     }
     if bytes[1] != VERSION {
         return Err(FrameError::Corrupt("written by an unknown format version"));

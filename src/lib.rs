@@ -60,6 +60,7 @@ mod macros;
 pub mod metrics;
 pub mod store;
 pub mod strategy;
+mod task;
 pub mod ttl;
 
 pub use crate::cache::{Cache, CacheBuilder, CacheError, Cacheable};

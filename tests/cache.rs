@@ -170,7 +170,10 @@ async fn concurrent_misses_share_one_load<S: Store>(store: S, prefix: &str) {
         }));
     }
     for waiter in waiters {
-        assert_eq!(waiter.await.unwrap(), Err(LoadError::Failed(Arc::new("database down".to_string()))));
+        assert_eq!(
+            waiter.await.unwrap(),
+            Err(LoadError::Failed(Arc::new("database down".to_string())))
+        );
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     // A failed load is not cached, and the next miss loads again.

@@ -66,6 +66,8 @@ fn layered<Conn: ConnectionLike + Clone + Send + Sync + 'static>(
         .backoff(Duration::from_millis(10), Duration::from_millis(50))
         .durable(queue)
         .layer(writer(db));
+    // An instance starting: its worker writes what others left, before any write of its own.
+    service.start();
     (cache, service)
 }
 

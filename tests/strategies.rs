@@ -170,7 +170,11 @@ async fn write_behind_async_write<S: Store>(store: S, prefix: &str) {
         .ttl(ttl::METRICS)
         .batch_interval(Duration::from_millis(100))
         .layer(db.clone());
-    service.oneshot(update(&keys, "111", 7)).await.unwrap();
+    service
+        .clone()
+        .oneshot(update(&keys, "111", 7))
+        .await
+        .unwrap();
     // Acknowledged and cached, not written yet.
     assert_eq!(db.metrics("111"), None);
     assert_eq!(cache.get(&keys.metrics("111")).await.unwrap(), Some(7));
@@ -452,7 +456,11 @@ async fn all_strategies_integration<S: Store>(store: S, prefix: &str) {
     );
     assert_eq!(db.reads(), 1);
 
-    counters.oneshot(update(&keys, "999", 42)).await.unwrap();
+    counters
+        .clone()
+        .oneshot(update(&keys, "999", 42))
+        .await
+        .unwrap();
     assert_eq!(metrics.get(&keys.metrics("999")).await.unwrap(), Some(42));
 
     bulk.oneshot(Vsync {
@@ -863,7 +871,10 @@ async fn fail_safe_serves_stale_values_when_the_loader_fails<S: Store>(store: S,
     assert_eq!(db.reads(), 2);
     // A key with nothing stale still fails.
     let cold = service.clone().oneshot(get(&keys, "cold")).await;
-    assert_eq!(cold, Err(LoadError::Failed(Arc::new(DbError("database down".into())))));
+    assert_eq!(
+        cold,
+        Err(LoadError::Failed(Arc::new(DbError("database down".into()))))
+    );
     // Back up, after the throttle: fresh values again.
     db.down.store(false, Ordering::SeqCst);
     db.insert(entry("e1", "v2"));

@@ -535,16 +535,24 @@ fn services<S: Store>(
         .value(|req: &UpdateMetrics| Some(req.metrics.clone()))
         .ttl(Jitter::new(ttl::METRICS, 0.1))
         .batch_interval(config.write_behind_interval);
+    // Each queue's worker starts now: a durable one writes at once what a crashed instance
+    // left in the stream.
     let update_metrics = match queue {
         WriteBehindQueue::Memory => {
-            BoxCloneSyncService::new(update_metrics.layer(database.clone()))
+            let service = update_metrics.layer(database.clone());
+            service.start();
+            BoxCloneSyncService::new(service)
         }
         WriteBehindQueue::Redis(queue) => {
-            BoxCloneSyncService::new(update_metrics.durable(queue).layer(database.clone()))
+            let service = update_metrics.durable(queue).layer(database.clone());
+            service.start();
+            BoxCloneSyncService::new(service)
         }
         #[cfg(feature = "cluster")]
         WriteBehindQueue::Cluster(queue) => {
-            BoxCloneSyncService::new(update_metrics.durable(queue).layer(database.clone()))
+            let service = update_metrics.durable(queue).layer(database.clone());
+            service.start();
+            BoxCloneSyncService::new(service)
         }
     };
     let get_metrics = CacheLayer::cache_aside(metrics_reads.clone())

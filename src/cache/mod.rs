@@ -435,7 +435,6 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             .ok()
     }
 
-
     pub(crate) fn codec(&self) -> &C {
         &self.shared.codec
     }

@@ -146,13 +146,13 @@ pub(crate) enum Joined<V, E, L> {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs `load` on its own task; its panic or abort is [`Landed::Panicked`] for the waiters.
-fn spawn_shared<V, E>(
-    load: impl Future<Output = Landed<V, E>> + Send + 'static,
-) -> SharedLoad<V, E>
+fn spawn_shared<V, E>(load: impl Future<Output = Landed<V, E>> + Send + 'static) -> SharedLoad<V, E>
 where
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
@@ -321,12 +321,14 @@ impl Flights {
             };
             let own_key = key.clone();
             let share: Pin<Box<dyn Future<Output = Landed<V, E>> + Send>> =
-                Box::pin(batch.clone().map(move |outcome| match outcome {
-                    Ok(values) => values
-                        .get(&own_key)
-                        .cloned()
-                        .map_or(Landed::Missing, Landed::Value),
-                    Err(failed) => failed,
+                Box::pin(batch.clone().map(move |outcome| {
+                    match outcome {
+                        Ok(values) => values
+                            .get(&own_key)
+                            .cloned()
+                            .map_or(Landed::Missing, Landed::Value),
+                        Err(failed) => failed,
+                    }
                 }));
             let share = share.shared();
             if register {
@@ -357,19 +359,29 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_load_is_forgotten_and_its_waiters_told() {
         let flights = Flights::default();
-        let joined = flights.join_or_start::<u8, (), (), _, _>(&key("k"), None, (), |(), _, landing| async move {
-            let _landing = landing;
-            panic!("loader bug")
-        });
+        let joined = flights.join_or_start::<u8, (), (), _, _>(
+            &key("k"),
+            None,
+            (),
+            |(), _, landing| async move {
+                let _landing = landing;
+                panic!("loader bug")
+            },
+        );
         let Joined::Started(load) = joined else {
             panic!("nothing was in flight")
         };
         assert!(matches!(load.await, Landed::Panicked));
         // The next miss starts a new load.
-        let again = flights.join_or_start::<u8, (), (), _, _>(&key("k"), None, (), |(), _, landing| async move {
-            let _landing = landing;
-            Landed::Value(1)
-        });
+        let again = flights.join_or_start::<u8, (), (), _, _>(
+            &key("k"),
+            None,
+            (),
+            |(), _, landing| async move {
+                let _landing = landing;
+                Landed::Value(1)
+            },
+        );
         assert!(matches!(again, Joined::Started(_)));
     }
 
@@ -377,11 +389,16 @@ mod tests {
     async fn a_write_voids_the_lease_of_the_load_in_flight() {
         let flights = Flights::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let joined = flights.join_or_start::<bool, (), (), _, _>(&key("k"), None, rx, |rx, lease, landing| async move {
-            let _landing = landing;
-            let _ = rx.await;
-            Landed::Value(lease.is_current())
-        });
+        let joined = flights.join_or_start::<bool, (), (), _, _>(
+            &key("k"),
+            None,
+            rx,
+            |rx, lease, landing| async move {
+                let _landing = landing;
+                let _ = rx.await;
+                Landed::Value(lease.is_current())
+            },
+        );
         let Joined::Started(load) = joined else {
             panic!("nothing was in flight")
         };
@@ -394,16 +411,26 @@ mod tests {
     async fn a_miss_after_a_landing_looks_again() {
         let flights = Flights::default();
         let seen = flights.landed();
-        let Joined::Started(load) = flights.join_or_start::<u8, (), (), _, _>(&key("k"), Some(seen), (), |(), _, mut landing| async move {
-            landing.stored();
-            Landed::Value(1)
-        }) else {
+        let Joined::Started(load) = flights.join_or_start::<u8, (), (), _, _>(
+            &key("k"),
+            Some(seen),
+            (),
+            |(), _, mut landing| async move {
+                landing.stored();
+                Landed::Value(1)
+            },
+        ) else {
             panic!("nothing was in flight")
         };
         load.await;
         // A lookup that began before the value landed, joining after the load ended.
         assert!(matches!(
-            flights.join_or_start::<u8, (), (), _, _>(&key("k"), Some(seen), (), |(), _, _| async { Landed::Value(2) }),
+            flights.join_or_start::<u8, (), (), _, _>(
+                &key("k"),
+                Some(seen),
+                (),
+                |(), _, _| async { Landed::Value(2) }
+            ),
             Joined::LookAgain(())
         ));
     }

@@ -69,7 +69,6 @@ mod read;
 pub use self::error::LoadError;
 pub(crate) use self::read::{Outcome, ReadFuture};
 
-
 /// Fail-safe settings: how long entries outlive their freshness, and how long a stale value
 /// served because the loader failed is served again before the loader is retried.
 #[derive(Clone, Copy, Debug)]

@@ -44,12 +44,8 @@ pub(crate) enum Outcome<V, L, P, E> {
 }
 
 /// The output of a [`ReadFuture`] with loader `L`.
-pub(crate) type ReadOutcome<X, L> = Outcome<
-    <X as ReadContext>::Value,
-    L,
-    <L as Load<X>>::Private,
-    <L as Load<X>>::Error,
->;
+pub(crate) type ReadOutcome<X, L> =
+    Outcome<<X as ReadContext>::Value, L, <L as Load<X>>::Private, <L as Load<X>>::Error>;
 
 /// Reads `key`: looks it up and, on a miss, joins or starts its one load.
 #[pin_project]
@@ -397,7 +393,11 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                             }
                             Landed::Panicked => serve_stale().unwrap_or(Outcome::Panicked),
                             Landed::Private { failed } => {
-                                match (failed.then(serve_stale).flatten(), private.take(), loader.take()) {
+                                match (
+                                    failed.then(serve_stale).flatten(),
+                                    private.take(),
+                                    loader.take(),
+                                ) {
                                     (Some(stale), _, _) => stale,
                                     (None, Some(mut private), _) => match private.try_recv() {
                                         Ok(result) => Outcome::Private(result),
@@ -419,7 +419,9 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                                 let (load, loader) = match joined {
                                     Joined::Joined(load, loader) => (load, Some(loader)),
                                     Joined::Started(load) => (load, None),
-                                    Joined::LookAgain(_) => unreachable!("begun without a lookup count"),
+                                    Joined::LookAgain(_) => {
+                                        unreachable!("begun without a lookup count")
+                                    }
                                 };
                                 this.state.set(State::Wait {
                                     load,

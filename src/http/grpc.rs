@@ -434,8 +434,7 @@ struct GrpcLoad<Svc, B> {
 
 impl<Svc, ReqBody, ResBody, St, C> Load<Arc<GrpcSettings<St, C>>> for GrpcLoad<Svc, ReqBody>
 where
-    Svc:
-        Service<Request<CacheBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    Svc: Service<Request<CacheBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
     Svc::Future: Send + 'static,
     Svc::Error: Send + Sync + 'static,
     ReqBody: Send + 'static,
@@ -450,9 +449,8 @@ where
         self,
         settings: Arc<GrpcSettings<St, C>>,
         _: Key,
-    ) -> impl Future<Output = Result<Loaded<CachedResponse, Self::Private>, Self::Error>>
-           + Send
-           + 'static {
+    ) -> impl Future<Output = Result<Loaded<CachedResponse, Self::Private>, Self::Error>> + Send + 'static
+    {
         let GrpcLoad { mut inner, request } = self;
         async move {
             let private = |response, failed| {

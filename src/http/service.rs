@@ -566,9 +566,8 @@ where
         self,
         settings: Arc<Settings<St, C, K, T>>,
         key: Key,
-    ) -> impl Future<Output = Result<Loaded<CachedResponse, Self::Private>, Self::Error>>
-           + Send
-           + 'static {
+    ) -> impl Future<Output = Result<Loaded<CachedResponse, Self::Private>, Self::Error>> + Send + 'static
+    {
         let HttpLoad { mut inner, request } = self;
         async move {
             let response = match inner.call(request).await {

@@ -37,6 +37,7 @@
 //! # }
 //! ```
 
+use crate::task::{run_to_completion, Completion};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -410,7 +411,8 @@ async fn invalidate<V: Cacheable, St: Store, C: Codec>(
     futures_util::future::join3(keys, patterns, tags).await;
 }
 
-/// The response future of [`WriteAroundService`]: the write, then the invalidation.
+/// The response future of [`WriteAroundService`]: the write, then the invalidation, which
+/// runs on its own task once the write succeeded (dropping this future does not skip it).
 #[pin_project]
 pub struct WriteAroundFuture<Fut, Resp, O> {
     #[pin]
@@ -426,7 +428,8 @@ enum AroundState<Fut, Resp, O> {
         succeeded: Arc<O>,
     },
     Invalidate {
-        invalidate: BoxedInvalidate,
+        #[pin]
+        invalidate: Completion,
         response: Option<Resp>,
     },
 }
@@ -452,8 +455,10 @@ where
                     else {
                         return Poll::Ready(Ok(response));
                     };
+                    // Owned by its own task from here: it runs to the end even if this
+                    // future is dropped.
                     this.state.set(AroundState::Invalidate {
-                        invalidate,
+                        invalidate: run_to_completion(invalidate),
                         response: Some(response),
                     });
                 }
@@ -461,7 +466,7 @@ where
                     invalidate,
                     response,
                 } => {
-                    ready!(invalidate.as_mut().poll(cx));
+                    ready!(invalidate.poll(cx));
                     return Poll::Ready(Ok(response.take().expect("polled after completion")));
                 }
             }

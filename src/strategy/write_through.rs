@@ -42,9 +42,11 @@
 //! # }
 //! ```
 
+use crate::task::{run_to_completion, Completion};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -268,7 +270,6 @@ where
 }
 
 type Pending<S, K, T, V> = Option<(Key, Option<V>, Arc<CacheLayer<S, K, T>>)>;
-type BoxedStore = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The response future of [`WriteThroughService`]: the write, then the cache update.
 #[pin_project]
@@ -286,7 +287,8 @@ enum WriteState<Fut, Resp, S: StrategyValue, K, T> {
         pending: Pending<S, K, T, S::Value>,
     },
     Store {
-        store: BoxedStore,
+        #[pin]
+        store: Completion,
         response: Option<Resp>,
     },
 }
@@ -327,8 +329,17 @@ where
                     let Some((key, from_request, layer)) = pending.take() else {
                         return Poll::Ready(Ok(response));
                     };
-                    let value = layer.strategy.value.after_write(&response, from_request);
-                    let ttl = value.as_ref().and_then(|v| layer.ttl.ttl(&key, v));
+                    // User code (the value source, the TTL policy): a panic there
+                    // invalidates the key instead of caching, and fails nothing else.
+                    let (value, ttl) = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        let value = layer.strategy.value.after_write(&response, from_request);
+                        let ttl = value.as_ref().and_then(|v| layer.ttl.ttl(&key, v));
+                        (value, ttl)
+                    }))
+                    .unwrap_or_else(|_| {
+                        tracing::error!(key = %KeyDigest(&key), "the written value or its TTL panicked: invalidating the key");
+                        (None, None)
+                    });
                     let span = tracing::debug_span!(
                         "cache",
                         strategy = "write_through",
@@ -336,7 +347,7 @@ where
                         key = %KeyDigest(&key),
                     );
                     let cache = layer.strategy.cache.clone();
-                    let store = Box::pin(
+                    let store = run_to_completion(
                         async move {
                             cache
                                 .store_or_invalidate(
@@ -355,7 +366,7 @@ where
                     });
                 }
                 WriteStateProj::Store { store, response } => {
-                    ready!(store.as_mut().poll(cx));
+                    ready!(store.poll(cx));
                     return Poll::Ready(Ok(response.take().expect("polled after completion")));
                 }
             }

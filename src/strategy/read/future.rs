@@ -125,10 +125,7 @@ where
         layer: Arc<CacheLayer<Read<M, V, St, C, P, N>, K, T>>,
         key: Key,
     ) -> impl Future<Output = Result<Loaded<V, Self::Private>, Svc::Error>> + Send + 'static {
-        let ServiceLoad {
-            mut inner,
-            request,
-        } = self;
+        let ServiceLoad { mut inner, request } = self;
         async move {
             let value = inner.call(request).await?;
             let admission = layer.strategy.admission(&layer.ttl, &key, &value);

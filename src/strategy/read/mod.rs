@@ -363,7 +363,8 @@ impl<V, St, C, P, N, K, T> CacheLayer<ReadThrough<V, St, C, P, N>, K, T> {
     /// # let _ = layer;
     /// ```
     pub fn early_expiration(mut self, beta: f64) -> Self {
-        self.strategy.policy.early_expiration = Some(if beta.is_finite() { beta.max(0.0) } else { 1.0 });
+        self.strategy.policy.early_expiration =
+            Some(if beta.is_finite() { beta.max(0.0) } else { 1.0 });
         self
     }
 }

@@ -192,6 +192,10 @@ pub(crate) trait WriteQueue<Req>: PendingWrites {
     fn depth(&self) -> usize;
     /// Whether the queue keeps each write's framed value, for reads before the writer runs.
     fn keeps_values(&self) -> bool;
+    /// Starts the worker, once (within a Tokio runtime).
+    fn start(self: Arc<Self>);
+    /// The last service is gone: the worker writes what is left, then ends.
+    fn producers_gone(&self);
     /// Queues `request` for `key`, holding `permit` while it waits in process.
     fn enqueue(
         self: Arc<Self>,
@@ -211,6 +215,36 @@ pub(crate) enum Enqueue<Req> {
     Pending(Pin<Box<dyn Future<Output = Result<(), Req>> + Send>>),
     /// Not queued (the queue is closed): write it directly.
     Direct(Req),
+}
+
+/// Calls `writer` with `request` once; a panic in it is a failed attempt like an error, so
+/// that one bad write never kills the worker that writes all the others.
+pub(crate) async fn write_once<Svc, Req>(
+    writer: Svc,
+    request: Req,
+) -> Result<Svc::Response, BoxError>
+where
+    Svc: tower_service::Service<Req>,
+    Svc::Error: Into<BoxError>,
+{
+    use futures_util::FutureExt;
+    use tower::ServiceExt;
+    match std::panic::AssertUnwindSafe(writer.oneshot(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err("the write-behind writer panicked".into()),
+    }
+}
+
+/// Hands `letter` to `hook`; a panic in the hook is logged, and the worker goes on.
+pub(crate) fn hand_dead_letter<Req, D: DeadLetterHook<Req>>(hook: &D, letter: DeadLetter<Req>) {
+    let key = letter.key.clone();
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook.dead_letter(letter))).is_err()
+    {
+        tracing::error!(key = %crate::metrics::KeyDigest(&key), "the dead-letter hook panicked: the write is lost");
+    }
 }
 
 /// A write that failed [`max_attempts`](crate::CacheLayer::max_attempts) times and left the

@@ -10,10 +10,11 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tower::ServiceExt;
 use tower_service::Service;
 
-use super::{DeadLetter, DeadLetterHook, Enqueue, Settings, WriteQueue};
+use super::{
+    hand_dead_letter, write_once, DeadLetter, DeadLetterHook, Enqueue, Settings, WriteQueue,
+};
 use crate::cache::{CacheError, PendingWrites};
 use crate::key::Key;
 use crate::metrics::{KeyDigest, Observer, Operation};
@@ -31,6 +32,8 @@ pub(crate) struct Queue<Svc, Req, D> {
     wake: Notify,
     closed: AtomicBool,
     worker_started: AtomicBool,
+    /// No service is left to queue writes: the worker writes what is left and ends.
+    orphaned: AtomicBool,
     observer: Observer,
 }
 
@@ -98,6 +101,7 @@ where
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             worker_started: AtomicBool::new(false),
+            orphaned: AtomicBool::new(false),
             observer,
         })
     }
@@ -172,16 +176,24 @@ where
         tokio::spawn(async move { queue.run_worker().await });
     }
 
+    /// Writes a batch every interval (or when one is full) until the queue is closed, or
+    /// until its last service is gone and everything it queued is written.
     async fn run_worker(self: Arc<Self>) {
         let mut next_batch = Instant::now() + self.settings.batch_interval;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(next_batch) => {
-                    next_batch = Instant::now() + self.settings.batch_interval;
+            if !self.orphaned.load(Ordering::Acquire) {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_batch) => {
+                        next_batch = Instant::now() + self.settings.batch_interval;
+                    }
+                    _ = self.wake.notified() => {}
                 }
-                _ = self.wake.notified() => {}
             }
             if self.is_closed() {
+                return;
+            }
+            if self.orphaned.load(Ordering::Acquire) {
+                self.flush_all().await;
                 return;
             }
             while self.write_batch().await.taken > 0 {}
@@ -227,7 +239,7 @@ where
             .into_iter()
             .map(|(key, request)| {
                 let writer = self.writer.clone();
-                async move { (key, writer.oneshot(request).await.map_err(Into::into)) }
+                async move { (key, write_once(writer, request).await) }
             })
             .collect();
         let mut written = 0;
@@ -236,7 +248,7 @@ where
                 Outcome::Written => written += 1,
                 Outcome::Dead(letter) => {
                     self.observer.dead_letter();
-                    self.dead_letter.dead_letter(letter);
+                    hand_dead_letter(&*self.dead_letter, letter);
                 }
                 Outcome::Retry | Outcome::Superseded => {}
             }
@@ -400,6 +412,15 @@ where
 
     fn keeps_values(&self) -> bool {
         true
+    }
+
+    fn start(self: Arc<Self>) {
+        self.start_worker();
+    }
+
+    fn producers_gone(&self) {
+        self.orphaned.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 
     fn enqueue(

@@ -1,6 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -24,13 +25,46 @@ use crate::store::Store;
 use crate::ttl::TtlPolicy;
 use crate::BoxError;
 
-/// The service of [`WriteBehind`] around the writer `Svc`. Its clones share one queue.
+/// The service of [`WriteBehind`] around the writer `Svc`. Its clones share one queue,
+/// which belongs to them: its worker starts with the first request (or
+/// [`start`](Self::start)), and once the last clone is dropped it writes what is left and
+/// ends.
 pub struct WriteBehindService<Svc, Req, S, K, T> {
     inner: Svc,
     layer: Arc<CacheLayer<S, K, T>>,
-    queue: Arc<dyn WriteQueue<Req>>,
+    queue: Arc<Producers<Req>>,
     room: PollSemaphore,
     permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The services' shared hold on their queue.
+pub(super) struct Producers<Req> {
+    queue: Arc<dyn WriteQueue<Req>>,
+    started: AtomicBool,
+}
+
+impl<Req> Producers<Req> {
+    pub(super) fn new(queue: Arc<dyn WriteQueue<Req>>) -> Arc<Self> {
+        Arc::new(Producers {
+            queue,
+            started: AtomicBool::new(false),
+        })
+    }
+}
+
+impl<Req> std::ops::Deref for Producers<Req> {
+    type Target = dyn WriteQueue<Req>;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.queue
+    }
+}
+
+impl<Req> Drop for Producers<Req> {
+    fn drop(&mut self) {
+        // The last service is gone: nothing more can be queued.
+        self.queue.producers_gone();
+    }
 }
 
 impl<Svc, Req, S, K, T> WriteBehindService<Svc, Req, S, K, T> {
@@ -43,7 +77,7 @@ impl<Svc, Req, S, K, T> WriteBehindService<Svc, Req, S, K, T> {
             inner,
             layer: Arc::new(layer),
             room: PollSemaphore::new(queue.room()),
-            queue,
+            queue: Producers::new(queue),
             permit: None,
         }
     }
@@ -89,6 +123,47 @@ impl<Svc, Req, S, K, T> WriteBehindService<Svc, Req, S, K, T> {
     }
 }
 
+impl<Svc, Req, V, St, C, F, A, D, Q, K, T>
+    WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D, Q>, K, T>
+where
+    V: Cacheable,
+    St: Store,
+    C: Codec,
+    Req: 'static,
+{
+    /// Starts the queue's worker now, and lets the cache's
+    /// [`flush_pending_writes`](crate::Cache::flush_pending_writes) and
+    /// [`close`](crate::Cache::close) reach it; otherwise the first request does. With a
+    /// durable queue, a new instance then writes what crashed instances left behind without
+    /// waiting for a write of its own. Starting twice is harmless.
+    ///
+    /// ```
+    /// use tower_caching::{key::Key, Cache, CacheLayer};
+    /// use tower_layer::Layer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: Cache<u64> = Cache::in_memory();
+    /// let service = CacheLayer::write_behind(cache.clone())
+    ///     .key(|n: &u64| Key::new(format!("n:{n}")).ok())
+    ///     .layer(tower::service_fn(|_: u64| async { Ok::<_, std::convert::Infallible>(()) }));
+    /// service.start();
+    /// assert_eq!(cache.flush_pending_writes().await.unwrap(), 0);
+    /// # }
+    /// ```
+    pub fn start(&self) {
+        if self.queue.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let registered: Arc<dyn PendingWrites> = self.queue.queue.clone();
+        self.layer
+            .strategy
+            .cache
+            .register_pending(Arc::downgrade(&registered));
+        self.queue.queue.clone().start();
+    }
+}
+
 impl<Svc: Clone, Req, S, K, T> Clone for WriteBehindService<Svc, Req, S, K, T> {
     fn clone(&self) -> Self {
         WriteBehindService {
@@ -131,9 +206,10 @@ where
 {
     type Service = WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D>, K, T>;
 
-    /// Makes the service and its queue: each call makes one queue, shared by the service's
-    /// clones, flushed by [`Cache::flush_pending_writes`](crate::Cache::flush_pending_writes)
-    /// and [`Cache::close`](crate::Cache::close).
+    /// Makes the service and its queue, shared by the service's clones; nothing runs until
+    /// the first request. The queue is flushed by
+    /// [`Cache::flush_pending_writes`](crate::Cache::flush_pending_writes) and
+    /// [`Cache::close`](crate::Cache::close) once it holds a write.
     fn layer(&self, inner: Svc) -> Self::Service {
         let queue = Queue::new(
             inner.clone(),
@@ -141,10 +217,6 @@ where
             self.strategy.settings,
             self.strategy.cache.observer().clone(),
         );
-        let registered: Arc<dyn PendingWrites> = queue.clone();
-        self.strategy
-            .cache
-            .register_pending(Arc::downgrade(&registered));
         WriteBehindService::new(inner, self.clone(), queue)
     }
 }
@@ -171,6 +243,7 @@ where
     type Future = WriteBehindFuture<Svc::Future, Svc::Response, Svc::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.start();
         if self.permit.is_none() && !self.queue.is_closed() {
             // The semaphore is never closed, so `None` cannot happen; if it did, writes
             // would go straight to the writer, which is still correct.
@@ -180,6 +253,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        self.start();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let permit = self.permit.take();
@@ -206,6 +280,7 @@ where
             key = %KeyDigest(&key),
         );
         match self
+            .queue
             .queue
             .clone()
             .enqueue(key.clone(), request, queued, permit)

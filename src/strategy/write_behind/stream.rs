@@ -14,15 +14,17 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::service::WriteBehindService;
-use super::{DeadLetter, DeadLetterHook, Enqueue, Settings, WriteBehind, WriteQueue};
-use crate::frame::millis;
+use super::{
+    hand_dead_letter, write_once, DeadLetter, DeadLetterHook, Enqueue, Settings, WriteBehind,
+    WriteQueue,
+};
 use crate::cache::{CacheError, Cacheable, PendingWrites};
 use crate::codec::Codec;
+use crate::frame::millis;
 use crate::key::{escape_part, Key};
 use crate::layer::CacheLayer;
 use crate::metrics::{KeyDigest, Observer, Operation};
@@ -414,7 +416,7 @@ where
     /// Starts the worker, once, if a Tokio runtime is here. It holds the worker weakly
     /// between rounds: it stops within one batch interval of the last service being dropped,
     /// and after [`close`](PendingWrites::close) it runs no round.
-    fn start(self: &Arc<Self>) {
+    fn spawn_worker(self: &Arc<Self>) {
         if self.started.load(Ordering::Acquire)
             || tokio::runtime::Handle::try_current().is_err()
             || self.started.swap(true, Ordering::AcqRel)
@@ -658,11 +660,7 @@ where
             .map(|write| {
                 let writer = self.writer.clone();
                 async move {
-                    let result = writer
-                        .oneshot(write.request.clone())
-                        .await
-                        .map(drop)
-                        .map_err(Into::into);
+                    let result = write_once(writer, write.request.clone()).await.map(drop);
                     (write, result)
                 }
             })
@@ -719,12 +717,15 @@ where
             let _ = self.codec.encode_into(&write.request, &mut payload);
             self.bury(write.id, &write.key, &payload, &error.to_string())
                 .await;
-            self.dead_letter.dead_letter(DeadLetter {
-                key: write.key,
-                request: write.request,
-                error,
-                attempts: write.attempts,
-            });
+            hand_dead_letter(
+                &*self.dead_letter,
+                DeadLetter {
+                    key: write.key,
+                    request: write.request,
+                    error,
+                    attempts: write.attempts,
+                },
+            );
             return;
         }
         self.observer.retry();
@@ -962,6 +963,16 @@ where
         false
     }
 
+    fn start(self: Arc<Self>) {
+        self.spawn_worker();
+    }
+
+    fn producers_gone(&self) {
+        // What is queued stays in the stream, for this process's other queues and the
+        // other instances; the worker ends at its next wake-up.
+        self.wake.notify_one();
+    }
+
     fn enqueue(
         self: Arc<Self>,
         key: Key,
@@ -972,7 +983,7 @@ where
         if self.is_closed() {
             return Enqueue::Direct(request);
         }
-        self.start();
+        self.spawn_worker();
         let mut payload = Vec::new();
         if let Err(error) = self.codec.encode_into(&request, &mut payload) {
             tracing::error!(key = %KeyDigest(&key), %error, "write-behind request does not encode: written directly");
@@ -1029,9 +1040,9 @@ where
     type Service =
         WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D, StreamQueue<Conn>>, K, T>;
 
-    /// Makes the service and starts its worker (when called within a Tokio runtime; else
-    /// at the first write): a new instance writes what crashed ones left as soon as it
-    /// starts, without waiting for a write of its own.
+    /// Makes the service and its worker; nothing runs until the first request or
+    /// [`WriteBehindService::start`], which a new instance calls to write what crashed ones
+    /// left without waiting for a write of its own.
     fn layer(&self, inner: Svc) -> Self::Service {
         let cache = &self.strategy.cache;
         let worker = StreamWorker::new(
@@ -1042,9 +1053,6 @@ where
             self.strategy.settings,
             cache.observer().clone(),
         );
-        worker.start();
-        let registered: Arc<dyn PendingWrites> = worker.clone();
-        cache.register_pending(Arc::downgrade(&registered));
         WriteBehindService::new(inner, self.clone(), worker)
     }
 }
