@@ -258,3 +258,86 @@ async fn an_l2_read_racing_an_invalidation_leaves_no_stale_l1() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_racing_a_pattern_delete_leave_nothing_in_l1() {
+    let server = RedisServer::spawn();
+    let config = RedisConfig::new(server.url()).command_timeout(Duration::from_secs(2));
+    let channel = support::unique_prefix("race");
+    let (a, a_l1, _a_store) = instance(&config, &channel).await;
+    let (b, _, _b_store) = instance(&config, &channel).await;
+    let keys = KeyBuilder::new();
+    // Written by the other instance: in L2, not in this one's L1.
+    let entries: Vec<_> = (0..3000)
+        .map(|i| (keys.entry(&i.to_string()), format!("v{i}")))
+        .collect();
+    b.set_many(&entries, None).await.unwrap();
+    let deleting = tokio::spawn({
+        let a = a.clone();
+        let pattern = keys.entries();
+        async move { a.delete_pattern(&pattern).await.unwrap() }
+    });
+    // Reads that overlap the SCAN and UNLINK rounds: each may copy an L2 value into L1.
+    while !deleting.is_finished() {
+        let reads = (0..50).map(|_| {
+            let key = &entries[fastrand::usize(..entries.len())].0;
+            a.get(key)
+        });
+        futures_util::future::join_all(reads).await;
+    }
+    assert_eq!(deleting.await.unwrap(), 3000);
+    let mut left = 0;
+    for (key, _) in &entries {
+        if a_l1.get(key).await.unwrap().is_some() {
+            left += 1;
+        }
+    }
+    assert_eq!(left, 0, "deleted values copied back into L1");
+    assert_eq!(a.get(&entries[0].0).await.unwrap(), None);
+}
+
+async fn pubsub_clients(url: &str) -> usize {
+    let mut raw = support::raw_connection(url).await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    list.lines().filter(|line| !line.is_empty()).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_tiered_store_closes_its_subscription() {
+    let server = RedisServer::spawn();
+    let config = RedisConfig::new(server.url());
+    let (cache, l1, store) = instance(&config, &support::unique_prefix("drop")).await;
+    assert_eq!(pubsub_clients(&server.url()).await, 1);
+    drop((cache, l1, store));
+    let gone = within(Duration::from_secs(5), async || {
+        pubsub_clients(&server.url()).await == 0
+    })
+    .await;
+    assert!(gone.is_some(), "the subscriber outlived its store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_backplane_is_noticed_and_l1_cleared() {
+    use support::proxy::{Fault, Proxy};
+    let server = RedisServer::spawn();
+    let proxy = Proxy::start(server.addr()).await;
+    let config = RedisConfig::new(proxy.url()).command_timeout(Duration::from_millis(100));
+    let (cache, l1, store) = instance(&config, &support::unique_prefix("silent")).await;
+    let key = KeyBuilder::new().entry("e1");
+    cache.set(&key, &"v1".to_string(), None).await.unwrap();
+    assert!(l1.get(&key).await.unwrap().is_some());
+    // Half-open: connections stay up, nothing gets through, nobody reports an error.
+    proxy.set(Fault::BlackHole);
+    let noticed = within(Duration::from_secs(5), async || !store.is_coherent()).await;
+    assert!(noticed.is_some(), "a silent backplane went unnoticed");
+    assert!(l1.get(&key).await.unwrap().is_none(), "L1 kept entries");
+    proxy.set(Fault::Pass);
+    let back = within(Duration::from_secs(10), async || store.is_coherent()).await;
+    assert!(back.is_some(), "the backplane never came back");
+}

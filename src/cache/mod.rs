@@ -46,7 +46,7 @@ use pin_project::pin_project;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::codec::{Codec, Json};
-use crate::engine::flight::{Flights, Lease};
+use crate::engine::flight::Flights;
 use crate::frame::{self, Header};
 use crate::key::{Key, Pattern, Tag};
 use crate::metrics::{KeyDigest, Observer, Operation, Strategy};
@@ -750,46 +750,6 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             Ok(self.shared.store.exists(key).await?)
         })
         .await
-    }
-
-    /// Caches `value` fresh for `fresh`, kept `grace` longer for fail-safe, recording how long
-    /// its load took (for XFetch) — unless `lease` is void: the key was written or
-    /// invalidated since the load began. Whether it stored; logs instead of failing.
-    pub(crate) async fn store_leased(
-        &self,
-        strategy: Strategy,
-        key: &Key,
-        value: &V,
-        fresh: Option<Duration>,
-        grace: Duration,
-        load: Duration,
-        lease: &Lease,
-    ) -> bool {
-        if self.is_closed() || !lease.is_current() {
-            return false;
-        }
-        let mut header = Header::new(fresh);
-        header.load_ms = u32::try_from(load.as_millis()).unwrap_or(u32::MAX);
-        let keep = fresh.map(|fresh| fresh.saturating_add(grace));
-        let stored = self
-            .observed(Operation::Set, strategy, async {
-                let stored = self.encode_with(value, header)?;
-                Ok(self
-                    .put(key, stored, keep, &self.tags_of(key, value))
-                    .await?)
-            })
-            .await;
-        if let Err(error) = stored {
-            tracing::warn!(key = %KeyDigest(key), %error, "value not cached");
-            return false;
-        }
-        if !lease.is_current() {
-            // A write of the key raced this store and may have landed before it: take the
-            // value out again, so that the next read loads what the write wrote.
-            let _ = self.shared.store.delete(key).await;
-            return false;
-        }
-        true
     }
 
     /// Stores `value` under `key` — or, when there is no value or it cannot be stored, deletes

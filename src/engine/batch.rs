@@ -86,12 +86,11 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             let leases: HashMap<Key, Lease> = missing.iter().cloned().zip(leases).collect();
             let load = (loader.take().expect("started once"))(missing);
             async move {
-                let mut landing = landing;
+                // Dropped at the end: the batch leaves the table once its values are stored.
+                let _landing = landing;
                 match load.await {
                     Ok(found) => {
-                        if cache.store_many_leased(&found, ttl, &leases).await {
-                            landing.stored();
-                        }
+                        cache.store_many_leased(&found, ttl, &leases).await;
                         Ok(Arc::new(found))
                     }
                     Err(error) => Err(Landed::Failed(Arc::new(error))),

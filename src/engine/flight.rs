@@ -10,9 +10,12 @@
 //!   or invalidation of its key — or of many keys at once — voids it, and a load whose lease
 //!   is void does not store its value (it still answers its waiters). So a load that read the
 //!   old row never overwrites the value a write stored after it.
-//! - **Airtight coalescing.** Every stored load bumps [`Flights::landed`]. A lookup reads it
-//!   before asking the store; when its miss finds no load in flight but the count moved, a
-//!   load finished in between, and the caller looks again instead of loading a second time.
+//! - **Airtight coalescing.** Every load that ends bumps [`Flights::landed`], and stays
+//!   joinable for a while among the recently landed ones. A lookup reads the count before
+//!   asking the store; when its miss finds no load in flight but the count moved, a load may
+//!   have finished in between: the caller takes that load's result if it is among the
+//!   recent ones (whether or not the store kept its value: it may be failing or slow), or
+//!   looks again instead of loading a second time.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -84,10 +87,47 @@ impl Lease {
 
 #[derive(Debug, Default)]
 struct Inner {
-    loads: Mutex<HashMap<Key, FlightEntry>>,
+    loads: Mutex<Table>,
     next_id: AtomicU64,
     landed: AtomicU64,
     epoch: AtomicU64,
+}
+
+/// How many ended loads stay joinable, for the lookups that began before they ended.
+const RECENT: usize = 1024;
+
+#[derive(Debug, Default)]
+struct Table {
+    /// The loads in flight.
+    flying: HashMap<Key, FlightEntry>,
+    /// Loads that ended, with the [`Flights::landed`] count at their end.
+    recent: HashMap<Key, (u64, FlightEntry)>,
+    /// The order they ended in, to forget the oldest.
+    ended: std::collections::VecDeque<(Key, u64)>,
+}
+
+impl Table {
+    fn land(&mut self, key: &Key, id: u64, stamp: u64) {
+        if self.flying.get(key).is_none_or(|entry| entry.0.id != id) {
+            return;
+        }
+        let Some(entry) = self.flying.remove(key) else {
+            return;
+        };
+        if self.ended.len() >= RECENT {
+            if let Some((oldest, at)) = self.ended.pop_front() {
+                if self
+                    .recent
+                    .get(&oldest)
+                    .is_some_and(|(stamp, _)| *stamp == at)
+                {
+                    self.recent.remove(&oldest);
+                }
+            }
+        }
+        self.ended.push_back((key.clone(), stamp));
+        self.recent.insert(key.clone(), (stamp, entry));
+    }
 }
 
 struct FlightEntry(Flight);
@@ -110,27 +150,15 @@ pub(crate) struct Landing {
     inner: Arc<Inner>,
     keys: Vec<Key>,
     id: u64,
-    stored: bool,
-}
-
-impl Landing {
-    /// Records that the load stored a value: lookups that missed meanwhile look again.
-    pub(crate) fn stored(&mut self) {
-        self.stored = true;
-    }
 }
 
 impl Drop for Landing {
     fn drop(&mut self) {
-        if self.stored {
-            // Before the load leaves the table: whoever finds it gone also sees the count moved.
-            self.inner.landed.fetch_add(1, Ordering::AcqRel);
-        }
-        let mut loads = lock(&self.inner.loads);
+        let mut table = lock(&self.inner.loads);
+        // Under the table's lock: whoever finds the load gone also sees the count moved.
+        let stamp = self.inner.landed.fetch_add(1, Ordering::AcqRel) + 1;
         for key in &self.keys {
-            if loads.get(key).is_some_and(|entry| entry.0.id == self.id) {
-                loads.remove(key);
-            }
+            table.land(key, self.id, stamp);
         }
     }
 }
@@ -138,7 +166,7 @@ impl Drop for Landing {
 /// What [`Flights::join_or_start`] did.
 pub(crate) enum Joined<V, E, L> {
     /// Joined the load in flight; the loader comes back unused.
-    Joined(SharedLoad<V, E>, L),
+    Waiting(SharedLoad<V, E>, L),
     /// Started the load with the loader.
     Started(SharedLoad<V, E>),
     /// No load in flight, but one landed since the lookup began: look again.
@@ -164,7 +192,7 @@ where
 }
 
 impl Flights {
-    /// How many loads stored their value so far; read it before a lookup.
+    /// How many loads ended so far; read it before a lookup.
     #[inline]
     pub(crate) fn landed(&self) -> u64 {
         self.inner.landed.load(Ordering::Acquire)
@@ -173,14 +201,20 @@ impl Flights {
     /// Voids the lease of the load of `key` in flight, if any: `key` was written or
     /// invalidated, so what that load read may be older.
     pub(crate) fn supersede(&self, key: &Key) {
-        if let Some(entry) = lock(&self.inner.loads).get(key) {
+        let mut table = lock(&self.inner.loads);
+        if let Some(entry) = table.flying.get(key) {
             entry.0.lease.store(true, Ordering::Release);
         }
+        // What an ended load read is older than this write: nobody may take it now.
+        table.recent.remove(key);
     }
 
     /// Voids every lease: many keys were invalidated at once (a pattern, a tag).
     pub(crate) fn supersede_all(&self) {
+        let mut table = lock(&self.inner.loads);
         self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+        table.recent.clear();
+        table.ended.clear();
     }
 
     /// Joins the load of `key` in flight, or starts one with `start(loader, lease, landing)`
@@ -201,17 +235,26 @@ impl Flights {
         P: 'static,
         F: Future<Output = Landed<V, E>> + Send + 'static,
     {
-        let mut loads = lock(&self.inner.loads);
-        let registered = match loads.get(key) {
+        let mut table = lock(&self.inner.loads);
+        let registered = match table.flying.get(key) {
             Some(entry) => match entry.0.load.downcast_ref::<Typed<V, E, P>>() {
-                Some(load) => return Joined::Joined(load.0.clone(), loader),
+                Some(load) => return Joined::Waiting(load.0.clone(), loader),
                 // Another kind of load (another view's type) has the key: this one runs
                 // beside it, unregistered.
                 None => false,
             },
             None => {
-                if seen.is_some_and(|seen| seen != self.landed()) {
-                    return Joined::LookAgain(loader);
+                if let Some(seen) = seen.filter(|seen| *seen != self.landed()) {
+                    // A load ended since the lookup began: this key's, maybe.
+                    let ended = table
+                        .recent
+                        .get(key)
+                        .filter(|(stamp, _)| *stamp > seen)
+                        .and_then(|(_, entry)| entry.0.load.downcast_ref::<Typed<V, E, P>>());
+                    return match ended {
+                        Some(load) => Joined::Waiting(load.0.clone(), loader),
+                        None => Joined::LookAgain(loader),
+                    };
                 }
                 true
             }
@@ -231,12 +274,12 @@ impl Flights {
                 Vec::new()
             },
             id,
-            stored: false,
         };
         let load = spawn_shared(start(loader, lease, landing));
         if registered {
             let typed: Typed<V, E, P> = Typed(load.clone(), PhantomData);
-            loads.insert(
+            table.recent.remove(key);
+            table.flying.insert(
                 key.clone(),
                 FlightEntry(Flight {
                     id,
@@ -262,11 +305,11 @@ impl Flights {
         P: 'static,
         F: Future<Output = Result<Arc<HashMap<Key, V>>, Landed<V, E>>> + Send + 'static,
     {
-        let mut loads = lock(&self.inner.loads);
+        let mut table = lock(&self.inner.loads);
         let mut joined: Vec<Option<SharedLoad<V, E>>> = keys
             .iter()
             .map(|key| {
-                let entry = loads.get(key)?;
+                let entry = table.flying.get(key)?;
                 entry
                     .0
                     .load
@@ -279,7 +322,7 @@ impl Flights {
             .iter()
             .zip(&joined)
             .filter(|(_, joined)| joined.is_none())
-            .map(|(key, _)| (key.clone(), !loads.contains_key(key)))
+            .map(|(key, _)| (key.clone(), !table.flying.contains_key(key)))
             .collect();
         if unjoined.is_empty() {
             return joined.into_iter().flatten().collect();
@@ -306,7 +349,6 @@ impl Flights {
                 .map(|(key, _)| key.clone())
                 .collect(),
             id,
-            stored: false,
         };
         let batch_keys = unjoined.iter().map(|(key, _)| key.clone()).collect();
         let task = tokio::spawn(start(batch_keys, leases, landing));
@@ -333,7 +375,8 @@ impl Flights {
             let share = share.shared();
             if register {
                 let typed: Typed<V, E, P> = Typed(share.clone(), PhantomData);
-                loads.insert(
+                table.recent.remove(&key);
+                table.flying.insert(
                     key,
                     FlightEntry(Flight {
                         id,
@@ -408,29 +451,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_miss_after_a_landing_looks_again() {
+    async fn a_miss_that_began_before_a_load_ended_takes_its_value() {
         let flights = Flights::default();
+        let start = |flights: &Flights, name: &str, seen: Option<u64>, value: u8| {
+            flights.join_or_start::<u8, (), (), _, _>(
+                &key(name),
+                seen,
+                (),
+                move |(), _, landing| async move {
+                    let _landing = landing;
+                    Landed::Value(value)
+                },
+            )
+        };
         let seen = flights.landed();
-        let Joined::Started(load) = flights.join_or_start::<u8, (), (), _, _>(
-            &key("k"),
-            Some(seen),
-            (),
-            |(), _, mut landing| async move {
-                landing.stored();
-                Landed::Value(1)
-            },
-        ) else {
+        let Joined::Started(load) = start(&flights, "k", Some(seen), 1) else {
             panic!("nothing was in flight")
         };
         load.await;
-        // A lookup that began before the value landed, joining after the load ended.
+        // A lookup that began before the load ended, joining after it ended.
+        let Joined::Waiting(ended, ()) = start(&flights, "k", Some(seen), 2) else {
+            panic!("started a second load")
+        };
+        assert!(matches!(ended.await, Landed::Value(1)));
+        // One that began after it ended is a miss of its own.
         assert!(matches!(
-            flights.join_or_start::<u8, (), (), _, _>(
-                &key("k"),
-                Some(seen),
-                (),
-                |(), _, _| async { Landed::Value(2) }
-            ),
+            start(&flights, "k", Some(flights.landed()), 2),
+            Joined::Started(_)
+        ));
+        // After a write, nobody may take what an ended load read.
+        let seen = flights.landed();
+        let Joined::Started(load) = start(&flights, "w", Some(seen), 1) else {
+            panic!("nothing was in flight")
+        };
+        load.await;
+        flights.supersede(&key("w"));
+        assert!(matches!(
+            start(&flights, "w", Some(seen), 2),
             Joined::LookAgain(())
         ));
     }

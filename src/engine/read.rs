@@ -16,6 +16,7 @@ use crate::cache::{CacheError, Hit, Lookup};
 use crate::frame::{now_ms, Header};
 use crate::key::Key;
 use crate::metrics::{KeyDigest, Operation};
+use crate::store::Store;
 
 /// How many times a miss looks again because a load landed meanwhile, before it loads
 /// itself: each look needs another load of some key to land in between, so this is only
@@ -119,6 +120,7 @@ impl<X: ReadContext, L: Load<X>> ReadFuture<X, L> {
 impl<X: ReadContext, L: Load<X>> ReadFuture<X, L> {
     /// Loads `key` without looking it up first (a client asked for a fresh answer): joins
     /// the load in flight, or starts one whose value replaces the cached one.
+    #[cfg(feature = "http")]
     pub(crate) fn reload(context: X, key: Key, loader: L) -> Self {
         Self::start(context, key, loader, false)
     }
@@ -175,7 +177,7 @@ fn begin<X: ReadContext, L: Load<X>>(
                     context: context.clone(),
                     key: key.clone(),
                     lease,
-                    landing,
+                    _landing: landing,
                     stale,
                     store_healthy,
                 };
@@ -191,7 +193,8 @@ struct Flight<X: ReadContext> {
     context: X,
     key: Key,
     lease: Lease,
-    landing: Landing,
+    /// Leaves the table when the load ends, its value stored (dropped with the flight).
+    _landing: Landing,
     /// The stale value fail-safe keeps serving when the load fails.
     stale: Option<X::Value>,
     /// The lookup met a failing store: no second timeout for the write.
@@ -237,27 +240,40 @@ impl<X: ReadContext> Flight<X> {
         landed
     }
 
+    /// Caches `value` fresh for `fresh`, kept the policy's grace longer for fail-safe,
+    /// recording how long its load took (for XFetch) — unless the lease is void: the key was
+    /// written or invalidated since the load began. Logs instead of failing.
     async fn store(
-        &mut self,
+        &self,
         policy: &ReadPolicy,
         value: &X::Value,
         fresh: Option<Duration>,
         took: Duration,
     ) {
         let cache = self.context.cache();
+        let key = &self.key;
+        if cache.is_closed() || !self.lease.is_current() {
+            return;
+        }
+        let mut header = Header::new(fresh);
+        header.load_ms = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
+        let keep = fresh.map(|fresh| fresh.saturating_add(policy.grace()));
         let stored = cache
-            .store_leased(
-                policy.strategy,
-                &self.key,
-                value,
-                fresh,
-                policy.grace(),
-                took,
-                &self.lease,
-            )
+            .observed(Operation::Set, policy.strategy, async {
+                let stored = cache.encode_with(value, header)?;
+                Ok(cache
+                    .put(key, stored, keep, &cache.tags_of(key, value))
+                    .await?)
+            })
             .await;
-        if stored {
-            self.landing.stored();
+        if let Err(error) = stored {
+            tracing::warn!(key = %KeyDigest(key), %error, "value not cached");
+            return;
+        }
+        if !self.lease.is_current() {
+            // A write of the key raced this store and may have landed before it: take the
+            // value out again, so that the next read loads what the write wrote.
+            let _ = cache.store().delete(key).await;
         }
     }
 }
@@ -348,7 +364,7 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                             });
                             continue;
                         }
-                        Joined::Joined(load, loader) => {
+                        Joined::Waiting(load, loader) => {
                             observer.miss(strategy);
                             observer.coalesced(strategy);
                             this.span.record("outcome", "coalesced");
@@ -417,7 +433,7 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                                 let (joined, private) =
                                     begin(context, key, own, stale.as_ref(), None, true, this.span);
                                 let (load, loader) = match joined {
-                                    Joined::Joined(load, loader) => (load, Some(loader)),
+                                    Joined::Waiting(load, loader) => (load, Some(loader)),
                                     Joined::Started(load) => (load, None),
                                     Joined::LookAgain(_) => {
                                         unreachable!("begun without a lookup count")

@@ -367,11 +367,14 @@ impl CacheConfig {
         &self,
         cache: Cache<CachedResponse, St, C>,
     ) -> Result<ConfiguredCacheLayer<St, C>, ConfigError> {
-        let routes = self
+        let mut routes: Vec<_> = self
             .compile()?
             .into_iter()
             .map(|route| route.into_action(&cache))
             .collect();
+        // A literal route wins over a `{param}` route that also matches, whatever their
+        // names (stable: equally specific routes keep their name order).
+        routes.sort_by_key(|(_, matcher, _)| std::cmp::Reverse(matcher.specificity()));
         Ok(ConfiguredCacheLayer {
             routes: Arc::new(routes),
         })

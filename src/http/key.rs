@@ -192,6 +192,19 @@ fn parse_template(template: &str) -> Vec<Segment> {
 }
 
 impl PathKey {
+    /// How specific the path template is, for choosing among templates that match one path
+    /// as axum does: more literal bytes first, then fewer parameters.
+    pub(crate) fn specificity(&self) -> (usize, std::cmp::Reverse<usize>) {
+        let (literal, params) = self
+            .path
+            .iter()
+            .fold((0, 0), |(l, p), segment| match segment {
+                Segment::Literal(text) => (l + text.len(), p),
+                Segment::Param(_) => (l, p + 1),
+            });
+        (literal, std::cmp::Reverse(params))
+    }
+
     /// Matches paths against `path` (axum's `{name}` syntax) and builds keys from `key`.
     ///
     /// ```

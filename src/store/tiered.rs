@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use pin_project::pin_project;
+use tokio_util::sync::CancellationToken;
 
 use super::commands::GetFuture;
 use super::{MemoryStore, RedisConfig, RedisStore, Store, StoreError, StoreValue};
@@ -64,12 +65,25 @@ struct Shared {
     channel: String,
     l1_ttl: Duration,
     connected: AtomicBool,
-    /// Counts invalidations (local, or received from the backplane), each counted before
-    /// it touches L1, so that an L2 value read before one does not land in L1 after it:
-    /// per key (hashed into a few slots) for key invalidations, and all at once for
-    /// patterns and clears.
+    /// Counts invalidations (local, or received from the backplane), each counted after it
+    /// was applied to L2 and before it touches L1, so that an L2 value read before one does
+    /// not land in L1 after it: per key (hashed into a few slots) for key invalidations, and
+    /// all at once for patterns and clears.
     invalidations: Invalidations,
+    /// Ends the subscriber (and closes its connection) when the last store clone is dropped.
+    stop: CancellationToken,
 }
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// How often the subscriber sends itself a heartbeat through Redis; a subscription that
+/// hears none of its own for three periods is taken as dead (a half-open connection
+/// delivers nothing and reports no error): L1 is cleared and the subscription renewed.
+const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// How many counters key invalidations are spread over: a read is held back only by an
 /// invalidation of its own slot.
@@ -173,14 +187,27 @@ impl TieredStore {
         channel: &str,
     ) -> Result<Self, StoreError> {
         let client = config.client()?;
+        let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             id: format!("{:016x}", fastrand::u64(..)),
             channel: channel.to_owned(),
             l1_ttl,
             connected: AtomicBool::new(false),
             invalidations: Invalidations::new(),
+            stop: stop.clone(),
         });
-        tokio::spawn(subscribe(client, l1.clone(), Arc::downgrade(&shared)));
+        let subscriber = Subscriber {
+            client,
+            l1: l1.clone(),
+            l2: l2.clone(),
+            shared: Arc::downgrade(&shared),
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = subscriber.run() => {}
+            }
+        });
         Ok(TieredStore { l1, l2, shared })
     }
 
@@ -218,84 +245,122 @@ impl TieredStore {
     }
 }
 
-/// Listens to the backplane for as long as the store lives, reconnecting with backoff and
-/// clearing L1 whenever it was disconnected.
-async fn subscribe(client: redis::Client, l1: MemoryStore, shared: std::sync::Weak<Shared>) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let Some(channel) = shared.upgrade().map(|s| s.channel.clone()) else {
-            return;
-        };
-        let connected = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        match tokio::time::timeout(Duration::from_secs(2), connected).await {
-            Ok(Ok(pubsub)) => {
-                backoff = Duration::from_millis(50);
-                // Whatever L1 holds may have missed invalidations while disconnected.
-                if let Some(shared) = shared.upgrade() {
-                    shared.invalidations.everything();
+/// The backplane's subscriber: applies other instances' invalidations to L1 for as long as
+/// the store lives, reconnecting with backoff and clearing L1 whenever it was disconnected
+/// or went silent.
+struct Subscriber {
+    client: redis::Client,
+    l1: MemoryStore,
+    l2: RedisStore,
+    shared: std::sync::Weak<Shared>,
+}
+
+impl Subscriber {
+    async fn run(self) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let Some(channel) = self.shared.upgrade().map(|s| s.channel.clone()) else {
+                return;
+            };
+            let connected = async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            match tokio::time::timeout(Duration::from_secs(2), connected).await {
+                Ok(Ok(pubsub)) => {
+                    backoff = Duration::from_millis(50);
+                    self.listen(pubsub).await;
+                    if let Some(shared) = self.shared.upgrade() {
+                        shared.connected.store(false, Ordering::Release);
+                        shared.invalidations.everything();
+                    }
+                    self.l1.clear();
+                    tracing::warn!("cache backplane disconnected: L1 cleared");
                 }
-                l1.clear();
-                if let Some(shared) = shared.upgrade() {
-                    shared.connected.store(true, Ordering::Release);
+                _ => {
+                    self.l1.clear();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
-                let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
-                    let Some(shared) = shared.upgrade() else {
-                        return;
-                    };
+            }
+        }
+    }
+
+    /// Applies invalidations until the subscription ends or goes silent.
+    async fn listen(&self, pubsub: redis::aio::PubSub) {
+        // Whatever L1 holds may have missed invalidations while disconnected.
+        if let Some(shared) = self.shared.upgrade() {
+            shared.invalidations.everything();
+        }
+        self.l1.clear();
+        if let Some(shared) = self.shared.upgrade() {
+            shared.connected.store(true, Ordering::Release);
+        }
+        let mut messages = pubsub.into_on_message();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut heard = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { return };
+                    let Some(shared) = self.shared.upgrade() else { return };
                     let Ok(text) = message.get_payload::<String>() else {
                         continue;
                     };
-                    let mut parts = text.splitn(3, ' ');
-                    let (Some(from), Some(kind), Some(target)) =
-                        (parts.next(), parts.next(), parts.next())
-                    else {
-                        continue;
-                    };
-                    if from == shared.id {
-                        continue;
-                    }
-                    match kind {
-                        "k" => {
-                            shared.invalidations.key(target);
-                            if let Ok(key) = Key::new(target) {
-                                let _ = l1.delete(&key).await;
-                            }
-                        }
-                        "K" => {
-                            target
-                                .split('\n')
-                                .for_each(|key| shared.invalidations.key(key));
-                            let keys: Vec<Key> = target
-                                .split('\n')
-                                .filter_map(|key| Key::new(key).ok())
-                                .collect();
-                            let _ = l1.delete_many(&keys).await;
-                        }
-                        "p" => {
-                            shared.invalidations.everything();
-                            let _ = l1.delete_pattern(&Pattern::glob(target)).await;
-                        }
-                        _ => {}
+                    if self.apply(&shared, &text).await {
+                        heard = tokio::time::Instant::now();
                     }
                 }
-                if let Some(shared) = shared.upgrade() {
-                    shared.connected.store(false, Ordering::Release);
-                    shared.invalidations.everything();
+                _ = heartbeat.tick() => {
+                    if heard.elapsed() > HEARTBEAT * 3 {
+                        tracing::warn!("cache backplane silent: renewing the subscription");
+                        return;
+                    }
+                    let Some(shared) = self.shared.upgrade() else { return };
+                    let beat = message(&shared.id, 'h', "");
+                    // A failure shows as silence.
+                    let _ = self.l2.publish(&shared.channel, &beat).await;
                 }
-                l1.clear();
-                tracing::warn!("cache backplane disconnected: L1 cleared");
-            }
-            _ => {
-                l1.clear();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
+    }
+
+    /// Applies one message; whether it was this instance's own heartbeat.
+    async fn apply(&self, shared: &Shared, text: &str) -> bool {
+        let mut parts = text.splitn(3, ' ');
+        let (Some(from), Some(kind), Some(target)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        if from == shared.id {
+            return kind == "h";
+        }
+        let l1 = &self.l1;
+        match kind {
+            "k" => {
+                shared.invalidations.key(target);
+                if let Ok(key) = Key::new(target) {
+                    let _ = l1.delete(&key).await;
+                }
+            }
+            "K" => {
+                target
+                    .split('\n')
+                    .for_each(|key| shared.invalidations.key(key));
+                let keys: Vec<Key> = target
+                    .split('\n')
+                    .filter_map(|key| Key::new(key).ok())
+                    .collect();
+                let _ = l1.delete_many(&keys).await;
+            }
+            "p" => {
+                shared.invalidations.everything();
+                let _ = l1.delete_pattern(&Pattern::glob(target)).await;
+            }
+            _ => {}
+        }
+        false
     }
 }
 
@@ -419,26 +484,28 @@ impl Store for TieredStore {
         Ok(())
     }
 
+    // Each invalidation is applied to L2 first and counted after: a read that copies from
+    // L2 into L1 meanwhile either saw L2 after it, or sees the count move and drops its copy.
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
+        let deleted = self.l2.delete(key).await;
         self.invalidating([key]);
         let _ = self.l1.delete(key).await;
-        let deleted = self.l2.delete(key).await;
         self.publish('k', key.as_str()).await;
         deleted
     }
 
     async fn delete_many(&self, keys: &[Key]) -> Result<u64, StoreError> {
+        let deleted = self.l2.delete_many(keys).await;
         self.invalidating(keys);
         let _ = self.l1.delete_many(keys).await;
-        let deleted = self.l2.delete_many(keys).await;
         self.publish_keys(keys).await;
         deleted
     }
 
     async fn delete_pattern(&self, pattern: &Pattern) -> Result<u64, StoreError> {
+        let deleted = self.l2.delete_pattern(pattern).await;
         self.shared.invalidations.everything();
         let _ = self.l1.delete_pattern(pattern).await;
-        let deleted = self.l2.delete_pattern(pattern).await;
         self.publish('p', pattern.as_str()).await;
         deleted
     }

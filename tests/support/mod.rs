@@ -8,6 +8,8 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod faulty;
+pub mod proxy;
 
 /// Defines, for each named `async fn test<S: Store>(store: S, prefix: &str)`, one
 /// `#[tokio::test]` per store: `memory::test`, `redis::test` (shared redis-server) and
@@ -431,4 +433,13 @@ pub async fn shared_cluster_store() -> tower_caching::store::RedisClusterStore {
     )
     .await
     .expect("cannot connect to the test cluster")
+}
+
+/// Waits until `check` holds, polling every few milliseconds; panics after `limit`.
+pub async fn within(limit: std::time::Duration, check: impl AsyncFn() -> bool) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "still not so after {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }

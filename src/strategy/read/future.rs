@@ -31,6 +31,8 @@ where
     kind: Kind<Svc, Req, S, K, T>,
 }
 
+// The read is the large variant, and the common one: boxing it would cost every hit.
+#[allow(clippy::large_enum_variant)]
 #[pin_project(project = KindProj)]
 enum Kind<Svc, Req, S, K, T>
 where

@@ -1,12 +1,15 @@
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
+use futures_util::future::{FutureExt, Shared};
 use pin_project::pin_project;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
 use tokio_util::sync::PollSemaphore;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -18,10 +21,12 @@ use super::{
 };
 use crate::cache::{Cacheable, PendingWrites};
 use crate::codec::Codec;
+use crate::key::Key;
 use crate::key::KeyExtractor;
 use crate::layer::CacheLayer;
 use crate::metrics::{KeyDigest, Strategy};
 use crate::store::Store;
+use crate::task::{run_to_completion, Completion};
 use crate::ttl::TtlPolicy;
 use crate::BoxError;
 
@@ -41,6 +46,7 @@ pub struct WriteBehindService<Svc, Req, S, K, T> {
 pub(super) struct Producers<Req> {
     queue: Arc<dyn WriteQueue<Req>>,
     started: AtomicBool,
+    order: Arc<KeyOrder>,
 }
 
 impl<Req> Producers<Req> {
@@ -48,7 +54,66 @@ impl<Req> Producers<Req> {
         Arc::new(Producers {
             queue,
             started: AtomicBool::new(false),
+            order: Arc::default(),
         })
+    }
+}
+
+/// Orders the cache steps of one key's writes as the writes were queued: each waits for the
+/// previous one's, so two writes of a key reach the cache in queue order, whatever order
+/// their round trips would land in.
+#[derive(Default)]
+struct KeyOrder {
+    last: Mutex<HashMap<Key, (u64, Shared<oneshot::Receiver<()>>)>>,
+    next: AtomicU64,
+}
+
+impl KeyOrder {
+    /// Takes the next turn of `key`; taken in `call`, so in queue order.
+    fn enter(self: &Arc<Self>, key: &Key) -> Turn {
+        let (done, finished) = oneshot::channel();
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let previous = self
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), (id, finished.shared()))
+            .map(|(_, previous)| previous);
+        Turn {
+            order: self.clone(),
+            key: key.clone(),
+            id,
+            previous,
+            _done: done,
+        }
+    }
+}
+
+/// One write's turn at its key's cache entry; dropping it (done, or panicked) hands the
+/// turn on.
+struct Turn {
+    order: Arc<KeyOrder>,
+    key: Key,
+    id: u64,
+    previous: Option<Shared<oneshot::Receiver<()>>>,
+    _done: oneshot::Sender<()>,
+}
+
+impl Turn {
+    /// Waits for the cache step of the key's previous write.
+    async fn wait(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            let _ = previous.await;
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut last = self.order.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            last.remove(&self.key);
+        }
     }
 }
 
@@ -279,40 +344,20 @@ where
             operation = "enqueue",
             key = %KeyDigest(&key),
         );
+        let mut turn = self.queue.order.enter(&key);
         match self
             .queue
             .queue
             .clone()
             .enqueue(key.clone(), request, queued, permit)
         {
+            // Reads see the queued value before the writer runs. The cache step is the
+            // queue's: it runs to the end, in queue order, whatever becomes of the caller.
             Enqueue::Queued => WriteBehindFuture {
                 state: State::Cache {
-                    // Reads see the queued value before the writer runs.
-                    store: Box::pin(
+                    store: run_to_completion(
                         async move {
-                            cache
-                                .store_or_invalidate(
-                                    Strategy::WriteBehind,
-                                    &key,
-                                    value.as_ref(),
-                                    ttl,
-                                )
-                                .await
-                        }
-                        .instrument(span),
-                    ),
-                    response: Some(response),
-                },
-            },
-            Enqueue::Pending(queued) => WriteBehindFuture {
-                state: State::Queueing {
-                    future: Box::pin(
-                        async move {
-                            let response = match queued.await {
-                                Ok(()) => response,
-                                // Not queued: written now, so it is never lost.
-                                Err(request) => inner.call(request).await?,
-                            };
+                            turn.wait().await;
                             cache
                                 .store_or_invalidate(
                                     Strategy::WriteBehind,
@@ -321,7 +366,35 @@ where
                                     ttl,
                                 )
                                 .await;
-                            Ok(response)
+                            drop(turn);
+                        }
+                        .instrument(span),
+                    ),
+                    response: Some(response),
+                },
+            },
+            Enqueue::Pending(queued) => WriteBehindFuture {
+                state: State::Queueing {
+                    future: tokio::spawn(
+                        async move {
+                            let response = match queued.await {
+                                Ok(()) => Ok(response),
+                                // Not queued: written now, so it is never lost.
+                                Err(request) => inner.call(request).await,
+                            };
+                            turn.wait().await;
+                            if response.is_ok() {
+                                cache
+                                    .store_or_invalidate(
+                                        Strategy::WriteBehind,
+                                        &key,
+                                        value.as_ref(),
+                                        ttl,
+                                    )
+                                    .await;
+                            }
+                            drop(turn);
+                            response
                         }
                         .instrument(span),
                     ),
@@ -340,17 +413,17 @@ pub struct WriteBehindFuture<Fut, Resp, E> {
     state: State<Fut, Resp, E>,
 }
 
-/// The boxed future of a write being queued in a durable queue (a round trip), then cached.
-type QueueingFuture<Resp, E> = Pin<Box<dyn Future<Output = Result<Resp, E>> + Send>>;
-
 #[pin_project(project = StateProj)]
 enum State<Fut, Resp, E> {
     Cache {
-        store: Pin<Box<dyn Future<Output = ()> + Send>>,
+        #[pin]
+        store: Completion,
         response: Option<Resp>,
     },
+    /// A write being queued in a durable queue (a round trip), then cached, on its own task.
     Queueing {
-        future: QueueingFuture<Resp, E>,
+        #[pin]
+        future: JoinHandle<Result<Resp, E>>,
     },
     Direct {
         #[pin]
@@ -375,10 +448,17 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Cache { store, response } => {
-                ready!(store.as_mut().poll(cx));
+                ready!(store.poll(cx));
                 Poll::Ready(Ok(response.take().expect("polled after completion")))
             }
-            StateProj::Queueing { future } => future.as_mut().poll(cx),
+            StateProj::Queueing { future } => match ready!(future.poll(cx)) {
+                Ok(result) => Poll::Ready(result),
+                // The direct write panicked: so does the request that depended on it.
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(_) => {
+                    panic!("the write-behind task was cancelled: the runtime is shutting down")
+                }
+            },
             StateProj::Direct { future } => future.poll(cx),
         }
     }

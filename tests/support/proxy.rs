@@ -1,0 +1,127 @@
+//! A fault-injecting TCP relay between a client and a real server on loopback: passes bytes
+//! through, delays them, swallows them (a black hole: connections stay open, nothing
+//! arrives), resets every connection, or refuses new ones.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What the relay does to traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    Pass = 0,
+    BlackHole = 1,
+    Reset = 2,
+    Refuse = 3,
+}
+
+/// The relay; dropping it stops it.
+pub struct Proxy {
+    port: u16,
+    fault: Arc<AtomicU8>,
+    latency_ms: Arc<AtomicU64>,
+    resets: watch::Sender<u64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Proxy {
+    /// Relays a free loopback port to `target` (`host:port`).
+    pub async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fault = Arc::new(AtomicU8::new(Fault::Pass as u8));
+        let latency_ms = Arc::new(AtomicU64::new(0));
+        let (resets, _) = watch::channel(0u64);
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let (f, l, r) = (fault.clone(), latency_ms.clone(), resets.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    accepted = listener.accept() => {
+                        let Ok((client, _)) = accepted else { continue };
+                        if f.load(Ordering::SeqCst) == Fault::Refuse as u8 {
+                            drop(client);
+                            continue;
+                        }
+                        let Ok(server) = TcpStream::connect(&target).await else { continue };
+                        let _ = client.set_nodelay(true);
+                        let _ = server.set_nodelay(true);
+                        let (cr, cw) = client.into_split();
+                        let (sr, sw) = server.into_split();
+                        tokio::spawn(pipe(cr, sw, f.clone(), l.clone(), r.subscribe()));
+                        tokio::spawn(pipe(sr, cw, f.clone(), l.clone(), r.subscribe()));
+                    }
+                }
+            }
+        });
+        Proxy {
+            port,
+            fault,
+            latency_ms,
+            resets,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set(&self, fault: Fault) {
+        self.fault.store(fault as u8, Ordering::SeqCst);
+        if fault == Fault::Reset {
+            self.resets.send_modify(|n| *n += 1);
+        }
+    }
+
+    pub fn latency(&self, latency: Duration) {
+        self.latency_ms
+            .store(latency.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.resets.send_modify(|n| *n += 1);
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    fault: Arc<AtomicU8>,
+    latency_ms: Arc<AtomicU64>,
+    mut resets: watch::Receiver<u64>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            _ = resets.changed() => return,
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+        };
+        let delay = latency_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        match fault.load(Ordering::SeqCst) {
+            x if x == Fault::BlackHole as u8 => continue,
+            x if x == Fault::Reset as u8 => return,
+            _ => {}
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
