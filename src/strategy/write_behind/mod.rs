@@ -21,6 +21,13 @@
 //! - **Flush and shutdown**: [`Cache::flush_pending_writes`](crate::Cache::flush_pending_writes)
 //!   writes everything now; [`Cache::close`](crate::Cache::close) flushes and stops the
 //!   worker; writes that arrive after it go straight to the writer.
+//! - **Owned by its services**: a layer makes a queue per service it builds (shared by that
+//!   service's clones) and starts nothing; the worker starts with the first request (or
+//!   [`WriteBehindService::start`]), and when the last clone is dropped it writes what is
+//!   left and ends.
+//! - **In queue order**: the cache steps of one key's writes land in the order the writes
+//!   were queued, and run to the end even when the caller goes away; a writer that panics
+//!   is a failed attempt (retried, then dead-lettered), never a dead worker.
 //! - **What it does not survive**, by default: a crash or kill of the process loses the
 //!   writes still in the in-memory queue; the queue depth is the window. With
 //!   [`durable`](crate::CacheLayer::durable)`(`[`StreamQueue`]`)` (feature `redis`) the
@@ -53,7 +60,7 @@
 //!     Ok::<_, Infallible>(())
 //! });
 //! let service = layer.layer(database);
-//! service.oneshot(UpdateMetrics { ispb: "1".into(), lookups: 7 }).await?; // queued
+//! service.clone().oneshot(UpdateMetrics { ispb: "1".into(), lookups: 7 }).await?; // queued
 //! assert_eq!(cache.flush_pending_writes().await?, 1);                      // written
 //! # Ok(())
 //! # }
