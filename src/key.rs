@@ -2,7 +2,7 @@
 //! seed's key patterns, and the [`KeyExtractor`] policy that turns a request into a key.
 //!
 //! A key is any UTF-8 string of at most [`Key::MAX_LEN`] bytes without control characters.
-//! Parts that come from users (ids, ISPBs, names) go through [`KeyBuilder`], which
+//! Parts that come from users (ids, names) go through [`KeyBuilder`], which
 //! percent-escapes every character with a meaning to Redis — glob characters (`*?[]\`),
 //! hash-tag braces (`{}`), the `:` separator, `%`, whitespace and control characters — so a
 //! user id like `a*` can neither widen a [`Pattern`] delete nor choose a Redis Cluster slot.
@@ -447,8 +447,10 @@ fn match_class(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
     Some((matched != negate, i + 1))
 }
 
-/// Builds keys from a namespace prefix and escaped user-supplied parts, with one method per
-/// key pattern of the original payments directory service.
+/// Builds keys from a namespace prefix and escaped user-supplied parts: `kind:part` with
+/// [`build`](KeyBuilder::build), and shorthands for the three most common kinds (`entry`,
+/// `metrics`, `config`). An application's own kinds belong in the application (the
+/// flagship example adds its own with an extension trait).
 ///
 /// Every `part` is percent-escaped (see the [module docs](self)), so the result is always a
 /// valid key unless it is longer than [`Key::MAX_LEN`], in which case the builder keeps the
@@ -461,7 +463,7 @@ fn match_class(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
 /// let keys = KeyBuilder::new();
 /// assert_eq!(keys.entry("e1").as_str(), "entry:e1");
 /// assert_eq!(keys.metrics("12345678").as_str(), "metrics:12345678");
-/// assert_eq!(keys.dict_key("+55 11 9").as_str(), "dict:key:+55%2011%209");
+/// assert_eq!(keys.build("phone", "+55 11 9").as_str(), "phone:+55%2011%209");
 /// assert_eq!(keys.build("custom", "x:y#z").as_str(), "custom:x%3Ay%23z");
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -603,14 +605,14 @@ impl KeyBuilder {
         self.pattern("entry")
     }
 
-    /// `metrics:{ispb}` — a participant's counters (TTL [`ttl::METRICS`](crate::ttl::METRICS)).
+    /// `metrics:{id}` — an owner's counters (TTL [`ttl::METRICS`](crate::ttl::METRICS)).
     ///
     /// ```
     /// # use tower_caching::key::KeyBuilder;
     /// assert_eq!(KeyBuilder::new().metrics("12345678").as_str(), "metrics:12345678");
     /// ```
-    pub fn metrics(&self, ispb: &str) -> Key {
-        self.build("metrics", ispb)
+    pub fn metrics(&self, id: &str) -> Key {
+        self.build("metrics", id)
     }
 
     /// `config:{name}` — configuration (TTL [`ttl::CONFIG`](crate::ttl::CONFIG)).
@@ -621,56 +623,6 @@ impl KeyBuilder {
     /// ```
     pub fn config(&self, name: &str) -> Key {
         self.build("config", name)
-    }
-
-    /// `participant:{ispb}` — participant data (TTL [`ttl::PARTICIPANT`](crate::ttl::PARTICIPANT)).
-    ///
-    /// ```
-    /// # use tower_caching::key::KeyBuilder;
-    /// assert_eq!(KeyBuilder::new().participant("12345678").as_str(), "participant:12345678");
-    /// ```
-    pub fn participant(&self, ispb: &str) -> Key {
-        self.build("participant", ispb)
-    }
-
-    /// `dict:key:{key}` — a dictionary key lookup (TTL [`ttl::DICT_KEY`](crate::ttl::DICT_KEY)).
-    ///
-    /// ```
-    /// # use tower_caching::key::KeyBuilder;
-    /// assert_eq!(KeyBuilder::new().dict_key("+5511").as_str(), "dict:key:+5511");
-    /// ```
-    pub fn dict_key(&self, key: &str) -> Key {
-        self.build("dict:key", key)
-    }
-
-    /// `dict:ispb:{ispb}` — lookups by ISPB (TTL [`ttl::DICT_ISPB`](crate::ttl::DICT_ISPB)).
-    ///
-    /// ```
-    /// # use tower_caching::key::KeyBuilder;
-    /// assert_eq!(KeyBuilder::new().dict_ispb("12345678").as_str(), "dict:ispb:12345678");
-    /// ```
-    pub fn dict_ispb(&self, ispb: &str) -> Key {
-        self.build("dict:ispb", ispb)
-    }
-
-    /// `vsync:{id}` — a bulk synchronisation (no TTL: invalidated by write-around).
-    ///
-    /// ```
-    /// # use tower_caching::key::KeyBuilder;
-    /// assert_eq!(KeyBuilder::new().vsync("v1").as_str(), "vsync:v1");
-    /// ```
-    pub fn vsync(&self, id: &str) -> Key {
-        self.build("vsync", id)
-    }
-
-    /// Every `vsync:*` key.
-    ///
-    /// ```
-    /// # use tower_caching::key::KeyBuilder;
-    /// assert_eq!(KeyBuilder::new().vsyncs().as_str(), "vsync:*");
-    /// ```
-    pub fn vsyncs(&self) -> Pattern {
-        self.pattern("vsync")
     }
 }
 
@@ -692,7 +644,7 @@ pub(crate) fn escape_part(part: &str) -> std::borrow::Cow<'_, str> {
         ) || c.is_whitespace()
             || c.is_control()
     }
-    // Most parts (ids, ISPBs) need no escape: no allocation for them.
+    // Most parts (ids, names) need no escape: no allocation for them.
     if !part.chars().any(needs_escape) {
         return std::borrow::Cow::Borrowed(part);
     }

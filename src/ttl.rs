@@ -8,7 +8,8 @@
 //! shortens TTLs by a random fraction, so that keys written together do not expire
 //! together.
 //!
-//! The constants are the TTLs of the original payments directory service.
+//! The constants are common defaults for the [`KeyBuilder`](crate::key::KeyBuilder)'s
+//! shorthand kinds.
 //!
 //! # Example
 //!
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use crate::key::Key;
 
-/// `entry:{id}`: 5 minutes. The original service's TTLs, one per key pattern:
+/// `entry:{id}`: 5 minutes. One default per shorthand kind of the key builder:
 ///
 /// ```
 /// use std::time::Duration;
@@ -40,20 +41,12 @@ use crate::key::Key;
 /// assert_eq!(ttl::ENTRY, Duration::from_secs(300));
 /// assert_eq!(ttl::METRICS, Duration::from_secs(600));
 /// assert_eq!(ttl::CONFIG, Duration::from_secs(3600));
-/// assert_eq!(ttl::PARTICIPANT, Duration::from_secs(900));
-/// assert_eq!(ttl::DICT_KEY, ttl::DICT_ISPB);
 /// ```
 pub const ENTRY: Duration = Duration::from_secs(5 * 60);
-/// `metrics:{ispb}`: 10 minutes. See [`ENTRY`] for an example.
+/// `metrics:{id}`: 10 minutes. See [`ENTRY`] for an example.
 pub const METRICS: Duration = Duration::from_secs(10 * 60);
 /// `config:{name}`: 1 hour. See [`ENTRY`] for an example.
 pub const CONFIG: Duration = Duration::from_secs(60 * 60);
-/// `participant:{ispb}`: 15 minutes. See [`ENTRY`] for an example.
-pub const PARTICIPANT: Duration = Duration::from_secs(15 * 60);
-/// `dict:key:{key}`: 5 minutes. See [`ENTRY`] for an example.
-pub const DICT_KEY: Duration = Duration::from_secs(5 * 60);
-/// `dict:ispb:{ispb}`: 5 minutes. See [`ENTRY`] for an example.
-pub const DICT_ISPB: Duration = Duration::from_secs(5 * 60);
 
 /// Decides how long a value cached under a key stays fresh.
 ///

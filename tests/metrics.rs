@@ -303,7 +303,7 @@ async fn write_around_counts_invalidations() {
         .invalidate(move |r: &CreateEntry| {
             Invalidation::new()
                 .key(bulk_keys.entry(&r.entry.id))
-                .pattern(bulk_keys.vsyncs())
+                .pattern(bulk_keys.pattern("vsync"))
         })
         .layer(db);
     writer

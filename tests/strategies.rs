@@ -259,7 +259,7 @@ async fn write_around_bulk_operation<S: Store>(store: S, prefix: &str) {
             .await
             .unwrap();
     }
-    cache.set(&keys.vsync("old"), &None, None).await.unwrap();
+    cache.set(&keys.build("vsync", "old"), &None, None).await.unwrap();
     cache
         .set(&keys.entry("untouched"), &None, None)
         .await
@@ -269,7 +269,7 @@ async fn write_around_bulk_operation<S: Store>(store: S, prefix: &str) {
         .invalidate(move |req: &Vsync| {
             Invalidation::new()
                 .keys(req.entries.iter().map(|e| bulk_keys.entry(&e.id)))
-                .pattern(bulk_keys.vsyncs())
+                .pattern(bulk_keys.pattern("vsync"))
         })
         .layer(db.clone());
     let entries = ["e1", "e2", "e3"].map(|id| entry(id, "fresh")).to_vec();
@@ -285,7 +285,7 @@ async fn write_around_bulk_operation<S: Store>(store: S, prefix: &str) {
         assert!(!cache.exists(&keys.entry(id)).await.unwrap(), "{id}");
         assert_eq!(db.entry(id), Some(entry(id, "fresh")));
     }
-    assert!(!cache.exists(&keys.vsync("old")).await.unwrap());
+    assert!(!cache.exists(&keys.build("vsync", "old")).await.unwrap());
     assert!(cache.exists(&keys.entry("untouched")).await.unwrap());
 }
 
@@ -420,7 +420,7 @@ async fn all_strategies_integration<S: Store>(store: S, prefix: &str) {
         .invalidate(move |req: &Vsync| {
             Invalidation::new()
                 .keys(req.entries.iter().map(|e| bulk_keys.entry(&e.id)))
-                .pattern(bulk_keys.vsyncs())
+                .pattern(bulk_keys.pattern("vsync"))
         })
         .layer(db.clone());
 

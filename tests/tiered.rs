@@ -94,16 +94,16 @@ async fn a_write_on_one_instance_leaves_no_stale_l1_on_another() {
 
     // Pattern deletes reach the other L1 too.
     for id in ["1", "2", "3"] {
-        a.set(&keys.vsync(id), &id.to_string(), None).await.unwrap();
-        read_into_l1(&b, &b_l1, &keys.vsync(id)).await;
+        a.set(&keys.build("vsync", id), &id.to_string(), None).await.unwrap();
+        read_into_l1(&b, &b_l1, &keys.build("vsync", id)).await;
     }
-    a.delete_pattern(&keys.vsyncs()).await.unwrap();
+    a.delete_pattern(&keys.pattern("vsync")).await.unwrap();
     let gone = within(Duration::from_millis(100), async || {
-        b_l1.get(&keys.vsync("2")).await.unwrap().is_none()
+        b_l1.get(&keys.build("vsync", "2")).await.unwrap().is_none()
     })
     .await;
     assert!(gone.is_some(), "pattern invalidation did not reach B's L1");
-    assert_eq!(b.get(&keys.vsync("2")).await.unwrap(), None);
+    assert_eq!(b.get(&keys.build("vsync", "2")).await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,13 +22,38 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
-use tower_caching::key::KeyBuilder;
+use tower_caching::key::{Key, KeyBuilder, Pattern};
 use tower_caching::metrics::Metrics;
 use tower_caching::store::{CircuitBreaker, RedisConfig, RedisStore, Store};
 use tower_caching::strategy::{Invalidation, StreamQueue};
 use tower_caching::ttl::{self, Jitter};
 use tower_caching::{Cache, CacheLayer, Cacheable, LoadError, MemoryStore};
 use tower_layer::Layer;
+
+/// The original service's own key kinds, beside the library's shorthands (`entry`,
+/// `metrics`, `config`): an application's names live in the application.
+pub trait DirectoryKeys {
+    /// `vsync:{id}`, a bulk synchronisation.
+    fn vsync(&self, id: &str) -> Key;
+    /// Every `vsync:*` key.
+    fn vsyncs(&self) -> Pattern;
+    /// `participant:{ispb}`, a participant's data (the original cached it for 15 minutes).
+    fn participant(&self, ispb: &str) -> Key;
+}
+
+impl DirectoryKeys for KeyBuilder {
+    fn vsync(&self, id: &str) -> Key {
+        self.build("vsync", id)
+    }
+
+    fn vsyncs(&self) -> Pattern {
+        self.pattern("vsync")
+    }
+
+    fn participant(&self, ispb: &str) -> Key {
+        self.build("participant", ispb)
+    }
+}
 
 /// A directory entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -708,9 +708,9 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let cache: Cache<u8> = Cache::in_memory();
     /// let keys = KeyBuilder::new();
-    /// cache.set(&keys.vsync("1"), &1, None).await?;
-    /// cache.set(&keys.vsync("2"), &2, None).await?;
-    /// assert_eq!(cache.delete_pattern(&keys.vsyncs()).await?, 2);
+    /// cache.set(&keys.build("vsync", "1"), &1, None).await?;
+    /// cache.set(&keys.build("vsync", "2"), &2, None).await?;
+    /// assert_eq!(cache.delete_pattern(&keys.pattern("vsync")).await?, 2);
     /// # Ok(())
     /// # }
     /// ```

@@ -376,7 +376,7 @@ mod tests {
         let request = Request::get("/dict/+55%7B1%7D").body(()).unwrap();
         assert_eq!(
             key.key(&request),
-            Some(KeyBuilder::new().prefix("svc").dict_key("+55{1}"))
+            Some(KeyBuilder::new().prefix("svc").build("dict:key", "+55{1}"))
         );
     }
 }

@@ -29,7 +29,7 @@
 //! let layer = CacheLayer::write_around(cache.clone()).invalidate(move |req: &Vsync| {
 //!     Invalidation::new()
 //!         .keys(req.entry_ids.iter().map(|id| keys.entry(id)))
-//!         .pattern(keys.vsyncs())
+//!         .pattern(keys.pattern("vsync"))
 //! });
 //! let writer = layer.layer(service_fn(|_: Vsync| async { Ok::<_, Infallible>(()) }));
 //! writer.oneshot(Vsync { id: "v1".into(), entry_ids: vec!["e1".into()] }).await.unwrap();
@@ -67,7 +67,7 @@ use crate::strategy::{Always, Predicate};
 /// let keys = KeyBuilder::new();
 /// let invalidation = Invalidation::new()
 ///     .key(keys.entry("1"))
-///     .pattern(keys.vsyncs())
+///     .pattern(keys.pattern("vsync"))
 ///     .tag(Tag::new("ispb:12345678")?);
 /// assert_eq!(invalidation.key_list().len(), 1);
 /// assert_eq!(invalidation.pattern_list().len(), 1);
@@ -121,7 +121,7 @@ impl Invalidation {
     ///
     /// ```
     /// # use tower_caching::{key::KeyBuilder, strategy::Invalidation};
-    /// let i = Invalidation::new().pattern(KeyBuilder::new().vsyncs());
+    /// let i = Invalidation::new().pattern(KeyBuilder::new().pattern("vsync"));
     /// assert_eq!(i.pattern_list()[0].as_str(), "vsync:*");
     /// ```
     pub fn pattern(mut self, pattern: Pattern) -> Self {
@@ -176,7 +176,7 @@ impl Invalidation {
 ///
 /// let wider = |id: &u32| Invalidation::new()
 ///     .key(KeyBuilder::new().entry(&id.to_string()))
-///     .pattern(KeyBuilder::new().vsyncs());
+///     .pattern(KeyBuilder::new().pattern("vsync"));
 /// assert_eq!(InvalidationPolicy::<u32, ()>::invalidation(&wider, &(), &7).pattern_list().len(), 1);
 /// ```
 pub trait InvalidationPolicy<Req, K> {
@@ -273,7 +273,7 @@ impl<V, St, C, I, O, K, T> CacheLayer<WriteAround<V, St, C, I, O>, K, T> {
     /// let layer = CacheLayer::write_around(Cache::<String>::in_memory())
     ///     .invalidate(|req: &Vsync| {
     ///         Invalidation::new()
-    ///             .pattern(KeyBuilder::new().vsyncs())
+    ///             .pattern(KeyBuilder::new().pattern("vsync"))
     ///             .tag(Tag::new(format!("ispb:{}", req.ispb)).unwrap())
     ///     });
     /// # let _ = layer;
