@@ -259,7 +259,10 @@ async fn write_around_bulk_operation<S: Store>(store: S, prefix: &str) {
             .await
             .unwrap();
     }
-    cache.set(&keys.build("vsync", "old"), &None, None).await.unwrap();
+    cache
+        .set(&keys.build("vsync", "old"), &None, None)
+        .await
+        .unwrap();
     cache
         .set(&keys.entry("untouched"), &None, None)
         .await

@@ -94,7 +94,9 @@ async fn a_write_on_one_instance_leaves_no_stale_l1_on_another() {
 
     // Pattern deletes reach the other L1 too.
     for id in ["1", "2", "3"] {
-        a.set(&keys.build("vsync", id), &id.to_string(), None).await.unwrap();
+        a.set(&keys.build("vsync", id), &id.to_string(), None)
+            .await
+            .unwrap();
         read_into_l1(&b, &b_l1, &keys.build("vsync", id)).await;
     }
     a.delete_pattern(&keys.pattern("vsync")).await.unwrap();

@@ -36,25 +36,28 @@
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project::pin_project;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::codec::{Codec, Json};
 use crate::engine::flight::Flights;
 use crate::frame::{self, Header};
 use crate::key::{Key, Pattern, Tag};
-use crate::metrics::{KeyDigest, Observer, Operation, Strategy};
+use crate::metrics::{Observer, Operation, Strategy};
 use crate::store::{MemoryStore, Store, StoreError, StoreValue};
 
+mod builder;
 mod error;
+mod lookup;
+mod pending;
 
+pub use self::builder::CacheBuilder;
 pub use self::error::CacheError;
+pub(crate) use self::lookup::{Hit, Lookup};
+pub(crate) use self::pending::PendingWrites;
 
 /// What a [`Cache`] can hold: serde round-trippable, cloneable, shareable across threads.
 /// Implemented for every such type.
@@ -106,16 +109,6 @@ pub(crate) struct Shared<S, C> {
     observer: Observer,
 }
 
-/// A write-behind queue, as the cache that owns its values sees it.
-pub(crate) trait PendingWrites: Send + Sync {
-    /// Writes everything queued now; how many writes were written.
-    fn flush(&self) -> Pin<Box<dyn Future<Output = Result<u64, CacheError>> + Send + '_>>;
-    /// Stops the queue after a last flush.
-    fn close(&self) -> Pin<Box<dyn Future<Output = Result<u64, CacheError>> + Send + '_>>;
-    /// The framed value of the newest write of `key` still queued or being written.
-    fn pending_value(&self, key: &Key) -> Option<StoreValue>;
-}
-
 impl<V, S, C> Clone for Cache<V, S, C> {
     fn clone(&self) -> Self {
         Cache {
@@ -137,144 +130,6 @@ impl<V, S: fmt::Debug, C: fmt::Debug> fmt::Debug for Cache<V, S, C> {
             .field("tagged", &self.tags.is_some())
             .finish()
     }
-}
-
-/// Builds a [`Cache`]: choose the codec and the value size limit.
-///
-/// ```
-/// use tower_caching::{store::MemoryStore, Cache};
-///
-/// let cache: Cache<String> = Cache::builder(MemoryStore::new())
-///     .max_value_size(64 * 1024)
-///     .build();
-/// # let _ = cache;
-/// ```
-#[derive(Debug, Clone)]
-pub struct CacheBuilder<S, C = Json> {
-    store: S,
-    codec: C,
-    max_value_size: usize,
-    #[cfg(feature = "metrics")]
-    metrics: Option<crate::metrics::Metrics>,
-}
-
-impl<S: Store, C: Codec> CacheBuilder<S, C> {
-    /// Encodes values with `codec` instead of JSON.
-    ///
-    /// ```
-    /// # #[cfg(feature = "msgpack")] {
-    /// use tower_caching::{codec::MsgPack, Cache, MemoryStore};
-    /// let cache: Cache<String, MemoryStore, MsgPack> =
-    ///     Cache::builder(MemoryStore::new()).codec(MsgPack).build();
-    /// # let _ = cache;
-    /// # }
-    /// ```
-    pub fn codec<C2: Codec>(self, codec: C2) -> CacheBuilder<S, C2> {
-        CacheBuilder {
-            store: self.store,
-            codec,
-            max_value_size: self.max_value_size,
-            #[cfg(feature = "metrics")]
-            metrics: self.metrics,
-        }
-    }
-
-    /// Records hits, misses, errors and latencies into `metrics` (see
-    /// [`metrics`](crate::metrics)). Several caches may share one [`Metrics`].
-    ///
-    /// [`Metrics`]: crate::metrics::Metrics
-    ///
-    /// ```
-    /// use tower_caching::{metrics::Metrics, Cache, MemoryStore};
-    ///
-    /// let metrics = Metrics::builder().register(&prometheus::Registry::new())?;
-    /// let names: Cache<String> = Cache::builder(MemoryStore::new()).metrics(metrics.clone()).build();
-    /// let counts: Cache<u64> = Cache::builder(MemoryStore::new()).metrics(metrics).build();
-    /// # let _ = (names, counts);
-    /// # Ok::<(), prometheus::Error>(())
-    /// ```
-    #[cfg(feature = "metrics")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
-    pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
-        self.metrics = Some(metrics);
-        self
-    }
-
-    /// Refuses to cache values whose encoding is larger than `bytes` (default
-    /// [`DEFAULT_MAX_VALUE_SIZE`]). [`Cache::set`] returns [`CacheError::ValueTooLarge`]; the
-    /// layers skip caching such a value and serve it. See [`CacheError`] for an example.
-    pub fn max_value_size(mut self, bytes: usize) -> Self {
-        self.max_value_size = bytes;
-        self
-    }
-
-    /// The cache. See [`CacheBuilder`] for an example.
-    pub fn build<V: Cacheable>(self) -> Cache<V, S, C> {
-        Cache {
-            shared: Arc::new(Shared {
-                store: self.store,
-                codec: self.codec,
-                max_value_size: self.max_value_size,
-                closed: AtomicBool::new(false),
-                flights: Flights::default(),
-                pending: Mutex::new(Vec::new()),
-                #[cfg(feature = "metrics")]
-                observer: Observer::new(self.metrics),
-                #[cfg(not(feature = "metrics"))]
-                observer: Observer::default(),
-            }),
-            tags: None,
-            _value: PhantomData,
-        }
-    }
-}
-
-impl<V: Cacheable> Cache<V> {
-    /// A cache on a new [`MemoryStore`] with the default bound, encoding with JSON.
-    ///
-    /// ```
-    /// # use tower_caching::Cache;
-    /// let cache: Cache<String> = Cache::in_memory();
-    /// # let _ = cache;
-    /// ```
-    pub fn in_memory() -> Self {
-        Cache::builder(MemoryStore::new()).build()
-    }
-}
-
-impl<V: Cacheable, S: Store> Cache<V, S> {
-    /// A cache on `store`, encoding with JSON.
-    ///
-    /// ```
-    /// use tower_caching::{store::MemoryStore, Cache};
-    /// let store = MemoryStore::new();
-    /// let names: Cache<String> = Cache::new(store.clone());
-    /// let counts: Cache<u64> = Cache::new(store); // same store, another type
-    /// # let _ = (names, counts);
-    /// ```
-    pub fn new(store: S) -> Self {
-        Cache::builder(store).build()
-    }
-}
-
-impl<S: Store> Cache<(), S> {
-    /// A builder for a cache on `store`. See [`CacheBuilder`] for an example.
-    pub fn builder(store: S) -> CacheBuilder<S> {
-        CacheBuilder {
-            store,
-            codec: Json,
-            max_value_size: DEFAULT_MAX_VALUE_SIZE,
-            #[cfg(feature = "metrics")]
-            metrics: None,
-        }
-    }
-}
-
-/// A value found in the cache, with its age.
-#[derive(Clone, Debug)]
-pub(crate) struct Hit<V> {
-    pub(crate) value: V,
-    pub(crate) header: Header,
 }
 
 impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
@@ -421,20 +276,6 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         untagged.and(tagged.map(|_| ()))
     }
 
-    /// The value of a write-behind write of `key` still queued on this cache (or a
-    /// [`typed`](Cache::typed) view of it), newest first: what a read must see before the
-    /// writer has run.
-    pub(crate) fn pending_value(&self, key: &Key) -> Option<V> {
-        let stored = self
-            .pending_queues()
-            .iter()
-            .find_map(|queue| queue.pending_value(key))?;
-        decode::<V, C>(&self.shared.codec, &stored)
-            .map(|hit| hit.value)
-            .map_err(|error| tracing::warn!(key = %KeyDigest(key), %error, "queued value does not decode as this cache's type"))
-            .ok()
-    }
-
     pub(crate) fn codec(&self) -> &C {
         &self.shared.codec
     }
@@ -470,80 +311,6 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         } else {
             Ok(())
         }
-    }
-
-    /// Looks `key` up without allocating beyond the store's lookup: the layers' hit path.
-    pub(crate) fn lookup(&self, key: &Key) -> Lookup<V, S, C> {
-        let closed = self.shared.closed.load(Ordering::Acquire);
-        Lookup {
-            get: (!closed).then(|| self.shared.store.get(key)),
-            closed,
-            codec: self.shared.codec.clone(),
-            _value: PhantomData,
-        }
-    }
-
-    /// The value under `key`, `None` when absent or expired.
-    ///
-    /// A value that does not decode (written by other software, or by an incompatible
-    /// version of `V`) is [`CacheError::Decode`] or [`CacheError::Corrupt`];
-    /// [`Cache::get_or_load`] and the layers treat it as a miss.
-    ///
-    /// ```
-    /// # use tower_caching::{key::Key, Cache};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let cache: Cache<u32> = Cache::in_memory();
-    /// let key = Key::new("answer")?;
-    /// assert_eq!(cache.get(&key).await?, None);
-    /// cache.set(&key, &42, None).await?;
-    /// assert_eq!(cache.get(&key).await?, Some(42));
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn get(&self, key: &Key) -> Result<Option<V>, CacheError> {
-        self.check_open()?;
-        let hit = self
-            .observed(Operation::Get, Strategy::Direct, self.lookup(key))
-            .await?;
-        Ok(hit.map(|hit| hit.value))
-    }
-
-    /// The values under `keys`, in order, in one round trip. A value that does not decode is
-    /// `None` here (and logged), so one bad entry does not fail the batch.
-    ///
-    /// ```
-    /// # use tower_caching::{key::Key, Cache};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let cache: Cache<u32> = Cache::in_memory();
-    /// let (a, b) = (Key::new("a")?, Key::new("b")?);
-    /// cache.set(&a, &1, None).await?;
-    /// assert_eq!(cache.get_many(&[a, b]).await?, vec![Some(1), None]);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<V>>, CacheError> {
-        self.check_open()?;
-        let values = self
-            .observed(Operation::GetMany, Strategy::Direct, async {
-                Ok(self.shared.store.get_many(keys).await?)
-            })
-            .await?;
-        Ok(values
-            .into_iter()
-            .zip(keys)
-            .map(|(value, key)| {
-                let value = value?;
-                decode::<V, C>(&self.shared.codec, &value)
-                    .map_err(|error| {
-                        self.observer().error(Operation::GetMany, error.kind());
-                        tracing::warn!(key = %KeyDigest(key), %error, "undecodable cache value");
-                    })
-                    .ok()
-                    .map(|hit| hit.value)
-            })
-            .collect())
     }
 
     /// Frames and encodes `value` for `key` and `ttl`.
@@ -752,180 +519,8 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         .await
     }
 
-    /// Stores `value` under `key` — or, when there is no value or it cannot be stored, deletes
-    /// `key`, so that the previous value is not served after a write. When the store itself
-    /// is failing, the delete runs in the background: the caller waits for one timeout, not
-    /// two. Logs instead of failing.
-    pub(crate) async fn store_or_invalidate(
-        &self,
-        strategy: Strategy,
-        key: &Key,
-        value: Option<&V>,
-        ttl: Option<Duration>,
-    ) {
-        // A load of the key in flight may have read the row this write replaced.
-        self.shared.flights.supersede(key);
-        let encoded = value.map(|value| (self.encode(value, ttl), self.tags_of(key, value)));
-        let value = encoded.is_some();
-        let stored = match encoded {
-            Some((encoded, tags)) => {
-                self.observed(Operation::Set, strategy, async {
-                    self.check_open()?;
-                    Ok(self.put(key, encoded?, ttl, &tags).await?)
-                })
-                .await
-            }
-            None => Ok(()),
-        };
-        if value && stored.is_ok() {
-            return;
-        }
-        if let Err(error) = &stored {
-            tracing::warn!(key = %KeyDigest(key), %error, "could not cache the written value, invalidating");
-        }
-        let cache = self.clone();
-        let key = key.clone();
-        let invalidate = async move {
-            if let Err(error) = cache.delete_as(strategy, &key).await {
-                tracing::error!(key = %KeyDigest(&key), %error, "could not invalidate the key either: its previous value may be served until it expires");
-            }
-        };
-        if matches!(stored, Err(CacheError::Store(_))) {
-            tokio::spawn(invalidate);
-        } else {
-            invalidate.await;
-        }
-    }
-
-    /// Registers a write-behind queue, so that [`Cache::flush_pending_writes`] and
-    /// [`Cache::close`] reach it.
-    pub(crate) fn register_pending(&self, queue: Weak<dyn PendingWrites>) {
-        let mut pending = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        pending.retain(|queue| queue.strong_count() > 0);
-        pending.push(queue);
-    }
-
-    fn pending_queues(&self) -> Vec<Arc<dyn PendingWrites>> {
-        let pending = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        pending.iter().filter_map(Weak::upgrade).collect()
-    }
-
-    /// Writes every write queued by the write-behind layers built on this cache now, instead
-    /// of at their next batch; how many writes were written. Without write-behind layers
-    /// there is nothing to write and this returns 0.
-    ///
-    /// A write that fails is retried on its backoff schedule until it is written or
-    /// dead-lettered, so against a failing writer this returns only when every queued write
-    /// has used its attempts (bound it with `tokio::time::timeout` if that is too long).
-    ///
-    /// ```
-    /// # use tower_caching::Cache;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let cache: Cache<u8> = Cache::in_memory();
-    /// assert_eq!(cache.flush_pending_writes().await?, 0);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn flush_pending_writes(&self) -> Result<u64, CacheError> {
-        let mut written = 0;
-        for queue in self.pending_queues() {
-            written += queue.flush().await?;
-        }
-        Ok(written)
-    }
-
-    /// Flushes and stops every write-behind queue, then closes the cache: later calls return
-    /// [`CacheError::Closed`] and the layers pass requests straight to their inner service.
-    /// Closing twice is harmless. Returns how many queued writes the final flush wrote.
-    ///
-    /// ```
-    /// # use tower_caching::{key::Key, Cache, CacheError};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let cache: Cache<u8> = Cache::in_memory();
-    /// cache.close().await?;
-    /// assert!(matches!(cache.get(&Key::new("k")?).await, Err(CacheError::Closed)));
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn close(&self) -> Result<u64, CacheError> {
-        let mut written = 0;
-        for queue in self.pending_queues() {
-            written += queue.close().await?;
-        }
-        self.shared.closed.store(true, Ordering::Release);
-        Ok(written)
-    }
-
     /// Whether [`Cache::close`] was called. See [`Cache::close`] for an example.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
-    }
-}
-
-/// Decodes a framed value, from its attached decoded form when the store kept one.
-fn decode<V: Cacheable, C: Codec>(codec: &C, stored: &StoreValue) -> Result<Hit<V>, CacheError> {
-    let (header, payload) = frame::split(stored.bytes()).map_err(CacheError::from)?;
-    if let Some(value) = stored.decoded().and_then(|d| d.downcast_ref::<V>()) {
-        return Ok(Hit {
-            value: value.clone(),
-            header,
-        });
-    }
-    let value: V = codec.decode(payload).map_err(CacheError::Decode)?;
-    stored.decoded_by_cache(|| Arc::new(value.clone()));
-    Ok(Hit { value, header })
-}
-
-/// The future of a cache lookup: the store's get, then the decode.
-#[pin_project]
-pub(crate) struct Lookup<V, S: Store, C> {
-    #[pin]
-    get: Option<S::GetFuture>,
-    /// Why there is no get: the cache is closed (`true`), or the lookup is skipped.
-    closed: bool,
-    codec: C,
-    _value: PhantomData<fn() -> V>,
-}
-
-impl<V, S: Store, C> Lookup<V, S, C> {
-    /// A lookup that finds nothing without asking the store.
-    pub(crate) fn skipped(codec: C) -> Self {
-        Lookup {
-            get: None,
-            closed: false,
-            codec,
-            _value: PhantomData,
-        }
-    }
-}
-
-impl<V: Cacheable, S: Store, C: Codec> Future for Lookup<V, S, C> {
-    type Output = Result<Option<Hit<V>>, CacheError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let Some(get) = this.get.as_pin_mut() else {
-            return Poll::Ready(if *this.closed {
-                Err(CacheError::Closed)
-            } else {
-                Ok(None)
-            });
-        };
-        let stored = match std::task::ready!(get.poll(cx)) {
-            Ok(Some(stored)) => stored,
-            Ok(None) => return Poll::Ready(Ok(None)),
-            Err(error) => return Poll::Ready(Err(error.into())),
-        };
-        Poll::Ready(decode(this.codec, &stored).map(Some))
     }
 }

@@ -1,0 +1,140 @@
+use std::marker::PhantomData;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use super::{Cache, Cacheable, Shared, DEFAULT_MAX_VALUE_SIZE};
+use crate::codec::{Codec, Json};
+use crate::engine::flight::Flights;
+use crate::metrics::Observer;
+use crate::store::{MemoryStore, Store};
+
+/// Builds a [`Cache`]: choose the codec and the value size limit.
+///
+/// ```
+/// use tower_caching::{store::MemoryStore, Cache};
+///
+/// let cache: Cache<String> = Cache::builder(MemoryStore::new())
+///     .max_value_size(64 * 1024)
+///     .build();
+/// # let _ = cache;
+/// ```
+#[derive(Debug, Clone)]
+pub struct CacheBuilder<S, C = Json> {
+    store: S,
+    codec: C,
+    max_value_size: usize,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
+}
+
+impl<S: Store, C: Codec> CacheBuilder<S, C> {
+    /// Encodes values with `codec` instead of JSON.
+    ///
+    /// ```
+    /// # #[cfg(feature = "msgpack")] {
+    /// use tower_caching::{codec::MsgPack, Cache, MemoryStore};
+    /// let cache: Cache<String, MemoryStore, MsgPack> =
+    ///     Cache::builder(MemoryStore::new()).codec(MsgPack).build();
+    /// # let _ = cache;
+    /// # }
+    /// ```
+    pub fn codec<C2: Codec>(self, codec: C2) -> CacheBuilder<S, C2> {
+        CacheBuilder {
+            store: self.store,
+            codec,
+            max_value_size: self.max_value_size,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics,
+        }
+    }
+
+    /// Records hits, misses, errors and latencies into `metrics` (see
+    /// [`metrics`](crate::metrics)). Several caches may share one [`Metrics`].
+    ///
+    /// [`Metrics`]: crate::metrics::Metrics
+    ///
+    /// ```
+    /// use tower_caching::{metrics::Metrics, Cache, MemoryStore};
+    ///
+    /// let metrics = Metrics::builder().register(&prometheus::Registry::new())?;
+    /// let names: Cache<String> = Cache::builder(MemoryStore::new()).metrics(metrics.clone()).build();
+    /// let counts: Cache<u64> = Cache::builder(MemoryStore::new()).metrics(metrics).build();
+    /// # let _ = (names, counts);
+    /// # Ok::<(), prometheus::Error>(())
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Refuses to cache values whose encoding is larger than `bytes` (default
+    /// [`DEFAULT_MAX_VALUE_SIZE`]). [`Cache::set`] returns [`CacheError::ValueTooLarge`]; the
+    /// layers skip caching such a value and serve it. See [`CacheError`] for an example.
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes;
+        self
+    }
+
+    /// The cache. See [`CacheBuilder`] for an example.
+    pub fn build<V: Cacheable>(self) -> Cache<V, S, C> {
+        Cache {
+            shared: Arc::new(Shared {
+                store: self.store,
+                codec: self.codec,
+                max_value_size: self.max_value_size,
+                closed: AtomicBool::new(false),
+                flights: Flights::default(),
+                pending: Mutex::new(Vec::new()),
+                #[cfg(feature = "metrics")]
+                observer: Observer::new(self.metrics),
+                #[cfg(not(feature = "metrics"))]
+                observer: Observer::default(),
+            }),
+            tags: None,
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<V: Cacheable> Cache<V> {
+    /// A cache on a new [`MemoryStore`] with the default bound, encoding with JSON.
+    ///
+    /// ```
+    /// # use tower_caching::Cache;
+    /// let cache: Cache<String> = Cache::in_memory();
+    /// # let _ = cache;
+    /// ```
+    pub fn in_memory() -> Self {
+        Cache::builder(MemoryStore::new()).build()
+    }
+}
+
+impl<V: Cacheable, S: Store> Cache<V, S> {
+    /// A cache on `store`, encoding with JSON.
+    ///
+    /// ```
+    /// use tower_caching::{store::MemoryStore, Cache};
+    /// let store = MemoryStore::new();
+    /// let names: Cache<String> = Cache::new(store.clone());
+    /// let counts: Cache<u64> = Cache::new(store); // same store, another type
+    /// # let _ = (names, counts);
+    /// ```
+    pub fn new(store: S) -> Self {
+        Cache::builder(store).build()
+    }
+}
+
+impl<S: Store> Cache<(), S> {
+    /// A builder for a cache on `store`. See [`CacheBuilder`] for an example.
+    pub fn builder(store: S) -> CacheBuilder<S> {
+        CacheBuilder {
+            store,
+            codec: Json,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            #[cfg(feature = "metrics")]
+            metrics: None,
+        }
+    }
+}
