@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
 use tower::ServiceExt;
-use tower_caching::http::config::{CacheConfig, ConfigError};
+use tower_caching::config::{CacheConfig, ConfigError};
 use tower_caching::http::CachedResponse;
 use tower_caching::key::KeyBuilder;
 use tower_caching::Cache;

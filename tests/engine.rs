@@ -513,7 +513,7 @@ async fn write_behind_layers_spawn_nothing_until_used_and_end_with_their_service
 #[cfg(feature = "config")]
 #[tokio::test]
 async fn a_literal_route_wins_over_a_parameter_route_whatever_their_names() {
-    use tower_caching::http::config::CacheConfig;
+    use tower_caching::config::CacheConfig;
     use tower_caching::http::CachedResponse;
     let config = CacheConfig::from_toml(
         r#"

@@ -1,5 +1,5 @@
 //! Unary gRPC caching with a real tonic server and client over loopback.
-#![cfg(feature = "http")]
+#![cfg(feature = "grpc")]
 
 #[path = "../examples/grpc_directory/directory.rs"]
 mod directory;
@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use directory::{get_entry, DirectoryServer, GetEntryRequest, GET_ENTRY};
 use prost::Message;
-use tower_caching::http::grpc::{GrpcCacheLayer, GrpcKey};
+use tower_caching::grpc::{GrpcCacheLayer, GrpcKey};
 use tower_caching::http::CachedResponse;
 use tower_caching::key::KeyBuilder;
 use tower_caching::store::Store;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use directory::{get_entry, DirectoryServer, GetEntryRequest, GET_ENTRY};
 use prost::Message;
-use tower_caching::http::grpc::{GrpcCacheLayer, GrpcKey};
+use tower_caching::grpc::{GrpcCacheLayer, GrpcKey};
 use tower_caching::http::CachedResponse;
 use tower_caching::key::KeyBuilder;
 use tower_caching::Cache;

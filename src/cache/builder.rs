@@ -70,8 +70,8 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
     }
 
     /// Refuses to cache values whose encoding is larger than `bytes` (default
-    /// [`DEFAULT_MAX_VALUE_SIZE`]). [`Cache::set`] returns [`CacheError::ValueTooLarge`]; the
-    /// layers skip caching such a value and serve it. See [`CacheError`] for an example.
+    /// [`DEFAULT_MAX_VALUE_SIZE`]). [`Cache::set`] returns [`CacheError::ValueTooLarge`](super::CacheError::ValueTooLarge); the
+    /// layers skip caching such a value and serve it. See [`CacheError`](super::CacheError) for an example.
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.max_value_size = bytes;
         self

@@ -127,7 +127,7 @@ impl<B> RequestKey<B> for HttpKey {
                 match std::str::from_utf8(value.as_bytes()) {
                     Ok(text) => part.push_str(&format!(":t{}:{text}", text.len())),
                     Err(_) => {
-                        let digest = crate::key::digest(value.as_bytes());
+                        let digest = crate::key::builder::digest(value.as_bytes());
                         part.push_str(&format!(":b{}:{digest}", digest.len()));
                     }
                 }

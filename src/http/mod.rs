@@ -5,7 +5,8 @@
 //!   defaults (see its docs) and `x-cache` / `Age` headers.
 //! - Keys: [`HttpKey`] (method, path, sorted query, chosen headers), [`PathKey`] (path
 //!   parameters into a key template such as `entry:{id}`), or any closure over the request.
-//! - gRPC: [`grpc::GrpcCacheLayer`] caches unary calls for tonic servers.
+//! - gRPC: [`GrpcCacheLayer`](crate::grpc::GrpcCacheLayer) (feature `grpc`) caches unary
+//!   calls for tonic servers, on the same [`CachedResponse`] values.
 //! - Writes: [`CacheLayer::write_around`](crate::CacheLayer::write_around) with
 //!   [`PathInvalidation`] and [`is_success`] invalidates keys and patterns built from a
 //!   mutating route's path parameters after a 2xx.
@@ -54,17 +55,15 @@ use serde::{Deserialize, Serialize};
 use crate::key::Pattern;
 use crate::strategy::Invalidation;
 
-mod body;
-#[cfg(feature = "config")]
-#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
-pub mod config;
-pub mod grpc;
+pub(crate) mod body;
 mod key;
+mod layer;
 mod service;
 
 pub use self::body::CacheBody;
 pub use self::key::{HttpKey, PathKey, RequestKey};
-pub use self::service::{HttpCache, HttpCacheLayer, ResponseFuture};
+pub use self::layer::HttpCacheLayer;
+pub use self::service::{HttpCache, ResponseFuture};
 
 /// A response as the cache keeps it: status, end-to-end headers, body.
 ///
@@ -85,7 +84,7 @@ pub struct CachedResponse {
     body: StoredBody,
     /// gRPC responses end with trailers (`grpc-status`); HTTP ones kept here have none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    trailers: Vec<(String, String)>,
+    pub(crate) trailers: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

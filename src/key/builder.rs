@@ -5,7 +5,7 @@ use super::{Key, Pattern};
 /// `metrics`, `config`). An application's own kinds belong in the application (the
 /// flagship example adds its own with an extension trait).
 ///
-/// Every `part` is percent-escaped (see the [module docs](self)), so the result is always a
+/// Every `part` is percent-escaped (see the [module docs](super)), so the result is always a
 /// valid key unless it is longer than [`Key::MAX_LEN`], in which case the builder keeps the
 /// part's first bytes and appends `#` and a SHA-256 digest of the whole part, so distinct
 /// parts stay distinct.

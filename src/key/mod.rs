@@ -237,7 +237,10 @@ impl Tag {
     /// tag is escaped like a key part, so it picks no Redis Cluster slot of its own.
     #[cfg(feature = "redis")]
     pub(crate) fn index_key(&self) -> Key {
-        Key(format!("tower-caching:tag:{}", escape_part(&self.0)))
+        Key(format!(
+            "tower-caching:tag:{}",
+            builder::escape_part(&self.0)
+        ))
     }
 }
 
@@ -253,11 +256,10 @@ impl fmt::Display for Tag {
     }
 }
 
-mod builder;
+pub(crate) mod builder;
 mod extract;
 mod pattern;
 
 pub use self::builder::KeyBuilder;
-pub(crate) use self::builder::{digest, escape_part};
 pub use self::extract::{CacheKey, DefaultKey, IntoKey, KeyExtractor};
 pub use self::pattern::Pattern;

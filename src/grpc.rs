@@ -10,7 +10,7 @@
 //! the `x-cache: HIT` header.
 //!
 //! ```
-//! use tower_caching::http::grpc::{GrpcCacheLayer, GrpcKey};
+//! use tower_caching::grpc::{GrpcCacheLayer, GrpcKey};
 //! use tower_caching::http::CachedResponse;
 //! use tower_caching::Cache;
 //!
@@ -42,12 +42,12 @@ use http_body_util::BodyExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::body::passthrough;
-use super::{CacheBody, CachedResponse};
 use crate::cache::Cache;
 use crate::codec::{Codec, Json};
 use crate::engine::{Load, Loaded, Outcome, ReadContext, ReadFuture, ReadPolicy};
 use crate::frame::now_ms;
+use crate::http::body::passthrough;
+use crate::http::{CacheBody, CachedResponse};
 use crate::key::{IntoKey, Key, KeyBuilder};
 use crate::metrics::Strategy;
 use crate::store::{MemoryStore, Store};
@@ -83,7 +83,7 @@ impl GrpcKey {
     /// reply only when their bytes are equal.
     ///
     /// ```
-    /// # use tower_caching::http::grpc::GrpcKey;
+    /// # use tower_caching::grpc::GrpcKey;
     /// let key = GrpcKey::encoded();
     /// # let _ = key;
     /// ```
@@ -104,7 +104,7 @@ impl GrpcKey {
     /// decode it and return the key, or `None` to pass the call through.
     ///
     /// ```
-    /// use tower_caching::{http::grpc::GrpcKey, key::KeyBuilder};
+    /// use tower_caching::{grpc::GrpcKey, key::KeyBuilder};
     ///
     /// // With prost: `GetEntryRequest::decode(message).ok().map(|r| keys.entry(&r.id))`.
     /// let keys = KeyBuilder::new();
@@ -129,7 +129,7 @@ impl GrpcKey {
         match &self.kind {
             KeyKind::Encoded(builder) => {
                 // A digest nobody can collide: two messages never share a reply.
-                let part = format!("{method} {}", crate::key::digest(body));
+                let part = format!("{method} {}", crate::key::builder::digest(body));
                 Some(builder.build("grpc", &part))
             }
             KeyKind::Typed(key) => key(method, unary_message(body)?),
@@ -187,7 +187,7 @@ impl<St, C> GrpcCacheLayer<St, C> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tower_caching::http::{grpc::{GrpcCacheLayer, GrpcKey}, CachedResponse};
+    /// use tower_caching::{grpc::{GrpcCacheLayer, GrpcKey}, http::CachedResponse};
     /// use tower_caching::Cache;
     ///
     /// let layer = GrpcCacheLayer::new(Cache::<CachedResponse>::in_memory())

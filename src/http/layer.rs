@@ -1,0 +1,393 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use tower_layer::Layer;
+
+use super::body::CacheBody;
+use super::key::{HttpKey, RequestKey};
+use super::service::HttpCache;
+use super::CachedResponse;
+use crate::cache::Cache;
+use crate::codec::Json;
+use crate::engine::{FailSafe, ReadPolicy};
+use crate::metrics::Strategy;
+use crate::store::MemoryStore;
+use crate::ttl::FixedTtl;
+
+/// Caches whole HTTP responses (status, headers, body) in front of an HTTP service — an axum
+/// route or router, a hyper service: cache-aside for `http::Request` → `http::Response`.
+///
+/// # Safe by default
+///
+/// - Only `GET` and `HEAD` requests are cached (and keyed apart); other methods, requests
+///   with `Cache-Control: no-store`, and requests carrying `Authorization` or `Cookie` that
+///   the key does not cover go straight to the inner service.
+/// - On the cached path the inner service sees **only the request headers the key covers**
+///   (plus those listed with [`forward_header`](HttpCacheLayer::forward_header)): a header
+///   that is not part of the key cannot change the response that other clients are served.
+/// - Only responses with a status in the cacheable set (default: 200) are stored, and never
+///   one that sets a cookie, says `Cache-Control: no-store`, `private` or `no-cache`, or
+///   `Vary`s on a header the key does not cover.
+/// - A body larger than [`max_body_size`](HttpCacheLayer::max_body_size) (default 1 MiB) is
+///   streamed through, not cached (counted as a `too_large` error).
+/// - `Cache-Control: no-cache` on a request skips the lookup and refreshes the entry.
+///
+/// Responses carry `x-cache: HIT`, `MISS` or (with [`fail_safe`](HttpCacheLayer::fail_safe))
+/// `STALE` (name configurable, or off) and, on hits, an `Age` in seconds. Concurrent misses of one key make one inner call; its response is
+/// shared only if it is stored — a response that is not (it may be private) is never handed
+/// to another request, which calls the inner service itself.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use tower_caching::http::{CachedResponse, HttpCacheLayer, PathKey};
+/// use tower_caching::Cache;
+///
+/// let cache: Cache<CachedResponse> = Cache::in_memory();
+/// let app: Router = Router::new().route(
+///     "/entries/{id}",
+///     get(|| async { "entry" })
+///         .layer(HttpCacheLayer::new(cache).key(PathKey::new("/entries/{id}", "entry:{id}"))),
+/// );
+/// # let _ = app;
+/// ```
+pub struct HttpCacheLayer<St = MemoryStore, C = Json, K = HttpKey, T = FixedTtl> {
+    pub(super) settings: Arc<Settings<St, C, K, T>>,
+}
+
+pub(super) struct Settings<St, C, K, T> {
+    pub(super) cache: Cache<CachedResponse, St, C>,
+    pub(super) key: K,
+    pub(super) ttl: T,
+    pub(super) statuses: Vec<StatusCode>,
+    pub(super) negative_ttl: Option<Duration>,
+    pub(super) max_body_size: usize,
+    pub(super) cache_header: Option<HeaderName>,
+    pub(super) forward_headers: Vec<HeaderName>,
+    pub(super) policy: ReadPolicy,
+}
+
+impl<St, C, K, T> Clone for HttpCacheLayer<St, C, K, T> {
+    fn clone(&self) -> Self {
+        HttpCacheLayer {
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+impl<St, C, K: Clone, T: Clone> Clone for Settings<St, C, K, T> {
+    fn clone(&self) -> Self {
+        let s = self;
+        {
+            Settings {
+                cache: s.cache.clone(),
+                key: s.key.clone(),
+                ttl: s.ttl.clone(),
+                statuses: s.statuses.clone(),
+                negative_ttl: s.negative_ttl,
+                max_body_size: s.max_body_size,
+                cache_header: s.cache_header.clone(),
+                forward_headers: s.forward_headers.clone(),
+                policy: s.policy,
+            }
+        }
+    }
+}
+
+impl<St: fmt::Debug, C: fmt::Debug, K: fmt::Debug, T> fmt::Debug for HttpCacheLayer<St, C, K, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpCacheLayer")
+            .field("cache", &self.settings.cache)
+            .field("key", &self.settings.key)
+            .field("statuses", &self.settings.statuses)
+            .field("max_body_size", &self.settings.max_body_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St, C> HttpCacheLayer<St, C> {
+    /// Caches responses in `cache`, keyed by [`HttpKey`], for five minutes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// let layer = HttpCacheLayer::new(cache); // router.layer(layer)
+    /// # let _ = (layer, Duration::ZERO);
+    /// ```
+    pub fn new(cache: Cache<CachedResponse, St, C>) -> Self {
+        HttpCacheLayer {
+            settings: Arc::new(Settings {
+                cache,
+                key: HttpKey::new(),
+                ttl: FixedTtl::default(),
+                statuses: vec![StatusCode::OK],
+                negative_ttl: None,
+                max_body_size: 1 << 20,
+                cache_header: Some(HeaderName::from_static("x-cache")),
+                forward_headers: Vec::new(),
+                policy: ReadPolicy::plain(Strategy::CacheAside),
+            }),
+        }
+    }
+}
+
+impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
+    fn settings(self) -> Settings<St, C, K, T> {
+        Arc::try_unwrap(self.settings).unwrap_or_else(|shared| (*shared).clone())
+    }
+
+    /// Keys requests with `key` ([`HttpKey`], [`PathKey`](super::PathKey), a closure).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// use tower_caching::http::HttpKey;
+    /// let layer = HttpCacheLayer::new(cache)
+    ///     .key(HttpKey::new().prefix("api").header("accept-language"));
+    /// # let _ = (layer, Duration::ZERO);
+    /// ```
+    pub fn key<K2>(self, key: K2) -> HttpCacheLayer<St, C, K2, T> {
+        let s = self.settings();
+        HttpCacheLayer {
+            settings: Arc::new(Settings {
+                cache: s.cache,
+                key,
+                ttl: s.ttl,
+                statuses: s.statuses,
+                negative_ttl: s.negative_ttl,
+                max_body_size: s.max_body_size,
+                cache_header: s.cache_header,
+                forward_headers: s.forward_headers,
+                policy: s.policy,
+            }),
+        }
+    }
+
+    /// Keeps responses fresh for `ttl` (a `Duration`, [`Jitter`](crate::ttl::Jitter), a
+    /// closure over the key and the response).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// let layer = HttpCacheLayer::new(cache).ttl(Duration::from_secs(60));
+    /// # let _ = layer;
+    /// ```
+    pub fn ttl<T2>(self, ttl: T2) -> HttpCacheLayer<St, C, K, T2> {
+        let s = self.settings();
+        HttpCacheLayer {
+            settings: Arc::new(Settings {
+                cache: s.cache,
+                key: s.key,
+                ttl,
+                statuses: s.statuses,
+                negative_ttl: s.negative_ttl,
+                max_body_size: s.max_body_size,
+                cache_header: s.cache_header,
+                forward_headers: s.forward_headers,
+                policy: s.policy,
+            }),
+        }
+    }
+
+    fn update(mut self, f: impl FnOnce(&mut Settings<St, C, K, T>)) -> Self {
+        f(Arc::make_mut(&mut self.settings));
+        self
+    }
+
+    /// The statuses whose responses are stored (default: 200 only).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// use http::StatusCode;
+    /// let layer = HttpCacheLayer::new(cache)
+    ///     .statuses([StatusCode::OK, StatusCode::MOVED_PERMANENTLY])
+    ///     .negative_ttl(Duration::from_secs(30)) // 404s, briefly
+    ///     .max_body_size(256 * 1024)
+    ///     .cache_header(http::HeaderName::from_static("x-cache-status"));
+    /// # let _ = layer;
+    /// ```
+    pub fn statuses(self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        let statuses = statuses.into_iter().collect();
+        self.update(|s| s.statuses = statuses)
+    }
+
+    /// Stores `404 Not Found` responses too, for `ttl`. See
+    /// [`statuses`](HttpCacheLayer::statuses) for an example.
+    pub fn negative_ttl(self, ttl: Duration) -> Self {
+        self.update(|s| s.negative_ttl = Some(ttl))
+    }
+
+    /// The largest body stored (default 1 MiB); larger ones stream through uncached. See
+    /// [`statuses`](HttpCacheLayer::statuses) for an example.
+    pub fn max_body_size(self, bytes: usize) -> Self {
+        self.update(|s| s.max_body_size = bytes)
+    }
+
+    /// Names the response header that says `HIT` or `MISS` (default `x-cache`). See
+    /// [`statuses`](HttpCacheLayer::statuses) for an example.
+    pub fn cache_header(self, name: HeaderName) -> Self {
+        self.update(|s| s.cache_header = Some(name))
+    }
+
+    /// Read-through's refresh-ahead: a hit in the last `fraction` of its TTL is served and
+    /// reloaded in the background (once per key), with the request it arrived with. Counted
+    /// under the strategy `read_through`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// let layer = HttpCacheLayer::new(cache)
+    ///     .refresh_ahead(0.2)
+    ///     .fail_safe(Duration::from_secs(3600), Duration::from_secs(30));
+    /// # let _ = layer;
+    /// ```
+    pub fn refresh_ahead(self, fraction: f64) -> Self {
+        let fraction = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.update(|s| {
+            s.policy.refresh_ahead = Some(fraction);
+            s.policy.strategy = Strategy::ReadThrough;
+        })
+    }
+
+    /// Fail-safe: responses are kept `grace` past their TTL, and when the reload of a stale
+    /// one fails — the inner service answers 5xx or errs — the stale response is served
+    /// with `x-cache: STALE` (counted as `stale_served`) and served again for `throttle`
+    /// before the inner service is asked again. See
+    /// [`refresh_ahead`](HttpCacheLayer::refresh_ahead) for an example.
+    pub fn fail_safe(self, grace: Duration, throttle: Duration) -> Self {
+        self.update(|s| s.policy.fail_safe = Some(FailSafe { grace, throttle }))
+    }
+
+    /// Leaves out the `HIT`/`MISS` header.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// let layer = HttpCacheLayer::new(cache).no_cache_header();
+    /// # let _ = (layer, Duration::ZERO);
+    /// ```
+    pub fn no_cache_header(self) -> Self {
+        self.update(|s| s.cache_header = None)
+    }
+
+    /// Forwards request header `name` to the inner service on the cached path although the
+    /// key does not cover it — for headers that cannot change the response (a trace id).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// let layer = HttpCacheLayer::new(cache)
+    ///     .forward_header(http::HeaderName::from_static("traceparent"));
+    /// # let _ = (layer, Duration::ZERO);
+    /// ```
+    pub fn forward_header(self, name: HeaderName) -> Self {
+        self.update(|s| s.forward_headers.push(name))
+    }
+}
+
+impl<Svc, St, C, K, T> Layer<Svc> for HttpCacheLayer<St, C, K, T> {
+    type Service = HttpCache<Svc, St, C, K, T>;
+
+    fn layer(&self, inner: Svc) -> Self::Service {
+        HttpCache {
+            inner,
+            shared: self.settings.clone(),
+        }
+    }
+}
+
+fn has_token(value: &HeaderValue, tokens: &[&str]) -> bool {
+    value.to_str().is_ok_and(|value| {
+        value.split(',').any(|directive| {
+            let name = directive.trim().split('=').next().unwrap_or("").trim();
+            tokens.iter().any(|token| name.eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+pub(super) fn cache_control_has(headers: &http::HeaderMap, tokens: &[&str]) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .any(|value| has_token(value, tokens))
+}
+
+impl<St, C, K, T> Settings<St, C, K, T> {
+    /// Whether the response may be stored, and for how long at most.
+    pub(super) fn admits<B>(
+        &self,
+        parts: &http::response::Parts,
+        key: &K,
+    ) -> Option<Option<Duration>>
+    where
+        K: RequestKey<B>,
+    {
+        let negative = parts.status == StatusCode::NOT_FOUND && self.negative_ttl.is_some();
+        if !self.statuses.contains(&parts.status) && !negative {
+            return None;
+        }
+        if parts.headers.contains_key(header::SET_COOKIE)
+            || cache_control_has(&parts.headers, &["no-store", "private", "no-cache"])
+        {
+            return None;
+        }
+        for vary in parts.headers.get_all(header::VARY) {
+            let Ok(vary) = vary.to_str() else {
+                return None;
+            };
+            for name in vary.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let covered = HeaderName::from_bytes(name.as_bytes())
+                    .is_ok_and(|name| key.covers_header(&name));
+                if name == "*" || !covered {
+                    return None;
+                }
+            }
+        }
+        Some(if negative && !self.statuses.contains(&parts.status) {
+            self.negative_ttl
+        } else {
+            None
+        })
+    }
+
+    pub(super) fn respond<B>(
+        &self,
+        cached: CachedResponse,
+        outcome: &'static str,
+        age: Option<u64>,
+    ) -> Response<CacheBody<B>> {
+        let mut response = cached.into_response();
+        if let Some(name) = &self.cache_header {
+            response
+                .headers_mut()
+                .insert(name.clone(), HeaderValue::from_static(outcome));
+        }
+        if let Some(age) = age {
+            response
+                .headers_mut()
+                .insert(header::AGE, HeaderValue::from(age));
+        }
+        response.map(CacheBody::full)
+    }
+}

@@ -1,0 +1,314 @@
+//! The durable write-behind queue: a Redis stream read by a consumer group.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use serde::{de::DeserializeOwned, Serialize};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::service::WriteBehindService;
+use super::{DeadLetterHook, WriteBehind};
+use crate::cache::Cacheable;
+use crate::codec::Codec;
+use crate::key::builder::escape_part;
+use crate::key::Key;
+use crate::layer::CacheLayer;
+use crate::store::commands::Commands;
+use crate::store::{RedisStore, Store};
+use crate::BoxError;
+
+/// The consumer group every instance reads a queue's stream with.
+const GROUP: &str = "writers";
+
+/// How many dead letters the dead-letter stream keeps, about.
+const DEAD_LETTERS_KEPT: usize = 10_000;
+
+/// Takes a key's write lease — unless the key's recorded version is already this entry's
+/// or newer (`0`: a replay, nothing to write), or another consumer holds the lease (`-1`:
+/// busy, try later). `1`: the lease is ours. `KEYS[1]` lease, `KEYS[2]` version; `ARGV`
+/// consumer, lease in ms, the entry id's two halves.
+const ACQUIRE: &str = r#"
+local recorded = redis.call('GET', KEYS[2])
+if recorded then
+  local ms, seq = string.match(recorded, '^(%d+)-(%d+)$')
+  if ms then
+    ms = tonumber(ms)
+    local entry_ms = tonumber(ARGV[3])
+    if ms > entry_ms or (ms == entry_ms and tonumber(seq) >= tonumber(ARGV[4])) then
+      return 0
+    end
+  end
+end
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return -1
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// After a successful write: records its version for the key, acknowledges and deletes
+/// the entry, and gives the lease back. `KEYS[1]` stream, `KEYS[2]` version, `KEYS[3]`
+/// lease; `ARGV` group, entry id, retention in ms, consumer.
+const RECORD: &str = r#"
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if redis.call('GET', KEYS[3]) == ARGV[4] then
+  redis.call('DEL', KEYS[3])
+end
+return 1
+"#;
+
+/// Gives a lease back after a failed write. `KEYS[1]` lease, `ARGV[1]` consumer.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"#;
+
+/// Acknowledges and deletes entries. `KEYS[1]` stream, `ARGV` group then entry ids.
+const DONE: &str = r#"
+for i = 2, #ARGV do
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+return #ARGV - 1
+"#;
+
+/// A durable write-behind queue: every queued write is an entry of a Redis stream, read by
+/// a consumer group that all instances of the application share.
+///
+/// - **Acknowledged = in Redis**: a write is answered once `XADD` succeeded, so it survives
+///   a crash or kill of the process that took it. (It survives Redis only as far as Redis
+///   persists: AOF with `appendfsync always`, or replicas, for the strict case.)
+/// - **Written by any instance**: each instance's worker reads new entries with
+///   `XREADGROUP`, and takes over entries another consumer has held longer than
+///   [`claim_after`](StreamQueue::claim_after) with `XAUTOCLAIM` — the writes of an
+///   instance that died. An entry is acknowledged (`XACK`) and deleted only after the
+///   writer succeeded.
+/// - **Idempotent replays, last write wins**: an entry's stream id is its version. Each
+///   batch writes only the newest entry of each key, holding the key's write lease (so two
+///   instances never write one key at once); after a write, its version is recorded for
+///   the key (kept for [`version_retention`](StreamQueue::version_retention)), and an entry
+///   no newer than the recorded version is acknowledged without being written again. So a
+///   key never goes back to an older value. Delivery is at least once: an instance that
+///   dies between the writer's success and the acknowledgement gets that write replayed.
+/// - **Never silently lost**: a write `XADD` cannot queue (Redis down) is written directly,
+///   before the response; a write that fails [`max_attempts`](crate::CacheLayer::max_attempts)
+///   times goes to the dead-letter hook *and* to the stream
+///   [`dead_letter_key`](StreamQueue::dead_letter_key); an entry that does not decode
+///   (another version of the request type) goes to that stream too, without blocking the
+///   others.
+/// - **Bounded in memory**: a process holds at most [`capacity`](crate::CacheLayer::capacity)
+///   writes (plus one batch) read from the stream and not yet written; while the database
+///   fails, the rest wait in Redis. `capacity` also bounds the `XADD`s in flight.
+/// - The whole queue lives in one hash slot (`{name}`), so it works on Redis Cluster; give
+///   busy queues different names to spread them.
+///
+/// The `write_behind_queue_size` gauge counts the writes this process holds (read, not yet
+/// acknowledged); the stream's backlog is `XLEN` of [`stream_key`](StreamQueue::stream_key).
+/// The window in which a replay can still write an older value: when an `XADD` times out
+/// after Redis applied it, the write is also written directly; if Redis stays unreachable
+/// and a newer write of the same key is written directly too, the replay of the first entry
+/// later overwrites it.
+///
+/// ```no_run
+/// use std::convert::Infallible;
+/// use serde::{Deserialize, Serialize};
+/// use tower_caching::store::{RedisConfig, RedisStore};
+/// use tower_caching::strategy::StreamQueue;
+/// use tower_caching::{key::KeyBuilder, Cache, CacheLayer};
+/// use tower_layer::Layer;
+///
+/// #[derive(Clone, Serialize, Deserialize)]
+/// struct UpdateMetrics { ispb: String, lookups: u64 }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::connect(RedisConfig::from_env()?).await?;
+/// let cache: Cache<u64, RedisStore> = Cache::new(store.clone());
+/// let keys = KeyBuilder::new();
+/// let layer = CacheLayer::write_behind(cache)
+///     .key(move |req: &UpdateMetrics| keys.metrics(&req.ispb))
+///     .value(|req: &UpdateMetrics| Some(req.lookups))
+///     .durable(StreamQueue::new(&store, "metrics"));
+/// let database = tower::service_fn(|_: UpdateMetrics| async { Ok::<_, Infallible>(()) });
+/// let service = layer.layer(database);
+/// # let _ = service;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct StreamQueue<Conn = ConnectionManager> {
+    commands: Commands<Conn>,
+    name: String,
+    claim_after: Duration,
+    retention: Duration,
+}
+
+impl<Conn> fmt::Debug for StreamQueue<Conn> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamQueue")
+            .field("stream", &self.stream_key())
+            .field("claim_after", &self.claim_after)
+            .field("version_retention", &self.retention)
+            .finish()
+    }
+}
+
+impl StreamQueue<ConnectionManager> {
+    /// The queue `name` on the Redis of `store` (its connection and command timeout).
+    ///
+    /// ```
+    /// # use tower_caching::{store::{RedisConfig, RedisStore}, strategy::StreamQueue};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::connect_lazy(RedisConfig::new("127.0.0.1:6379"))?;
+    /// let queue = StreamQueue::new(&store, "participant-metrics");
+    /// assert_eq!(queue.stream_key(), "tower-caching:wb:{participant-metrics}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn new(store: &RedisStore, name: &str) -> Self {
+        StreamQueue::with_commands(store.commands().clone(), name)
+    }
+}
+
+#[cfg(feature = "cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+impl StreamQueue<redis::cluster_async::ClusterConnection> {
+    /// The queue `name` on the Redis Cluster of `store`; the queue's keys share one slot.
+    ///
+    /// ```no_run
+    /// # use tower_caching::{store::{RedisClusterConfig, RedisClusterStore}, strategy::StreamQueue};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisClusterStore::connect(RedisClusterConfig::new(["10.0.0.1:7000"])).await?;
+    /// let queue = StreamQueue::on_cluster(&store, "participant-metrics");
+    /// # let _ = queue;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_cluster(store: &crate::store::RedisClusterStore, name: &str) -> Self {
+        StreamQueue::with_commands(store.commands().clone(), name)
+    }
+}
+
+impl<Conn> StreamQueue<Conn> {
+    fn with_commands(commands: Commands<Conn>, name: &str) -> Self {
+        let name = if name.is_empty() { "default" } else { name };
+        StreamQueue {
+            commands,
+            name: escape_part(name).into_owned(),
+            claim_after: Duration::from_secs(60),
+            retention: Duration::from_secs(3600),
+        }
+    }
+
+    /// How long an entry may stay with a consumer before another instance takes it over
+    /// (default 60 s). Longer than the slowest write; it is raised to twice the backoff cap,
+    /// so that a write waiting for its retry is not taken over.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_caching::{store::{RedisConfig, RedisStore}, strategy::StreamQueue};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let store = RedisStore::connect_lazy(RedisConfig::new("127.0.0.1:6379"))?;
+    /// let queue = StreamQueue::new(&store, "metrics")
+    ///     .claim_after(Duration::from_secs(120))
+    ///     .version_retention(Duration::from_secs(6 * 3600));
+    /// # let _ = queue;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn claim_after(mut self, idle: Duration) -> Self {
+        self.claim_after = idle.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long the version of a key's last written entry is kept (default 1 h): replays
+    /// of older entries within it are skipped. Longer than any entry can wait. See
+    /// [`claim_after`](StreamQueue::claim_after) for an example.
+    pub fn version_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention.max(Duration::from_secs(1));
+        self
+    }
+
+    /// The stream's key: `tower-caching:wb:{name}` — for `XLEN` (the backlog) and
+    /// `XPENDING` (what the instances hold). See [`new`](StreamQueue::new) for an example.
+    pub fn stream_key(&self) -> String {
+        format!("tower-caching:wb:{{{}}}", self.name)
+    }
+
+    /// The key of the stream of dead letters: writes abandoned after their last attempt,
+    /// and entries that do not decode (fields `id`, `k`, `r`, `error`).
+    ///
+    /// ```
+    /// # use tower_caching::{store::{RedisConfig, RedisStore}, strategy::StreamQueue};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let store = RedisStore::connect_lazy(RedisConfig::new("127.0.0.1:6379"))?;
+    /// let queue = StreamQueue::new(&store, "metrics");
+    /// assert_eq!(queue.dead_letter_key(), "tower-caching:wb:{metrics}:dead");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn dead_letter_key(&self) -> String {
+        format!("tower-caching:wb:{{{}}}:dead", self.name)
+    }
+
+    fn version_key(&self, key: &Key) -> String {
+        format!("tower-caching:wb:{{{}}}:v:{}", self.name, key.as_str())
+    }
+
+    fn lease_key(&self, key: &Key) -> String {
+        format!("tower-caching:wb:{{{}}}:l:{}", self.name, key.as_str())
+    }
+}
+
+mod worker;
+mod write;
+
+pub(crate) use self::worker::StreamWorker;
+
+impl<Svc, Req, V, St, C, F, A, D, K, T, Conn> Layer<Svc>
+    for CacheLayer<WriteBehind<Req, V, St, C, F, A, D, StreamQueue<Conn>>, K, T>
+where
+    Svc: Service<Req> + Clone + Send + Sync + 'static,
+    Svc::Future: Send,
+    Svc::Error: Into<BoxError>,
+    Req: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    V: Cacheable,
+    St: Store,
+    C: Codec,
+    F: Clone,
+    A: Clone,
+    D: DeadLetterHook<Req>,
+    K: Clone,
+    T: Clone,
+    Conn: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    type Service =
+        WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D, StreamQueue<Conn>>, K, T>;
+
+    /// Makes the service and its worker; nothing runs until the first request or
+    /// [`WriteBehindService::start`], which a new instance calls to write what crashed ones
+    /// left without waiting for a write of its own.
+    fn layer(&self, inner: Svc) -> Self::Service {
+        let cache = &self.strategy.cache;
+        let worker = StreamWorker::new(
+            self.strategy.queue.clone(),
+            cache.codec().clone(),
+            inner.clone(),
+            self.strategy.dead_letter.clone(),
+            self.strategy.settings,
+            cache.observer().clone(),
+        );
+        WriteBehindService::new(inner, self.clone(), worker)
+    }
+}
