@@ -28,6 +28,22 @@
 //! # }
 //! ```
 //!
+//! # Architecture
+//!
+//! Lower layers never use higher ones:
+//!
+//! 1. [`key`], [`codec`], [`ttl`] and the value frame (what a stored value's header says).
+//! 2. [`store`]: bytes by key — in memory, on Redis, on Redis Cluster, in two tiers, behind a
+//!    circuit breaker.
+//! 3. The typed [`Cache`] handle and the read engine beside it: one lookup → coalesced load →
+//!    leased store path, with refresh-ahead, fail-safe and stale values, that every read path
+//!    drives. Loads run supervised on their own tasks: a panic is [`LoadError::Panicked`]
+//!    for the requests that waited, a cancelled caller cancels nothing, and a write or
+//!    invalidation of a key voids the lease of its load in flight.
+//! 4. Adapters: the five [`strategy`] layers, the HTTP layer (feature `http`), the gRPC layer
+//!    (feature `grpc`) and per-route configuration (feature `config`) only say how a request
+//!    becomes a key and a response a cacheable value.
+//!
 //! # Features
 //!
 //! | feature | what it adds |
@@ -38,6 +54,8 @@
 //! | `msgpack` | [`codec::MsgPack`] |
 //! | `metrics` (default) | Prometheus [`metrics::Metrics`] |
 //! | `http` | HTTP response caching and invalidation: `http::HttpCacheLayer` |
+//! | `grpc` | caching of unary gRPC calls for tonic: `grpc::GrpcCacheLayer` |
+//! | `config` | per-route HTTP caching from TOML / YAML: `config::CacheConfig` |
 //! | `full` | all of the above |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
