@@ -548,3 +548,30 @@ async fn a_literal_route_wins_over_a_parameter_route_whatever_their_names() {
     assert!(cache.exists(&key("special:one")).await.unwrap());
     assert!(!cache.exists(&key("entry:special")).await.unwrap());
 }
+
+/// A writer that panics on 13 and echoes anything else.
+fn panics_on_13() -> impl Service<u64, Response = u64, Error = Infallible, Future: Send> + Clone + Send + Sync + 'static {
+    service_fn(|n: u64| async move {
+        assert!(n != 13, "writer bug");
+        Ok::<_, Infallible>(n)
+    })
+}
+
+#[tokio::test]
+async fn a_panicking_write_through_or_write_around_writer_fails_only_its_request() {
+    let cache: Cache<u64> = Cache::in_memory();
+    let through = CacheLayer::write_through(cache.clone())
+        .key(|n: &u64| Key::new(format!("n:{n}")).ok())
+        .layer(panics_on_13());
+    let around = CacheLayer::write_around(cache.clone())
+        .invalidate(|n: &u64| Invalidation::new().key(Key::new(format!("n:{n}")).unwrap()))
+        .layer(panics_on_13());
+    let crashed = tokio::spawn(through.clone().oneshot(13)).await;
+    assert!(crashed.unwrap_err().is_panic());
+    assert_eq!(through.oneshot(7).await.unwrap(), 7);
+    assert_eq!(cache.get(&key("n:7")).await.unwrap(), Some(7));
+    let crashed = tokio::spawn(around.clone().oneshot(13)).await;
+    assert!(crashed.unwrap_err().is_panic());
+    assert_eq!(around.oneshot(7).await.unwrap(), 7);
+    assert_eq!(cache.get(&key("n:7")).await.unwrap(), None);
+}
