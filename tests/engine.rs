@@ -550,7 +550,9 @@ async fn a_literal_route_wins_over_a_parameter_route_whatever_their_names() {
 }
 
 /// A writer that panics on 13 and echoes anything else.
-fn panics_on_13() -> impl Service<u64, Response = u64, Error = Infallible, Future: Send> + Clone + Send + Sync + 'static {
+fn panics_on_13(
+) -> impl Service<u64, Response = u64, Error = Infallible, Future: Send> + Clone + Send + Sync + 'static
+{
     service_fn(|n: u64| async move {
         assert!(n != 13, "writer bug");
         Ok::<_, Infallible>(n)
@@ -574,4 +576,30 @@ async fn a_panicking_write_through_or_write_around_writer_fails_only_its_request
     assert!(crashed.unwrap_err().is_panic());
     assert_eq!(around.oneshot(7).await.unwrap(), 7);
     assert_eq!(cache.get(&key("n:7")).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn after_close_a_write_behind_service_that_never_ran_writes_directly() {
+    let cache: Cache<u64> = Cache::in_memory();
+    let written = Arc::new(AtomicU32::new(0));
+    let service = CacheLayer::write_behind(cache.clone())
+        .key(|n: &u64| Key::new(format!("n:{n}")).ok())
+        .batch_interval(Duration::from_secs(3600))
+        .layer({
+            let written = written.clone();
+            service_fn(move |_: u64| {
+                let written = written.clone();
+                async move {
+                    written.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, Infallible>(())
+                }
+            })
+        });
+    cache.close().await.unwrap();
+    service.clone().oneshot(1).await.unwrap();
+    assert_eq!(
+        written.load(Ordering::SeqCst),
+        1,
+        "queued behind a closed cache"
+    );
 }

@@ -81,9 +81,13 @@ impl Drop for Shared {
 }
 
 /// How often the subscriber sends itself a heartbeat through Redis; a subscription that
-/// hears none of its own for three periods is taken as dead (a half-open connection
-/// delivers nothing and reports no error): L1 is cleared and the subscription renewed.
+/// hears none of its own for [`SILENCE`] is taken as dead (a half-open connection delivers
+/// nothing and reports no error): L1 is cleared and the subscription renewed.
 const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// How long a subscription may hear none of its own heartbeats: eight of them, so that a
+/// busy machine's scheduling delays never pass for a dead connection.
+const SILENCE: Duration = Duration::from_secs(4);
 
 /// How many counters key invalidations are spread over: a read is held back only by an
 /// invalidation of its own slot.
@@ -313,7 +317,7 @@ impl Subscriber {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if heard.elapsed() > HEARTBEAT * 3 {
+                    if heard.elapsed() > SILENCE {
                         tracing::warn!("cache backplane silent: renewing the subscription");
                         return;
                     }

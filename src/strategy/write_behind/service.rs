@@ -309,7 +309,8 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.start();
-        if self.permit.is_none() && !self.queue.is_closed() {
+        let closed = self.queue.is_closed() || self.layer.strategy.cache.is_closed();
+        if self.permit.is_none() && !closed {
             // The semaphore is never closed, so `None` cannot happen; if it did, writes
             // would go straight to the writer, which is still correct.
             self.permit = ready!(self.room.poll_acquire(cx));
@@ -322,6 +323,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let permit = self.permit.take();
+        if self.layer.strategy.cache.is_closed() {
+            // After `Cache::close`, writes go straight to the writer, queue or no queue.
+            return WriteBehindFuture::direct(inner.call(request));
+        }
         let (Some(key), Some(permit)) = (self.layer.key.key(&request), permit) else {
             return WriteBehindFuture::direct(inner.call(request));
         };
