@@ -374,7 +374,7 @@ struct Services {
 }
 
 /// Closes the caches: flushes queued write-behind writes.
-type Closer = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+type Closer = Box<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 /// The service, built.
 pub struct App {
@@ -478,11 +478,15 @@ impl App {
 
     /// Flushes every queued write-behind write to the database, then closes the caches and
     /// the pool.
-    pub async fn shutdown(&self) {
+    /// Closes every cache (flushing the write-behind queues) and the database; whether
+    /// every cache closed cleanly.
+    pub async fn shutdown(&self) -> bool {
+        let mut clean = true;
         for close in &self.closers {
-            close().await;
+            clean &= close().await;
         }
         self.database.close().await;
+        clean
     }
 }
 
@@ -499,8 +503,14 @@ fn closer<V: Cacheable, S: Store>(cache: &Cache<V, S>) -> Closer {
         let cache = cache.clone();
         Box::pin(async move {
             match cache.close().await {
-                Ok(written) => tracing::info!(written, "cache closed"),
-                Err(error) => tracing::error!(%error, "cache close failed"),
+                Ok(written) => {
+                    tracing::info!(written, "cache closed");
+                    true
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cache close failed");
+                    false
+                }
             }
         })
     })

@@ -63,8 +63,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     axum::serve(listener, app.router())
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    app.shutdown().await;
-    println!("entries_service stopped: write-behind queue flushed");
+    if app.shutdown().await {
+        println!("entries_service stopped: write-behind queue flushed");
+    } else {
+        println!("entries_service stopped: a cache did not close cleanly (see the log)");
+    }
     Ok(())
 }
 
