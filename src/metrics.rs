@@ -307,6 +307,13 @@ impl MetricsBuilder {
             ),
             &["operation", "error_type"],
         )?;
+        // The kinds an alert watches exist from the start, at zero: a rule over
+        // `rate(errors_total[5m])` then fires on the first error instead of showing no data.
+        for operation in Operation::ALL {
+            for kind in ALERTED_ERRORS {
+                errors.with_label_values(&[operation.label(), kind]);
+            }
+        }
         let duration = HistogramVec::new(
             HistogramOpts::from(opts(
                 "cache_operation_duration_seconds",
@@ -399,6 +406,18 @@ impl MetricsBuilder {
         })
     }
 }
+
+/// The error kinds registered at zero for every operation: the store's failures, and the
+/// per-value ones.
+#[cfg(feature = "metrics")]
+const ALERTED_ERRORS: [&str; 6] = [
+    "timeout",
+    "circuit_open",
+    "backend",
+    "connect",
+    "decode",
+    "too_large",
+];
 
 /// Records what the cache does: into [`Metrics`] when the cache has them, nowhere otherwise.
 #[derive(Clone, Debug, Default)]

@@ -415,3 +415,44 @@ async fn names_labels_and_registration() {
         assert!(m.0.contains_key(name), "{name} missing from {names:?}");
     }
 }
+
+#[test]
+fn a_fresh_registry_exports_every_series_an_alert_needs_at_zero() {
+    let (registry, _metrics) = setup();
+    let m = scrape(&registry);
+    for strategy in [
+        "cache_aside",
+        "read_through",
+        "write_through",
+        "write_behind",
+        "write_around",
+    ] {
+        for series in ["conn_dict_cache_hits_total", "conn_dict_cache_misses_total"] {
+            let samples = m.0.get(series).expect(series);
+            assert!(
+                samples
+                    .iter()
+                    .any(|(labels, value)| labels.get("strategy").map(String::as_str)
+                        == Some(strategy)
+                        && *value == 0.0),
+                "{series} has no zero sample for {strategy}"
+            );
+        }
+    }
+    let errors =
+        m.0.get(ERRORS)
+            .expect("no errors_total series before the first error");
+    for operation in ["get", "set", "delete"] {
+        for kind in ["timeout", "circuit_open", "backend"] {
+            assert!(
+                errors.iter().any(
+                    |(labels, value)| labels.get("operation").map(String::as_str)
+                        == Some(operation)
+                        && labels.get("error_type").map(String::as_str) == Some(kind)
+                        && *value == 0.0
+                ),
+                "no {operation}/{kind} error series at zero"
+            );
+        }
+    }
+}
