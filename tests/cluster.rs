@@ -190,3 +190,20 @@ async fn hash_tags_come_from_the_key_builder_only() {
         assert_eq!(found, (0..20u32).map(Some).collect::<Vec<_>>());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_the_applications_own_cluster_connection() {
+    let nodes: Vec<String> = support::shared_cluster()
+        .iter()
+        .map(|addr| format!("redis://{addr}"))
+        .collect();
+    let client = redis::cluster::ClusterClient::new(nodes).unwrap();
+    let connection = client.get_async_connection().await.unwrap();
+    let store = RedisClusterStore::with_connection(connection, Duration::from_secs(2));
+    let cache: Cache<String, RedisClusterStore> = Cache::new(store);
+    let key = KeyBuilder::new()
+        .prefix(&support::unique_prefix("byo"))
+        .entry("e1");
+    cache.set(&key, &"v".to_string(), None).await.unwrap();
+    assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some("v"));
+}

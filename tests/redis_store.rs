@@ -460,3 +460,41 @@ async fn tag_bookkeeping_expires_with_its_last_entry() {
     assert_eq!(store.invalidate_tag(&tag).await.unwrap(), 1);
     assert_eq!(index_ttl().await, -2);
 }
+
+#[tokio::test]
+async fn a_store_on_the_applications_own_connection_shares_it() {
+    use tower_caching::Cache;
+    let server = RedisServer::spawn();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut own = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .unwrap();
+    let cache: Cache<String, RedisStore> = Cache::new(RedisStore::with_connection(
+        own.clone(),
+        Duration::from_millis(500),
+    ));
+    let key = Key::new("byo").unwrap();
+    cache.set(&key, &"v".to_string(), None).await.unwrap();
+    // The application's own commands see what the cache wrote, on the same connection.
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("byo")
+        .query_async(&mut own)
+        .await
+        .unwrap();
+    assert!(exists);
+    let from_client =
+        RedisStore::from_client(client, Duration::from_secs(2), Duration::from_millis(500))
+            .await
+            .unwrap();
+    let other: Cache<String, RedisStore> = Cache::new(from_client);
+    assert_eq!(other.get(&key).await.unwrap().as_deref(), Some("v"));
+    // A client for an address where nothing listens is a typed connect error, in time.
+    let dead = redis::Client::open(format!("redis://{}", dead_address())).unwrap();
+    let started = Instant::now();
+    let error =
+        RedisStore::from_client(dead, Duration::from_millis(300), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+    assert!(matches!(error, StoreError::Connect { .. }), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

@@ -226,6 +226,32 @@ impl RedisClusterConfig {
 }
 
 impl RedisClusterStore {
+    /// A store on a cluster connection the application already has: every command of the
+    /// store runs under `command_timeout`; the connection's own settings (retries, routing,
+    /// credentials) are the caller's.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tower_caching::store::RedisClusterStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:7000"])?;
+    /// let connection = client.get_async_connection().await?;
+    /// let store = RedisClusterStore::with_connection(connection, Duration::from_millis(50));
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_connection(connection: ClusterConnection, command_timeout: Duration) -> Self {
+        RedisClusterStore {
+            commands: Commands {
+                connection,
+                timeout: command_timeout,
+            },
+        }
+    }
+
     /// Connects to the cluster, waiting at most the connect timeout.
     ///
     /// ```no_run

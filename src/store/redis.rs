@@ -402,6 +402,69 @@ impl RedisStore {
         })
     }
 
+    /// A store on a connection the application already has (a `ConnectionManager` shared
+    /// with its own Redis code): every command of the store runs under `command_timeout`
+    /// (the store's own default is 50 ms). The connection's own settings — retries,
+    /// response timeout, TLS, credentials — are the caller's.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tower_caching::store::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let connection = redis::aio::ConnectionManager::new(client).await?;
+    /// let store = RedisStore::with_connection(connection.clone(), Duration::from_millis(50));
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_connection(connection: ConnectionManager, command_timeout: Duration) -> Self {
+        RedisStore {
+            commands: Commands {
+                connection,
+                timeout: command_timeout,
+            },
+        }
+    }
+
+    /// A store on a `redis::Client` the application already has: connects (within
+    /// `connect_timeout`) a connection manager of its own, whose commands run under
+    /// `command_timeout`.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tower_caching::store::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let store =
+    ///     RedisStore::from_client(client, Duration::from_secs(1), Duration::from_millis(50)).await?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn from_client(
+        client: redis::Client,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let connect = ConnectionManager::new(client);
+        match tokio::time::timeout(connect_timeout, connect).await {
+            Ok(Ok(connection)) => Ok(Self::with_connection(connection, command_timeout)),
+            Ok(Err(e)) => Err(StoreError::Connect {
+                message: "redis refused the client's connection".into(),
+                source: Some(Box::new(e)),
+            }),
+            Err(_) => Err(StoreError::Connect {
+                message: format!("redis did not answer within {connect_timeout:?}"),
+                source: None,
+            }),
+        }
+    }
+
     /// A store that connects on first use, so a service can start while Redis is down:
     /// until Redis answers, every command fails within the command timeout. Only an invalid
     /// address is an error here. Must be called within a Tokio runtime.
