@@ -17,24 +17,15 @@ use tower_caching::strategy::{DeadLetter, Invalidation};
 use tower_caching::{ttl, Cache, CacheLayer, LoadError};
 use tower_layer::Layer;
 
-type SharedError = Arc<dyn std::error::Error + Send + Sync>;
-
-/// A tower-test mock loader whose errors are shareable (`Clone`), as coalescing needs: the
-/// documented way to put a `BoxError` service behind a read strategy.
-type MockLoader = tower::util::MapErr<
-    tower_test::mock::Mock<GetEntry, Option<Entry>>,
-    fn(tower::BoxError) -> SharedError,
->;
+/// A tower-test mock loader: its `BoxError` is shared by coalesced waiters as
+/// `LoadError::Failed(Arc<BoxError>)`, with no `Clone` needed.
+type MockLoader = tower_test::mock::Mock<GetEntry, Option<Entry>>;
 
 fn mock_loader() -> (
     MockLoader,
     tower_test::mock::Handle<GetEntry, Option<Entry>>,
 ) {
-    let (mock, handle) = tower_test::mock::pair::<GetEntry, Option<Entry>>();
-    (
-        mock.map_err(SharedError::from as fn(tower::BoxError) -> SharedError),
-        handle,
-    )
+    tower_test::mock::pair::<GetEntry, Option<Entry>>()
 }
 
 fn get(keys: &KeyBuilder, id: &str) -> GetEntry {
@@ -927,8 +918,8 @@ async fn hard_timeout_is_tower_timeout_and_fail_safe_answers_it<S: Store>(store:
     let db = Db::default();
     db.insert(entry("e1", "v1"));
     let cache: Cache<Option<Entry>, S> = Cache::new(store);
+    // tower's timeout error is a `BoxError`: not `Clone`, and it needs not be.
     let loader = ServiceBuilder::new()
-        .map_err(SharedError::from as fn(tower::BoxError) -> SharedError)
         .timeout(Duration::from_millis(100))
         .service(db.clone());
     let service = CacheLayer::cache_aside(cache)
@@ -1082,7 +1073,6 @@ async fn poll_ready_propagates() {
     macro_rules! check {
         ($layer:expr, $req:ty, $resp:ty) => {{
             let (inner, mut handle) = tower_test::mock::pair::<$req, $resp>();
-            let inner = inner.map_err(SharedError::from);
             let mut service = tower_test::mock::Spawn::new($layer.layer(inner));
             handle.allow(0);
             assert_pending!(service.poll_ready());

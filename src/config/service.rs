@@ -89,7 +89,7 @@ impl<Svc, ReqBody, ResBody, St, C> Service<Request<ReqBody>> for ConfiguredCache
 where
     Svc: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     Svc::Future: Send + 'static,
-    Svc::Error: Clone + Send + Sync + 'static,
+    Svc::Error: Send + Sync + 'static,
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,

@@ -13,9 +13,13 @@
 //!
 //! - **The cache never fails a request.** A store that is down, slow (past its command
 //!   timeout), full or holding undecodable bytes makes a read a miss and a write skip the
-//!   cache; it is logged, never returned. For every strategy but write-behind the layered
-//!   service's error type is the inner service's, so `axum::Router::layer` needs no
-//!   `HandleErrorLayer`.
+//!   cache; it is logged, never returned. The write strategies keep the inner service's
+//!   error type; the read strategies return [`LoadError`](crate::LoadError)`<E>` around the
+//!   loader's `E`, shared by every request that waited for one load (so `E` need not be
+//!   `Clone`) or saying that the load panicked.
+//! - **A panic fails only the requests that depended on it**: a loader, writer, key
+//!   extractor, TTL policy or predicate that panics never wedges a key or stops a worker;
+//!   the next request works.
 //! - **Readiness is the inner service's**: `poll_ready` is propagated (and write-behind also
 //!   waits for room in its queue), and a call goes to the service that was polled ready.
 //! - **No allocation on a hit** beyond the key and the store's lookup, and no decode at all on
