@@ -93,8 +93,13 @@ struct Inner {
     epoch: AtomicU64,
 }
 
-/// How many ended loads stay joinable, for the lookups that began before they ended.
+/// How many ended loads stay joinable, for the lookups that began before they ended…
 const RECENT: usize = 1024;
+
+/// …and for how long at most: a lookup takes at most a store timeout, so this bounds the
+/// memory the ended loads' values hold, and costs at worst an extra load for a lookup that
+/// was stalled longer.
+const RECENT_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 struct Table {
@@ -102,8 +107,8 @@ struct Table {
     flying: HashMap<Key, FlightEntry>,
     /// Loads that ended, with the [`Flights::landed`] count at their end.
     recent: HashMap<Key, (u64, FlightEntry)>,
-    /// The order they ended in, to forget the oldest.
-    ended: std::collections::VecDeque<(Key, u64)>,
+    /// The order they ended in, and when, to forget the oldest.
+    ended: std::collections::VecDeque<(Key, u64, std::time::Instant)>,
 }
 
 impl Table {
@@ -114,18 +119,25 @@ impl Table {
         let Some(entry) = self.flying.remove(key) else {
             return;
         };
-        if self.ended.len() >= RECENT {
-            if let Some((oldest, at)) = self.ended.pop_front() {
-                if self
-                    .recent
-                    .get(&oldest)
-                    .is_some_and(|(stamp, _)| *stamp == at)
-                {
-                    self.recent.remove(&oldest);
-                }
+        let now = std::time::Instant::now();
+        while self.ended.len() >= RECENT
+            || self
+                .ended
+                .front()
+                .is_some_and(|(_, _, ended)| now.duration_since(*ended) > RECENT_FOR)
+        {
+            let Some((oldest, at, _)) = self.ended.pop_front() else {
+                break;
+            };
+            if self
+                .recent
+                .get(&oldest)
+                .is_some_and(|(stamp, _)| *stamp == at)
+            {
+                self.recent.remove(&oldest);
             }
         }
-        self.ended.push_back((key.clone(), stamp));
+        self.ended.push_back((key.clone(), stamp, now));
         self.recent.insert(key.clone(), (stamp, entry));
     }
 }

@@ -108,7 +108,8 @@ impl<X: ReadContext, L: Load<X>> ReadFuture<X, L> {
                 },
                 loader: Some(loader),
                 seen,
-                looks: 0,
+                // A reload never looks (again): it must not answer from the cache.
+                looks: if look_up { 0 } else { MAX_LOOKS },
             },
             context,
             key,
