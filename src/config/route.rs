@@ -9,7 +9,7 @@ use crate::codec::Codec;
 use crate::http::{
     is_success, CachedResponse, HttpCacheLayer, HttpKey, PathInvalidation, PathKey, RequestKey,
 };
-use crate::key::Key;
+use crate::key::{Key, KeyExtractor};
 use crate::layer::CacheLayer;
 use crate::store::Store;
 use crate::ttl::{FixedTtl, Jitter};
@@ -294,14 +294,16 @@ pub enum RouteKey {
     Path(PathKey),
 }
 
-impl<B> RequestKey<B> for RouteKey {
+impl<B> KeyExtractor<Request<B>> for RouteKey {
     fn key(&self, request: &Request<B>) -> Option<Key> {
         match self {
             RouteKey::Http(key) => key.key(request),
             RouteKey::Path(key) => key.key(request),
         }
     }
+}
 
+impl<B> RequestKey<B> for RouteKey {
     fn covers_header(&self, name: &http::HeaderName) -> bool {
         match self {
             RouteKey::Http(key) => RequestKey::<B>::covers_header(key, name),

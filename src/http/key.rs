@@ -1,18 +1,19 @@
 use http::header::HeaderName;
 use http::Request;
 
-use crate::key::{IntoKey, Key, KeyBuilder};
+use crate::key::{IntoKey, Key, KeyBuilder, KeyExtractor};
 
-/// Turns an HTTP request into its cache key, and tells which request headers the key
+/// A [`KeyExtractor`] of HTTP requests that also tells which request headers its key
 /// covers: [`HttpCache`](super::HttpCache) forwards only those to the inner service on the
-/// cached path, so an unkeyed header can never change what another client is served.
+/// cached path, so an unkeyed header can never change what another client is served. The
+/// key itself comes from [`KeyExtractor::key`], the one key trait of the crate.
 ///
 /// Implemented by [`HttpKey`], [`PathKey`] and closures `Fn(&Request<B>) -> K` (any
 /// [`IntoKey`] result; closures cover no header).
 ///
 /// ```
 /// use http::Request;
-/// use tower_caching::{http::RequestKey, key::Key};
+/// use tower_caching::key::{Key, KeyExtractor};
 ///
 /// // Keyed by a tenant header only: a closure covers no header, so the cached path does
 /// // not forward `x-tenant` to the handler — key it with `HttpKey::header` when it must.
@@ -23,10 +24,7 @@ use crate::key::{IntoKey, Key, KeyBuilder};
 /// let request = Request::get("/plan").header("x-tenant", "acme").body(()).unwrap();
 /// assert_eq!(by_tenant.key(&request).unwrap().as_str(), "tenant:acme:/plan");
 /// ```
-pub trait RequestKey<B> {
-    /// The key, or `None` to bypass the cache.
-    fn key(&self, request: &Request<B>) -> Option<Key>;
-
+pub trait RequestKey<B>: KeyExtractor<Request<B>> {
     /// Whether the key covers request header `name`.
     fn covers_header(&self, name: &HeaderName) -> bool {
         let _ = name;
@@ -39,9 +37,6 @@ where
     F: Fn(&Request<B>) -> K,
     K: IntoKey,
 {
-    fn key(&self, request: &Request<B>) -> Option<Key> {
-        self(request).into_key()
-    }
 }
 
 /// The default HTTP key: method, path and the query with its parameters sorted (so
@@ -50,7 +45,7 @@ where
 ///
 /// ```
 /// use http::Request;
-/// use tower_caching::http::{HttpKey, RequestKey};
+/// use tower_caching::{http::HttpKey, key::KeyExtractor};
 ///
 /// let key = HttpKey::new().header("accept-language");
 /// let a = Request::get("/entries?b=2&a=1").header("accept-language", "pt").body(()).unwrap();
@@ -76,7 +71,7 @@ impl HttpKey {
     ///
     /// ```
     /// use http::Request;
-    /// use tower_caching::http::{HttpKey, RequestKey};
+    /// use tower_caching::{http::HttpKey, key::KeyExtractor};
     ///
     /// let request = Request::get("/entries/e1").body(()).unwrap();
     /// let key = HttpKey::new().prefix("api").key(&request).unwrap();
@@ -108,7 +103,7 @@ pub(crate) fn canonical_query(query: Option<&str>) -> String {
     params.join("&")
 }
 
-impl<B> RequestKey<B> for HttpKey {
+impl<B> KeyExtractor<Request<B>> for HttpKey {
     fn key(&self, request: &Request<B>) -> Option<Key> {
         // Every field is length-prefixed, so no path, query or header value can be crafted
         // to read as another request's fields.
@@ -135,7 +130,9 @@ impl<B> RequestKey<B> for HttpKey {
         }
         Some(self.builder.build("http", &part))
     }
+}
 
+impl<B> RequestKey<B> for HttpKey {
     fn covers_header(&self, name: &HeaderName) -> bool {
         self.headers.contains(name)
     }
@@ -149,7 +146,7 @@ impl<B> RequestKey<B> for HttpKey {
 ///
 /// ```
 /// use http::Request;
-/// use tower_caching::http::{PathKey, RequestKey};
+/// use tower_caching::{http::PathKey, key::KeyExtractor};
 ///
 /// let key = PathKey::new("/participants/{ispb}/metrics", "metrics:{ispb}");
 /// let request = Request::get("/participants/1234/metrics").body(()).unwrap();
@@ -209,7 +206,7 @@ impl PathKey {
     ///
     /// ```
     /// use http::Request;
-    /// use tower_caching::http::{PathKey, RequestKey};
+    /// use tower_caching::{http::PathKey, key::KeyExtractor};
     ///
     /// let key = PathKey::new("/entries/{id}", "entry:{id}");
     /// let request = Request::get("/entries/e1").body(()).unwrap();
@@ -228,7 +225,7 @@ impl PathKey {
     ///
     /// ```
     /// use http::Request;
-    /// use tower_caching::http::{PathKey, RequestKey};
+    /// use tower_caching::{http::PathKey, key::KeyExtractor};
     ///
     /// let key = PathKey::new("/entries/{id}", "entry:{id}").prefix("payments");
     /// let request = Request::get("/entries/e1").body(()).unwrap();
@@ -315,11 +312,13 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-impl<B> RequestKey<B> for PathKey {
+impl<B> KeyExtractor<Request<B>> for PathKey {
     fn key(&self, request: &Request<B>) -> Option<Key> {
         self.fill(&self.params(request.uri().path())?)
     }
 }
+
+impl<B> RequestKey<B> for PathKey {}
 
 #[cfg(test)]
 mod tests {

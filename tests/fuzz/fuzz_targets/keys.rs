@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tower_caching::http::{PathKey, RequestKey};
+use tower_caching::{http::PathKey, key::KeyExtractor};
 use tower_caching::key::{Key, KeyBuilder, Pattern};
 
 fuzz_target!(|data: (String, String)| {
