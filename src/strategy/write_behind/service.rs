@@ -100,11 +100,21 @@ struct Turn {
 }
 
 impl Turn {
-    /// Waits for the cache step of the key's previous write.
-    async fn wait(&mut self) {
+    /// Caches the write's value (or invalidates the key) once the key's previous write has
+    /// been cached, then hands the turn on.
+    async fn cache<V: Cacheable, St: Store, C: Codec>(
+        mut self,
+        cache: &crate::cache::Cache<V, St, C>,
+        key: &Key,
+        value: Option<&V>,
+        ttl: Option<std::time::Duration>,
+    ) {
         if let Some(previous) = self.previous.take() {
             let _ = previous.await;
         }
+        cache
+            .store_or_invalidate(Strategy::WriteBehind, key, value, ttl)
+            .await;
     }
 }
 
@@ -349,7 +359,7 @@ where
             operation = "enqueue",
             key = %KeyDigest(&key),
         );
-        let mut turn = self.queue.order.enter(&key);
+        let turn = self.queue.order.enter(&key);
         match self
             .queue
             .queue
@@ -361,19 +371,8 @@ where
             Enqueue::Queued => WriteBehindFuture {
                 state: State::Cache {
                     store: run_to_completion(
-                        async move {
-                            turn.wait().await;
-                            cache
-                                .store_or_invalidate(
-                                    Strategy::WriteBehind,
-                                    &key,
-                                    value.as_ref(),
-                                    ttl,
-                                )
-                                .await;
-                            drop(turn);
-                        }
-                        .instrument(span),
+                        async move { turn.cache(&cache, &key, value.as_ref(), ttl).await }
+                            .instrument(span),
                     ),
                     response: Some(response),
                 },
@@ -387,18 +386,9 @@ where
                                 // Not queued: written now, so it is never lost.
                                 Err(request) => inner.call(request).await,
                             };
-                            turn.wait().await;
                             if response.is_ok() {
-                                cache
-                                    .store_or_invalidate(
-                                        Strategy::WriteBehind,
-                                        &key,
-                                        value.as_ref(),
-                                        ttl,
-                                    )
-                                    .await;
+                                turn.cache(&cache, &key, value.as_ref(), ttl).await;
                             }
-                            drop(turn);
                             response
                         }
                         .instrument(span),
