@@ -70,3 +70,39 @@ async fn spans_carry_strategy_outcome_and_a_hashed_key() {
         "a user-supplied id leaked:\n{output}"
     );
 }
+
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "current_thread")]
+async fn the_http_layer_opens_cache_spans_too() {
+    use tower_caching::http::{CachedResponse, HttpCacheLayer};
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let handler = tower::service_fn(|_: http::Request<String>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new("entry".to_string()))
+    });
+    let service = HttpCacheLayer::new(Cache::<CachedResponse>::in_memory()).layer(handler);
+    let request = || {
+        http::Request::get("/entries/cpf-123.456.789-00")
+            .body(String::new())
+            .unwrap()
+    };
+    service.clone().oneshot(request()).await.unwrap();
+    service.oneshot(request()).await.unwrap();
+
+    let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        output.contains("cache{strategy=\"cache_aside\""),
+        "{output}"
+    );
+    assert!(output.contains("outcome=\"miss\""), "{output}");
+    assert!(output.contains("outcome=\"hit\""), "{output}");
+    assert!(!output.contains("123.456"), "a path leaked:\n{output}");
+}
