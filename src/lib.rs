@@ -80,6 +80,7 @@ pub mod grpc;
 pub mod http;
 pub mod key;
 mod layer;
+mod log;
 mod macros;
 pub mod metrics;
 pub mod store;

@@ -106,3 +106,40 @@ async fn the_http_layer_opens_cache_spans_too() {
     assert!(output.contains("outcome=\"hit\""), "{output}");
     assert!(!output.contains("123.456"), "a path leaked:\n{output}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failing_store_is_logged_once_per_period_not_once_per_request() {
+    use support::faulty::Faulty;
+    use tower_caching::store::MemoryStore;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let store = Faulty::new(MemoryStore::new());
+    store
+        .faults
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let cache: Cache<String, _> = Cache::new(store);
+    let service = CacheLayer::cache_aside(cache)
+        .key(|id: &String| tower_caching::Key::new(format!("e:{id}")).ok())
+        .layer(tower::service_fn(|id: String| async move {
+            Ok::<_, std::convert::Infallible>(id)
+        }));
+    for i in 0..200 {
+        // Every request still gets its answer, from the loader.
+        assert_eq!(
+            service.clone().oneshot(i.to_string()).await.unwrap(),
+            i.to_string()
+        );
+    }
+    let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines = output.matches("cache lookup failed").count();
+    assert_eq!(lines, 1, "{output}");
+    assert!(output.contains("suppressed=0"), "{output}");
+}

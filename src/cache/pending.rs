@@ -68,7 +68,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             return;
         }
         if let Err(error) = &stored {
-            tracing::warn!(key = %KeyDigest(key), %error, "could not cache the written value, invalidating");
+            crate::log::warn_summarised!(error.kind(), key = %KeyDigest(key), %error, "could not cache the written value, invalidating");
         }
         let cache = self.clone();
         let key = key.clone();

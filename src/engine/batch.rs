@@ -61,7 +61,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         let mut values: Vec<Option<V>> = match self.get_many(keys).await {
             Ok(values) => values,
             Err(error) => {
-                tracing::warn!(keys = keys.len(), %error, "cache lookup failed, loading");
+                crate::log::warn_summarised!(error.kind(), keys = keys.len(), %error, "cache lookup failed, loading");
                 vec![None; keys.len()]
             }
         };
@@ -150,7 +150,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             })
             .await;
         if let Err(error) = stored {
-            tracing::warn!(keys = values.len(), %error, "values not cached");
+            crate::log::warn_summarised!(error.kind(), keys = values.len(), %error, "values not cached");
             return false;
         }
         // Writes that raced the store may have landed before it: take those values out.

@@ -268,7 +268,7 @@ impl<X: ReadContext> Flight<X> {
             })
             .await;
         if let Err(error) = stored {
-            tracing::warn!(key = %KeyDigest(key), %error, "value not cached");
+            crate::log::warn_summarised!(error.kind(), key = %KeyDigest(key), %error, "value not cached");
             return;
         }
         if !self.lease.is_current() {
@@ -307,7 +307,7 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                         Ok(found) => found,
                         Err(error) => {
                             observer.error(Operation::Get, error.kind());
-                            tracing::warn!(key = %KeyDigest(key), %error, "cache lookup failed, loading");
+                            crate::log::warn_summarised!(error.kind(), key = %KeyDigest(key), %error, "cache lookup failed, loading");
                             None
                         }
                     };

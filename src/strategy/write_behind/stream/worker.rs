@@ -482,7 +482,7 @@ where
                 Err(error) => {
                     self.observer
                         .error(Operation::WriteBehindFlush, error.kind());
-                    tracing::warn!(key = %KeyDigest(&key), %error, "write-behind write not queued in Redis: written directly");
+                    crate::log::warn_summarised!(error.kind(), key = %KeyDigest(&key), %error, "write-behind write not queued in Redis: written directly");
                     Err(request)
                 }
             }
