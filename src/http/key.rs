@@ -191,6 +191,7 @@ fn parse_template(template: &str) -> Vec<Segment> {
 impl PathKey {
     /// How specific the path template is, for choosing among templates that match one path
     /// as axum does: more literal bytes first, then fewer parameters.
+    #[cfg(feature = "config")]
     pub(crate) fn specificity(&self) -> (usize, std::cmp::Reverse<usize>) {
         let (literal, params) = self
             .path
