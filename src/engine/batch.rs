@@ -58,6 +58,8 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         E: Send + Sync + 'static,
     {
         let strategy = Strategy::CacheAside;
+        // Before the lookup: a load that ends after it is joined, not repeated.
+        let seen = self.flights().landed();
         let mut values: Vec<Option<V>> = match self.get_many(keys).await {
             Ok(values) => values,
             Err(error) => {
@@ -99,7 +101,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         };
         let joined = self
             .flights()
-            .join_or_start_many::<V, E, std::convert::Infallible, _>(&misses, start);
+            .join_or_start_many::<V, E, std::convert::Infallible, _>(&misses, seen, start);
         let mut loaded = Vec::with_capacity(joined.len());
         for load in joined {
             loaded.push(match load.await {

@@ -303,6 +303,7 @@ impl Flights {
     pub(crate) fn join_or_start_many<V, E, P, F>(
         &self,
         keys: &[Key],
+        seen: u64,
         start: impl FnOnce(Vec<Key>, Vec<Lease>, Landing) -> F,
     ) -> Vec<SharedLoad<V, E>>
     where
@@ -312,10 +313,15 @@ impl Flights {
         F: Future<Output = Result<Arc<HashMap<Key, V>>, Landed<V, E>>> + Send + 'static,
     {
         let mut table = lock(&self.inner.loads);
+        let moved = seen != self.landed();
         let mut joined: Vec<Option<SharedLoad<V, E>>> = keys
             .iter()
             .map(|key| {
-                let entry = table.flying.get(key)?;
+                // In flight, or (as for one key) ended since the lookup began.
+                let entry = table.flying.get(key).or_else(|| {
+                    let (stamp, entry) = table.recent.get(key).filter(|_| moved)?;
+                    (*stamp > seen).then_some(entry)
+                })?;
                 entry
                     .0
                     .load
