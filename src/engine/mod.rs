@@ -8,8 +8,9 @@
 //! the rest. What they all guarantee follows from that:
 //!
 //! - **One load per key** in this process, however many requests miss at once — including
-//!   a request whose lookup missed just before another's load stored the value: it looks
-//!   again instead of loading a second time.
+//!   a request whose lookup missed just before another's load ended: it takes that load's
+//!   result instead of loading a second time (or looks again, once the load is too old to
+//!   be kept).
 //! - **A panic fails only the requests that waited for it.** The load runs on its own task;
 //!   a panic there is a [`LoadError::Panicked`] for its waiters (a `500` on the HTTP layer),
 //!   and the next request for the key loads again.
