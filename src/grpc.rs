@@ -7,7 +7,8 @@
 //! is built from the method path and the encoded message — or by a typed extractor that
 //! decodes it — and a response whose `grpc-status` is `0` (OK) is stored with its body and
 //! trailers. A hit replays them: the client cannot tell it from the server's answer, but for
-//! the `x-cache: HIT` header.
+//! the `x-cache: HIT` header. A call that carries `authorization` or `cookie` metadata is
+//! passed through unless the key covers it ([`GrpcCacheLayer::key_metadata`]).
 //!
 //! ```
 //! use tower_caching::grpc::{GrpcCacheLayer, GrpcKey};
@@ -160,7 +161,14 @@ struct GrpcSettings<St, C> {
     ttl: Duration,
     max_request_size: usize,
     max_response_size: usize,
+    /// Request metadata whose values are part of the key.
+    keyed_metadata: Vec<HeaderName>,
 }
+
+/// Request metadata that says who is calling: a call that carries any of it is never
+/// answered from (or into) the shared cache, unless the key covers it
+/// ([`GrpcCacheLayer::key_metadata`]) — one caller's answer is never served to another.
+const CREDENTIALS: [&str; 2] = ["authorization", "cookie"];
 
 impl<St, C> Clone for GrpcCacheLayer<St, C> {
     fn clone(&self) -> Self {
@@ -208,6 +216,7 @@ impl<St, C> GrpcCacheLayer<St, C> {
                 ttl: crate::ttl::ENTRY,
                 max_request_size: 64 * 1024,
                 max_response_size: 1 << 20,
+                keyed_metadata: Vec::new(),
             }),
         }
     }
@@ -220,6 +229,7 @@ impl<St, C> GrpcCacheLayer<St, C> {
             ttl: shared.ttl,
             max_request_size: shared.max_request_size,
             max_response_size: shared.max_response_size,
+            keyed_metadata: shared.keyed_metadata.clone(),
         });
         f(&mut settings);
         GrpcCacheLayer {
@@ -253,6 +263,24 @@ impl<St, C> GrpcCacheLayer<St, C> {
     /// The largest response stored (default 1 MiB). See [`new`](GrpcCacheLayer::new) for an example.
     pub fn max_response_size(self, bytes: usize) -> Self {
         self.update(|s| s.max_response_size = bytes)
+    }
+
+    /// Makes request metadata `name` part of the key: calls that differ in it are cached
+    /// apart. Calls carrying `authorization` or `cookie` bypass the cache unless it is keyed
+    /// on them this way (then each caller gets its own entries).
+    ///
+    /// ```
+    /// use tower_caching::grpc::GrpcCacheLayer;
+    /// use tower_caching::http::CachedResponse;
+    /// use tower_caching::Cache;
+    ///
+    /// // Per-caller caching of a method whose answer depends on who asks.
+    /// let layer = GrpcCacheLayer::new(Cache::<CachedResponse>::in_memory())
+    ///     .key_metadata(http::HeaderName::from_static("authorization"));
+    /// # let _ = layer;
+    /// ```
+    pub fn key_metadata(self, name: HeaderName) -> Self {
+        self.update(|s| s.keyed_metadata.push(name))
     }
 }
 
@@ -353,7 +381,12 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let settings = self.settings.clone();
         let method = request.uri().path().to_owned();
+        let credentials = CREDENTIALS.iter().any(|name| {
+            request.headers().contains_key(*name)
+                && !settings.keyed_metadata.iter().any(|keyed| keyed == name)
+        });
         let cached = is_grpc(&request)
+            && !credentials
             && !settings.cache.is_closed()
             && settings
                 .methods
@@ -370,7 +403,8 @@ where
             };
             let key = body
                 .as_ref()
-                .and_then(|body| settings.key.key(&method, body));
+                .and_then(|body| settings.key.key(&method, body))
+                .and_then(|key| keyed_by_metadata(key, &settings.keyed_metadata, &parts.headers));
             let request = Request::from_parts(parts, replay);
             let Some(key) = key else {
                 return Ok(inner.call(request).await?.map(CacheBody::stream));
@@ -392,6 +426,25 @@ where
             })
         })
     }
+}
+
+/// `key`, extended with a digest of the values of the keyed metadata (length-prefixed, so
+/// that no value can pose as another's).
+fn keyed_by_metadata(key: Key, names: &[HeaderName], headers: &HeaderMap) -> Option<Key> {
+    if names.is_empty() {
+        return Some(key);
+    }
+    let mut keyed = Vec::new();
+    for name in names {
+        for value in headers.get_all(name) {
+            keyed.extend_from_slice(format!("{}:{}:", name.as_str().len(), name).as_bytes());
+            keyed.extend_from_slice(format!("{}:", value.len()).as_bytes());
+            keyed.extend_from_slice(value.as_bytes());
+        }
+        keyed.push(b'|');
+    }
+    let digest = crate::key::builder::digest(&keyed);
+    Key::new(format!("{key}#md:{digest}")).ok()
 }
 
 /// A `grpc-status: 13` (internal) answer, for a call whose handler panicked.

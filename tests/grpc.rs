@@ -111,3 +111,46 @@ async fn replies_cached_in_redis_replay_with_their_trailers() {
     assert_eq!(x_cache(&second).as_deref(), Some("HIT"));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn one_callers_answer_is_never_served_to_another() {
+    use directory::get_entry_as;
+    let (calls, channel) =
+        serve(GrpcCacheLayer::new(Cache::in_memory()).methods([GET_ENTRY])).await;
+    let ana = get_entry_as(channel.clone(), "e1", Some("Bearer ana"))
+        .await
+        .unwrap();
+    let bia = get_entry_as(channel.clone(), "e1", Some("Bearer bia"))
+        .await
+        .unwrap();
+    assert!(ana.get_ref().owner_name.ends_with("Bearer ana"));
+    assert!(
+        bia.get_ref().owner_name.ends_with("Bearer bia"),
+        "{:?}",
+        bia.get_ref()
+    );
+    // Not cached at all: an authorised call is not the cache's to share.
+    assert_eq!(x_cache(&bia), None);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // Keyed on the caller, each caller gets its own entry, and only its own.
+    let (calls, channel) = serve(
+        GrpcCacheLayer::new(Cache::in_memory())
+            .methods([GET_ENTRY])
+            .key_metadata(http::HeaderName::from_static("authorization")),
+    )
+    .await;
+    for caller in ["Bearer ana", "Bearer bia", "Bearer ana", "Bearer bia"] {
+        let reply = get_entry_as(channel.clone(), "e1", Some(caller))
+            .await
+            .unwrap();
+        assert!(
+            reply.get_ref().owner_name.ends_with(caller),
+            "{:?}",
+            reply.get_ref()
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let anonymous = get_entry_as(channel.clone(), "e1", None).await.unwrap();
+    assert_eq!(anonymous.get_ref().owner_name, "owner of e1");
+}

@@ -45,13 +45,22 @@ pub struct Directory {
 }
 
 impl Directory {
-    async fn get_entry(&self, request: GetEntryRequest) -> Result<EntryReply, Status> {
+    async fn get_entry(
+        &self,
+        request: GetEntryRequest,
+        caller: Option<String>,
+    ) -> Result<EntryReply, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if request.id == "missing" {
             return Err(Status::not_found(format!("no entry {}", request.id)));
         }
+        // What a caller may see depends on who it is.
+        let owner_name = match caller {
+            Some(caller) => format!("owner of {}, as seen by {caller}", request.id),
+            None => format!("owner of {}", request.id),
+        };
         Ok(EntryReply {
-            owner_name: format!("owner of {}", request.id),
+            owner_name,
             id: request.id,
         })
     }
@@ -71,9 +80,14 @@ impl Service<Request<GetEntryRequest>> for GetEntrySvc {
 
     fn call(&mut self, request: Request<GetEntryRequest>) -> Self::Future {
         let directory = self.0.clone();
+        let caller = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         Box::pin(async move {
             directory
-                .get_entry(request.into_inner())
+                .get_entry(request.into_inner(), caller)
                 .await
                 .map(Response::new)
         })
@@ -119,12 +133,30 @@ pub async fn get_entry(
     channel: tonic::transport::Channel,
     id: &str,
 ) -> Result<Response<EntryReply>, Status> {
+    get_entry_as(channel, id, None).await
+}
+
+/// `get_entry`, with `authorization` metadata when `caller` is set.
+pub async fn get_entry_as(
+    channel: tonic::transport::Channel,
+    id: &str,
+    caller: Option<&str>,
+) -> Result<Response<EntryReply>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
         .map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut request = Request::new(GetEntryRequest { id: id.to_owned() });
+    if let Some(caller) = caller {
+        request.metadata_mut().insert(
+            "authorization",
+            caller
+                .parse()
+                .map_err(|_| Status::invalid_argument("bad caller"))?,
+        );
+    }
     grpc.unary(
-        Request::new(GetEntryRequest { id: id.to_owned() }),
+        request,
         http::uri::PathAndQuery::from_static(GET_ENTRY),
         ProstCodec::<GetEntryRequest, EntryReply>::default(),
     )
