@@ -307,11 +307,14 @@ async fn a_dropped_half_open_probe_does_not_keep_the_breaker_open() {
     assert!(breaker.exists(&key("k")).await.is_ok());
 }
 
-#[tokio::test]
-async fn huge_ttls_and_grace_periods_do_not_overflow() {
-    let cache: Cache<String> = Cache::in_memory();
+async fn huge_ttls_and_grace_periods_do_not_overflow<S: Store>(store: S, prefix: &str) {
+    let cache: Cache<String, S> = Cache::new(store.clone());
+    let keys = KeyBuilder::new().prefix(prefix);
     let service = CacheLayer::read_through(cache.clone())
-        .key(|id: &String| Key::new(id.clone()).ok())
+        .key({
+            let keys = keys.clone();
+            move |id: &String| keys.entry(id)
+        })
         .ttl(Jitter::new(Duration::MAX, 0.5))
         .fail_safe(Duration::MAX, Duration::MAX)
         .refresh_ahead(0.5)
@@ -321,13 +324,13 @@ async fn huge_ttls_and_grace_periods_do_not_overflow() {
     for _ in 0..3 {
         assert_eq!(service.clone().oneshot("k".into()).await.unwrap(), "k");
     }
-    assert!(cache.exists(&key("k")).await.unwrap());
-    let direct: Cache<u8> = Cache::in_memory();
+    assert!(cache.exists(&keys.entry("k")).await.unwrap());
+    let direct: Cache<u8, S> = Cache::new(store);
     direct
-        .set(&key("d"), &1, Some(Duration::MAX))
+        .set(&keys.entry("d"), &1, Some(Duration::MAX))
         .await
         .unwrap();
-    assert_eq!(direct.get(&key("d")).await.unwrap(), Some(1));
+    assert_eq!(direct.get(&keys.entry("d")).await.unwrap(), Some(1));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -468,6 +471,7 @@ async fn write_behind_caches_two_writes_of_a_key_in_queue_order() {
 }
 
 on_every_store!(
+    huge_ttls_and_grace_periods_do_not_overflow,
     a_panicking_loader_fails_its_waiters_and_the_next_request_loads,
     a_panicking_ttl_policy_or_predicate_fails_only_its_request,
     coalescing_holds_under_cpu_pressure,
