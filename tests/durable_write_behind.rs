@@ -376,10 +376,14 @@ async fn consumers_of_departed_instances_are_forgotten() {
     };
     let stream = queue().await.stream_key();
     for _ in 0..3 {
-        // An instance that writes, then goes away: once closed, its worker reads nothing
-        // more, so the next instance's write is delivered to the next instance.
+        // An instance that writes, closes (its final flush reads its own write, so it is a
+        // consumer of the group), then goes away; once closed, its worker reads nothing
+        // more, so the next instance's write is delivered to the next instance. The
+        // service lives until the close, as in a running application: a queue whose last
+        // service is gone before the close leaves its entries to the other instances.
         let (cache, service) = layered(&db, queue().await);
         service
+            .clone()
             .oneshot(Write {
                 ispb: "a".into(),
                 seq: 1,
@@ -387,6 +391,7 @@ async fn consumers_of_departed_instances_are_forgotten() {
             .await
             .unwrap();
         cache.close().await.unwrap();
+        drop(service);
     }
     assert_eq!(consumers(&stream).await, 3);
     // Idle for more than ten claim periods (the claim period is raised to twice the
