@@ -24,7 +24,9 @@
 //! - **Owned by its services**: a layer makes a queue per service it builds (shared by that
 //!   service's clones) and starts nothing; the worker starts with the first request (or
 //!   [`WriteBehindService::start`]), and when the last clone is dropped it writes what is
-//!   left and ends.
+//!   left and ends (a durable queue leaves its entries to the other instances). Flush and
+//!   close reach the queues of the services still alive: keep a service until its cache is
+//!   closed.
 //! - **In queue order**: the cache steps of one key's writes land in the order the writes
 //!   were queued, and run to the end even when the caller goes away; a writer that panics
 //!   is a failed attempt (retried, then dead-lettered), never a dead worker.
