@@ -26,17 +26,23 @@ impl Write for Captured {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn spans_carry_strategy_outcome_and_a_hashed_key() {
+/// Installs a subscriber for this thread that writes into the returned buffer, up to
+/// `level`, with span closes (and their fields) when `spans`.
+fn capture(level: tracing::Level, spans: bool) -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .with_span_events(FmtSpan::CLOSE)
+        .with_max_level(level)
+        .with_span_events(if spans { FmtSpan::CLOSE } else { FmtSpan::NONE })
         .with_ansi(false)
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn spans_carry_strategy_outcome_and_a_hashed_key() {
+    let (captured, _guard) = capture(tracing::Level::DEBUG, true);
 
     let secret_id = "cpf-123.456.789-00";
     let db = Db::default();
@@ -75,15 +81,7 @@ async fn spans_carry_strategy_outcome_and_a_hashed_key() {
 #[tokio::test(flavor = "current_thread")]
 async fn the_http_layer_opens_cache_spans_too() {
     use tower_caching::http::{CachedResponse, HttpCacheLayer};
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .with_span_events(FmtSpan::CLOSE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture(tracing::Level::DEBUG, true);
 
     let handler = tower::service_fn(|_: http::Request<String>| async {
         Ok::<_, std::convert::Infallible>(http::Response::new("entry".to_string()))
@@ -111,14 +109,7 @@ async fn the_http_layer_opens_cache_spans_too() {
 async fn a_failing_store_is_logged_once_per_period_not_once_per_request() {
     use support::faulty::Faulty;
     use tower_caching::store::MemoryStore;
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture(tracing::Level::WARN, false);
 
     let store = Faulty::new(MemoryStore::new());
     store
