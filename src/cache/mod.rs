@@ -491,7 +491,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         pattern: &Pattern,
     ) -> Result<u64, CacheError> {
         self.check_open()?;
-        self.shared.flights.supersede_all();
+        self.shared.flights.supersede_matching(pattern);
         self.observed(Operation::DeletePattern, strategy, async {
             Ok(self.shared.store.delete_pattern(pattern).await?)
         })

@@ -215,7 +215,19 @@ impl Flights {
         table.recent.remove(key);
     }
 
-    /// Voids every lease: many keys were invalidated at once (a pattern, a tag).
+    /// Voids the leases of the keys `pattern` matches: a pattern delete must not void the
+    /// loads of unrelated keys (each would then answer but store nothing).
+    pub(crate) fn supersede_matching(&self, pattern: &crate::key::Pattern) {
+        let mut table = lock(&self.inner.loads);
+        for (key, entry) in &table.flying {
+            if pattern.matches(key.as_str()) {
+                entry.0.lease.store(true, Ordering::Release);
+            }
+        }
+        table.recent.retain(|key, _| !pattern.matches(key.as_str()));
+    }
+
+    /// Voids every lease: many keys were invalidated at once (a tag).
     pub(crate) fn supersede_all(&self) {
         let mut table = lock(&self.inner.loads);
         self.inner.epoch.fetch_add(1, Ordering::AcqRel);
@@ -460,6 +472,40 @@ mod tests {
         flights.supersede(&key("k"));
         tx.send(()).unwrap();
         assert!(matches!(load.await, Landed::Value(false)));
+    }
+
+    #[tokio::test]
+    async fn a_pattern_voids_only_the_leases_it_matches() {
+        let flights = Flights::default();
+        let mut loads = Vec::new();
+        let mut senders = Vec::new();
+        for name in ["user:1", "user:2", "order:1"] {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            senders.push(tx);
+            let joined = flights.join_or_start::<bool, (), (), _, _>(
+                &key(name),
+                None,
+                rx,
+                |rx, lease, landing| async move {
+                    let _landing = landing;
+                    let _ = rx.await;
+                    Landed::Value(lease.is_current())
+                },
+            );
+            let Joined::Started(load) = joined else {
+                panic!("nothing was in flight")
+            };
+            loads.push(load);
+        }
+        flights.supersede_matching(&crate::key::Pattern::prefix("user:"));
+        for tx in senders {
+            tx.send(()).unwrap();
+        }
+        let mut current = Vec::new();
+        for load in loads {
+            current.push(matches!(load.await, Landed::Value(true)));
+        }
+        assert_eq!(current, [false, false, true]);
     }
 
     #[tokio::test]

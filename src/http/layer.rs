@@ -9,6 +9,7 @@ use tower_layer::Layer;
 use super::body::CacheBody;
 use super::key::{HttpKey, RequestKey};
 use super::service::HttpCache;
+use super::shared::SharedMode;
 use super::CachedResponse;
 use crate::cache::Cache;
 use crate::codec::Json;
@@ -67,6 +68,8 @@ pub(super) struct Settings<St, C, K, T> {
     pub(super) cache_header: Option<HeaderName>,
     pub(super) forward_headers: Vec<HeaderName>,
     pub(super) policy: ReadPolicy,
+    /// Shared-cache (RFC 9111) mode, when on.
+    pub(super) shared: Option<SharedMode>,
 }
 
 impl<St, C, K, T> Clone for HttpCacheLayer<St, C, K, T> {
@@ -91,6 +94,7 @@ impl<St, C, K: Clone, T: Clone> Clone for Settings<St, C, K, T> {
                 cache_header: s.cache_header.clone(),
                 forward_headers: s.forward_headers.clone(),
                 policy: s.policy,
+                shared: s.shared.clone(),
             }
         }
     }
@@ -130,6 +134,7 @@ impl<St, C> HttpCacheLayer<St, C> {
                 cache_header: Some(HeaderName::from_static("x-cache")),
                 forward_headers: Vec::new(),
                 policy: ReadPolicy::plain(Strategy::CacheAside),
+                shared: None,
             }),
         }
     }
@@ -165,6 +170,7 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
                 cache_header: s.cache_header,
                 forward_headers: s.forward_headers,
                 policy: s.policy,
+                shared: s.shared,
             }),
         }
     }
@@ -193,6 +199,7 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
                 cache_header: s.cache_header,
                 forward_headers: s.forward_headers,
                 policy: s.policy,
+                shared: s.shared,
             }),
         }
     }
@@ -287,6 +294,103 @@ impl<St, C, K: Clone, T: Clone> HttpCacheLayer<St, C, K, T> {
     /// ```
     pub fn no_cache_header(self) -> Self {
         self.update(|s| s.cache_header = None)
+    }
+
+    /// Makes the layer a shared HTTP cache as RFC 9111 describes one — what a caching
+    /// reverse proxy (nginx `proxy_cache`, Varnish) does — instead of an application
+    /// cache with a fixed TTL:
+    ///
+    /// - Freshness comes from the response: `CDN-Cache-Control` (RFC 9213), `s-maxage`,
+    ///   `max-age`, `Expires` − `Date`, or the RFC's heuristic (a tenth of the time since
+    ///   `Last-Modified`, for the statuses it allows). A response that states none is not
+    ///   stored, unless [`ttl_when_unstated`](Self::ttl_when_unstated) lends it the
+    ///   layer's TTL; [`max_ttl`](Self::max_ttl) caps every lifetime.
+    /// - `Age` is kept and advanced; a request's `max-age`, `min-fresh`, `max-stale`,
+    ///   `no-cache`, `no-store`, `only-if-cached` and `Pragma: no-cache` are honoured.
+    /// - Stale entries are kept (see [`keep_stale`](Self::keep_stale)) and revalidated
+    ///   with their `ETag` / `Last-Modified`; a `304` updates the stored headers. A
+    ///   client's `If-None-Match` / `If-Modified-Since` is answered from the cache (`304`).
+    /// - `Vary`: each variant is stored under its own key, selected by the request's
+    ///   normalised values of the named fields; `Vary: *` is never stored.
+    /// - `stale-while-revalidate` serves the stale response and revalidates in the
+    ///   background; `stale-if-error` serves it when the origin answers 5xx or fails —
+    ///   never against `must-revalidate`, `proxy-revalidate` or `s-maxage`.
+    /// - A 2xx/3xx answer to an unsafe method (`POST`, `PUT`, `DELETE`, …) invalidates the
+    ///   target URI and its variants; `HEAD` is answered from a fresh `GET` response.
+    /// - Responses carry `Cache-Status` (RFC 9211) beside the `x-cache` header.
+    ///
+    /// **Every request header reaches the inner service** (the origin says with `Vary`
+    /// what its answer depends on), and responses that set cookies are stored when they
+    /// are otherwise cacheable, as the RFC allows. Use this mode in front of an origin you
+    /// trust to send correct `Cache-Control` and `Vary` — a proxy, or your own handlers
+    /// that do. For application routes whose handlers say nothing about caching, keep the
+    /// default (strict) mode: there a header the key does not cover never reaches the
+    /// handler, so it cannot poison what other clients are served.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// let layer = HttpCacheLayer::new(cache)
+    ///     .rfc9111()
+    ///     .max_ttl(Duration::from_secs(3600))
+    ///     .keep_stale(Duration::from_secs(600));
+    /// # let _ = layer;
+    /// ```
+    pub fn rfc9111(self) -> Self {
+        self.update(|s| s.shared = Some(SharedMode::default()))
+    }
+
+    fn update_shared(self, f: impl FnOnce(&mut SharedMode)) -> Self {
+        self.update(|s| f(s.shared.get_or_insert_with(SharedMode::default)))
+    }
+
+    /// In [`rfc9111`](Self::rfc9111) mode, gives a response that states no freshness the
+    /// layer's [`ttl`](Self::ttl) (instead of not storing it).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// let layer = HttpCacheLayer::new(cache)
+    ///     .rfc9111()
+    ///     .ttl(Duration::from_secs(60))
+    ///     .ttl_when_unstated();
+    /// # let _ = layer;
+    /// ```
+    pub fn ttl_when_unstated(self) -> Self {
+        self.update_shared(|m| m.default_from_ttl = true)
+    }
+
+    /// In [`rfc9111`](Self::rfc9111) mode, the longest a response is fresh, whatever it
+    /// says. See [`rfc9111`](Self::rfc9111) for an example.
+    pub fn max_ttl(self, ceiling: Duration) -> Self {
+        self.update_shared(|m| m.ceiling = Some(ceiling))
+    }
+
+    /// In [`rfc9111`](Self::rfc9111) mode, how long a response is kept once stale, to be
+    /// revalidated rather than fetched again (default one hour; longer when its
+    /// `stale-while-revalidate` or `stale-if-error` window is). See
+    /// [`rfc9111`](Self::rfc9111) for an example.
+    pub fn keep_stale(self, keep: Duration) -> Self {
+        self.update_shared(|m| m.keep = keep)
+    }
+
+    /// In [`rfc9111`](Self::rfc9111) mode, whether `CDN-Cache-Control` (RFC 9213), when a
+    /// response has it, governs this cache instead of `Cache-Control` (default: yes; turn
+    /// it off when a CDN in front of this cache is the one it targets).
+    ///
+    /// ```
+    /// use tower_caching::{http::{CachedResponse, HttpCacheLayer}, Cache};
+    ///
+    /// let cache: Cache<CachedResponse> = Cache::in_memory();
+    /// let layer = HttpCacheLayer::new(cache).rfc9111().cdn_cache_control(false);
+    /// # let _ = layer;
+    /// ```
+    pub fn cdn_cache_control(self, obey: bool) -> Self {
+        self.update_shared(|m| m.targets.cdn = obey)
     }
 
     /// Forwards request header `name` to the inner service on the cached path although the

@@ -56,9 +56,11 @@ use crate::key::Pattern;
 use crate::strategy::Invalidation;
 
 pub(crate) mod body;
+mod freshness;
 mod key;
 mod layer;
 mod service;
+mod shared;
 
 pub use self::body::CacheBody;
 pub use self::key::{HttpKey, PathKey, RequestKey};
@@ -85,6 +87,9 @@ pub struct CachedResponse {
     /// gRPC responses end with trailers (`grpc-status`); HTTP ones kept here have none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) trailers: Vec<(String, String)>,
+    /// What a shared-cache (RFC 9111) layer computed when it stored the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) freshness: Option<freshness::Freshness>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +101,12 @@ enum StoredBody {
 
 /// Headers that belong to one connection or one response, never to a stored one.
 fn is_stored_header(name: &HeaderName) -> bool {
+    name != header::SET_COOKIE && is_end_to_end(name)
+}
+
+/// Headers that belong to one connection (or to one response's age), never to a stored
+/// response; `Set-Cookie` is end-to-end, and stored only by a shared-cache layer.
+fn is_end_to_end(name: &HeaderName) -> bool {
     ![
         header::CONNECTION,
         header::TRANSFER_ENCODING,
@@ -104,7 +115,6 @@ fn is_stored_header(name: &HeaderName) -> bool {
         header::UPGRADE,
         header::PROXY_AUTHENTICATE,
         header::PROXY_AUTHORIZATION,
-        header::SET_COOKIE,
         header::AGE,
     ]
     .contains(name)
@@ -134,14 +144,26 @@ impl CachedResponse {
             headers,
             body,
             trailers: Vec::new(),
+            freshness: None,
         }
     }
 
     pub(crate) fn new(parts: &http::response::Parts, body: Bytes) -> Self {
+        Self::stored(parts, body, false)
+    }
+
+    /// The stored form of a response; `cookies`: whether `Set-Cookie` is kept.
+    pub(crate) fn stored(parts: &http::response::Parts, body: Bytes, cookies: bool) -> Self {
         let headers = parts
             .headers
             .iter()
-            .filter(|(name, _)| is_stored_header(name))
+            .filter(|(name, _)| {
+                if cookies {
+                    is_end_to_end(name) && *name != "proxy-connection"
+                } else {
+                    is_stored_header(name)
+                }
+            })
             .filter_map(|(name, value)| {
                 Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
             })

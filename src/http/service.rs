@@ -112,6 +112,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let settings = &self.shared;
+        if settings.shared.is_some() {
+            return Box::pin(super::shared::serve(self.shared.clone(), inner, request));
+        }
         let credentials = [header::AUTHORIZATION, header::COOKIE]
             .iter()
             .any(|name| request.headers().contains_key(name) && !settings.key.covers_header(name));
@@ -305,14 +308,17 @@ where
     }
 }
 
-enum Read<B> {
+pub(super) enum Read<B> {
     /// The whole body, within the limit and without trailers.
     Complete(Bytes),
     /// What was read before the limit, trailers or an error; then the rest, if any.
     Partial(VecDeque<Frame<Bytes>>, Option<B>),
 }
 
-async fn read_limited<B: Body<Data = Bytes> + Unpin>(mut body: B, limit: usize) -> Read<B> {
+pub(super) async fn read_limited<B: Body<Data = Bytes> + Unpin>(
+    mut body: B,
+    limit: usize,
+) -> Read<B> {
     let mut frames = VecDeque::new();
     let mut size = 0;
     loop {
