@@ -93,7 +93,7 @@ async fn miss_then_hit_with_x_cache_and_age() {
 }
 
 #[tokio::test]
-async fn only_get_and_head_are_cached_and_keyed_apart() {
+async fn only_get_is_stored_and_head_is_answered_from_it() {
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
     let route = get(move || {
@@ -107,14 +107,122 @@ async fn only_get_and_head_are_cached_and_keyed_apart() {
         assert_eq!(body, "posted");
         assert!(headers.get("x-cache").is_none());
     }
-    call(&app, get_req("/r")).await;
-    let (_, headers, _) = call(&app, Request::head("/r").body(Body::empty()).unwrap()).await;
+    // A HEAD first is passed on and never stored: its response has no body.
+    let head = || Request::head("/r").body(Body::empty()).unwrap();
+    let (_, headers, body) = call(&app, head()).await;
+    assert!(headers.get("x-cache").is_none());
+    assert_eq!(body, "");
+    let (_, headers, body) = call(&app, get_req("/r")).await;
     assert_eq!(
-        headers["x-cache"], "MISS",
-        "HEAD must not be served GET's entry"
+        (headers["x-cache"].to_str().unwrap(), body.as_str()),
+        ("MISS", "body 2")
     );
-    let (_, headers, _) = call(&app, Request::head("/r").body(Body::empty()).unwrap()).await;
-    assert_eq!(headers["x-cache"], "HIT");
+    // Then HEAD is answered from the GET's entry, without its body.
+    let (_, headers, body) = call(&app, head()).await;
+    assert_eq!(
+        (headers["x-cache"].to_str().unwrap(), body.as_str()),
+        ("HIT", "")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_path_key_never_serves_a_head_response_to_a_get() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let route = counting_route(calls.clone(), StatusCode::OK, &[]);
+    let app = Router::new().route(
+        "/entries/{id}",
+        route.layer(
+            HttpCacheLayer::new(Cache::in_memory())
+                .key(PathKey::new("/entries/{id}", "entry:{id}")),
+        ),
+    );
+    call(
+        &app,
+        Request::head("/entries/e1").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let (_, _, body) = call(&app, get_req("/entries/e1")).await;
+    assert_eq!(
+        body, "body 2",
+        "the GET is not served the HEAD's empty body"
+    );
+    let (_, headers, body) = call(&app, get_req("/entries/e1")).await;
+    assert_eq!(
+        (headers["x-cache"].to_str().unwrap(), body.as_str()),
+        ("HIT", "body 2")
+    );
+}
+
+/// A route that echoes what its handler sees: the URI (authority, query) and the Host.
+fn echo_route(calls: Arc<AtomicU32>) -> axum::routing::MethodRouter {
+    get(move |request: Request<Body>| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let host = request
+                .headers()
+                .get("host")
+                .map_or("-", |h| h.to_str().unwrap_or("?"))
+                .to_owned();
+            format!("{} host={host}", request.uri())
+        }
+    })
+}
+
+#[tokio::test]
+async fn what_the_handler_sees_is_in_the_key_or_withheld() {
+    // An absolute-form target: the handler never sees its authority, nor an unkeyed Host.
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = Router::new().route(
+        "/x",
+        echo_route(calls.clone()).layer(HttpCacheLayer::new(Cache::in_memory())),
+    );
+    let evil = Request::get("http://evil.example/x")
+        .header("host", "good.example")
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, body) = call(&app, evil).await;
+    assert_eq!(body, "/x host=-");
+    let (_, headers, body) = call(&app, get_req("/x")).await;
+    assert_eq!(
+        (headers["x-cache"].to_str().unwrap(), body.as_str()),
+        ("HIT", "/x host=-")
+    );
+
+    // Repeated parameters keep their order in the key: last-wins parsers differ on them.
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = Router::new().route(
+        "/q",
+        echo_route(calls.clone()).layer(HttpCacheLayer::new(Cache::in_memory())),
+    );
+    let (_, _, first) = call(&app, get_req("/q?a=1&a=2")).await;
+    let (_, _, second) = call(&app, get_req("/q?a=2&a=1")).await;
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("/q?a=1&a=2 host=-", "/q?a=2&a=1 host=-")
+    );
+    call(&app, get_req("/q?b=1&a=1&a=2")).await;
+    let (_, headers, _) = call(&app, get_req("/q?a=1&b=1&a=2")).await;
+    assert_eq!(
+        headers["x-cache"], "HIT",
+        "distinct names still sort: one entry"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // A path key covers no query: the handler is given the path alone.
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = Router::new().route(
+        "/entries/{id}",
+        echo_route(calls.clone()).layer(
+            HttpCacheLayer::new(Cache::in_memory())
+                .key(PathKey::new("/entries/{id}", "entry:{id}")),
+        ),
+    );
+    let (_, _, body) = call(&app, get_req("/entries/e1?callback=evil")).await;
+    assert_eq!(body, "/entries/e1 host=-");
+    let (_, _, body) = call(&app, get_req("/entries/e1")).await;
+    assert_eq!(body, "/entries/e1 host=-");
 }
 
 #[tokio::test]

@@ -14,9 +14,16 @@
 //! | `METRICS_ADDR` | (none) | serves Prometheus `/metrics` on its own port, apart from the proxied namespace |
 //!
 //! Responses carry `x-cache` (`HIT`, `MISS`, `STALE`) and `Cache-Status` (RFC 9211).
+//! Interim responses (`103 Early Hints`) of the upstream are passed on to the client that
+//! caused them, never stored: hyper's server cannot send 1xx responses yet, so the proxy
+//! writes them to the client's socket itself while the final response is pending.
 
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +34,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceBuilder;
 use tower_caching::http::{CachedResponse, HttpCacheLayer};
 use tower_caching::metrics::Metrics;
@@ -59,6 +67,73 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+}
+
+/// A client connection that hyper serves and the proxy can also write interim responses
+/// to: hyper writes nothing while a response is pending, so they go out first.
+#[derive(Clone)]
+struct Downstream(Arc<TcpStream>);
+
+impl AsyncRead for Downstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Downstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The socket closes when hyper drops the connection (the last clone of it).
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Passes an upstream's 1xx response on to the client (best effort: a full socket buffer
+/// drops it, as the final response must not wait).
+fn forward_interim(client: &Downstream, status: StatusCode, headers: &http::HeaderMap) {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    for (name, value) in headers {
+        if let Ok(value) = value.to_str() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    let _ = client.0.try_write(head.as_bytes());
 }
 
 /// The upstream: the request's path and query on `UPSTREAM_URL`.
@@ -94,6 +169,11 @@ impl tower::Service<Request<Incoming>> for Upstream {
         if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
             request.headers_mut().insert(header::HOST, host);
         }
+        if let Some(client) = request.extensions().get::<Downstream>().cloned() {
+            hyper::ext::on_informational(&mut request, move |interim| {
+                forward_interim(&client, interim.status(), interim.headers());
+            });
+        }
         self.client.request(request)
     }
 }
@@ -113,8 +193,11 @@ async fn serve<St: Store>(
     loop {
         let (stream, _) = listener.accept().await?;
         let proxy = proxy.clone();
+        let downstream = Downstream(Arc::new(stream));
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
+            let client = downstream.clone();
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(client.clone());
                 let call = tower::ServiceExt::oneshot(proxy.clone(), request);
                 async move {
                     Ok::<_, Infallible>(match call.await {
@@ -134,7 +217,7 @@ async fn serve<St: Store>(
                 }
             });
             let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(downstream), service);
             if let Err(error) = connection.await {
                 eprintln!("connection ended with an error: {error}");
             }

@@ -30,6 +30,12 @@ pub trait RequestKey<B>: KeyExtractor<Request<B>> {
         let _ = name;
         false
     }
+
+    /// Whether the key covers the query string; when it does not, the cached path hands
+    /// the inner service the path alone (default: it does — a closure may read the query).
+    fn covers_query(&self) -> bool {
+        true
+    }
 }
 
 impl<B, F, K> RequestKey<B> for F
@@ -39,8 +45,9 @@ where
 {
 }
 
-/// The default HTTP key: method, path and the query with its parameters sorted (so
-/// `?b=2&a=1` and `?a=1&b=2` share an entry), plus the values of the headers named with
+/// The default HTTP key: method, path and the query with its parameters sorted by name (so
+/// `?b=2&a=1` and `?a=1&b=2` share an entry, while the order of a repeated parameter is
+/// kept: `?a=1&a=2` and `?a=2&a=1` do not), plus the values of the headers named with
 /// [`HttpKey::header`] (what a `Vary` response header would list).
 ///
 /// ```
@@ -92,15 +99,26 @@ impl HttpKey {
     }
 }
 
-/// The query string with its `&`-separated parameters sorted.
+/// The query string with its `&`-separated parameters sorted by name; the values of a
+/// repeated name keep their order (a last-wins parser answers `?a=1&a=2` unlike
+/// `?a=2&a=1`).
 pub(crate) fn canonical_query(query: Option<&str>) -> String {
     let mut params: Vec<&str> = query
         .unwrap_or("")
         .split('&')
         .filter(|p| !p.is_empty())
         .collect();
-    params.sort_unstable();
+    params.sort_by_key(|param| param.split('=').next().unwrap_or(""));
     params.join("&")
+}
+
+/// The key of the `GET` of the same resource (HEAD is answered from it; unsafe methods
+/// invalidate it).
+pub(crate) fn key_as_get<B, K: RequestKey<B>>(key: &K, request: &mut Request<B>) -> Option<Key> {
+    let method = std::mem::replace(request.method_mut(), http::Method::GET);
+    let built = key.key(request);
+    *request.method_mut() = method;
+    built
 }
 
 impl<B> KeyExtractor<Request<B>> for HttpKey {
@@ -319,7 +337,13 @@ impl<B> KeyExtractor<Request<B>> for PathKey {
     }
 }
 
-impl<B> RequestKey<B> for PathKey {}
+/// A path key covers no query: the cached path hands the handler the path alone, so
+/// `/entries/e1?callback=evil` cannot answer for `/entries/e1`.
+impl<B> RequestKey<B> for PathKey {
+    fn covers_query(&self) -> bool {
+        false
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use tower_service::Service;
 
 use super::body::{passthrough, CacheBody};
-use super::key::{HttpKey, RequestKey};
+use super::key::{key_as_get, HttpKey, RequestKey};
 use super::CachedResponse;
 use crate::cache::Cache;
 use crate::codec::{Codec, Json};
@@ -123,13 +123,39 @@ where
             && !cache_control_has(request.headers(), &["no-store"])
             && !settings.cache.is_closed();
         let key = if eligible {
-            settings.key.key(&request)
+            key_as_get(&settings.key, &mut request)
         } else {
             None
         };
         let Some(key) = key else {
             return passthrough(inner.call(request));
         };
+        // Only what the key covers reaches the inner service: the path and query it was
+        // built from (never an absolute-form authority), and the query only if covered.
+        let origin_form = match request.uri().path_and_query() {
+            Some(pq) if settings.key.covers_query() => pq.as_str().to_owned(),
+            _ => request.uri().path().to_owned(),
+        };
+        if let Ok(uri) = origin_form.parse() {
+            *request.uri_mut() = uri;
+        }
+        if request.method() == Method::HEAD {
+            // Answered from the GET's entry when it is fresh; a HEAD's own response (no
+            // body) is never stored.
+            let settings = self.shared.clone();
+            return Box::pin(async move {
+                if let Ok(Some(hit)) = settings.cache.lookup(&key).await {
+                    if !hit.header.is_stale(now_ms()) {
+                        let age = now_ms().saturating_sub(hit.header.stored_at_ms) / 1000;
+                        let (parts, _) = settings
+                            .respond::<ResBody>(hit.value, "HIT", Some(age))
+                            .into_parts();
+                        return Ok(Response::from_parts(parts, CacheBody::full(Bytes::new())));
+                    }
+                }
+                Ok(inner.call(request).await?.map(CacheBody::stream))
+            });
+        }
         let lookup = !cache_control_has(request.headers(), &["no-cache"]);
         // Only what the key covers reaches the inner service on the cached path.
         let headers = std::mem::take(request.headers_mut());

@@ -18,7 +18,7 @@ use tower_service::Service;
 
 use super::body::CacheBody;
 use super::freshness::{self, Directives, Exchange, Freshness, Refusal, Use};
-use super::key::RequestKey;
+use super::key::{key_as_get, RequestKey};
 use super::layer::Settings;
 use super::service::{read_limited, Read};
 use super::CachedResponse;
@@ -59,15 +59,6 @@ type Slot<B> = Arc<Mutex<Option<Request<B>>>>;
 
 fn take<B>(slot: &Slot<B>) -> Option<Request<B>> {
     slot.lock().unwrap_or_else(|p| p.into_inner()).take()
-}
-
-/// The key a request's `GET` would have: `HEAD` is answered from it, unsafe methods
-/// invalidate it.
-fn key_as_get<B, K: RequestKey<B>>(key: &K, request: &mut Request<B>) -> Option<Key> {
-    let method = std::mem::replace(request.method_mut(), Method::GET);
-    let built = key.key(request);
-    *request.method_mut() = method;
-    built
 }
 
 /// The key of the variant of `primary` that a request with `headers` selects.
@@ -327,6 +318,27 @@ where
         return Ok(inner.call(request).await?.map(CacheBody::stream));
     }
     let head = method == Method::HEAD;
+    if head || directives.only_if_cached {
+        // Never a load: a HEAD's own response (no body) is never stored, and
+        // `only-if-cached` must not reach the origin.
+        let found = fresh_entry(&settings, &primary, request.headers(), &directives).await;
+        return Ok(match found {
+            Some((entry, fresh)) => answer(
+                &settings,
+                entry,
+                &fresh,
+                Served::Hit,
+                request.headers(),
+                head,
+            ),
+            None if directives.only_if_cached => {
+                let mut response = Response::new(CacheBody::full(Bytes::new()));
+                *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+                response
+            }
+            None => inner.call(request).await?.map(CacheBody::stream),
+        });
+    }
     let request_headers = request.headers().clone();
     let slot: Slot<ReqBody> = Arc::new(Mutex::new(Some(request)));
 
@@ -334,11 +346,6 @@ where
     let mut stale: Option<CachedResponse> = None;
     let mut look = !directives.no_cache;
     for _ in 0..4 {
-        if head && !look {
-            // A HEAD is answered from a fresh stored GET response, and otherwise passed on;
-            // its own response (no body) is never stored.
-            break;
-        }
         let revalidating = stale.is_some();
         let load = OriginLoad {
             inner: inner.clone(),
@@ -422,11 +429,6 @@ where
                 ));
             }
             Use::Revalidate => {
-                if directives.only_if_cached {
-                    let mut response = Response::new(CacheBody::full(Bytes::new()));
-                    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-                    return Ok(response);
-                }
                 look = false;
                 stale = Some(entry);
             }
@@ -437,6 +439,27 @@ where
         return Ok(internal_error());
     };
     Ok(inner.call(request).await?.map(CacheBody::stream))
+}
+
+/// The stored response a request may be served as it is, if any (its variant included),
+/// looked up without loading anything.
+async fn fresh_entry<St: Store, C: Codec, K, T>(
+    settings: &Settings<St, C, K, T>,
+    primary: &Key,
+    request: &HeaderMap,
+    directives: &Directives,
+) -> Option<(CachedResponse, Freshness)> {
+    let mut key = primary.clone();
+    for _ in 0..2 {
+        let entry = settings.cache.lookup(&key).await.ok()??.value;
+        let fresh = entry.freshness.clone()?;
+        if !fresh.selects(request) {
+            key = variant_key(primary, &fresh.vary, request)?;
+            continue;
+        }
+        return (fresh.usable(now_ms(), directives) == Use::Fresh).then_some((entry, fresh));
+    }
+    None
 }
 
 fn pragma_no_cache(headers: &HeaderMap) -> bool {
