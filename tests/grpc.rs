@@ -154,3 +154,157 @@ async fn one_callers_answer_is_never_served_to_another() {
     let anonymous = get_entry_as(channel.clone(), "e1", None).await.unwrap();
     assert_eq!(anonymous.get_ref().owner_name, "owner of e1");
 }
+
+/// A body fed by the test through a channel, frame by frame.
+struct ChannelBody(tokio::sync::mpsc::UnboundedReceiver<http_body::Frame<bytes::Bytes>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|frame| frame.map(Ok))
+    }
+}
+
+type Frames = tokio::sync::mpsc::UnboundedSender<http_body::Frame<bytes::Bytes>>;
+
+fn channel_body() -> (Frames, ChannelBody) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (tx, ChannelBody(rx))
+}
+
+/// One gRPC message: the 5-byte prefix, then `payload`.
+fn message(payload: &[u8]) -> http_body::Frame<bytes::Bytes> {
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    framed.extend_from_slice(payload);
+    http_body::Frame::data(framed.into())
+}
+
+fn ok_trailers() -> http_body::Frame<bytes::Bytes> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    http_body::Frame::trailers(trailers)
+}
+
+fn grpc_request<B>(body: B) -> http::Request<B> {
+    http::Request::post("/stream.Feed/Watch")
+        .header("content-type", "application/grpc")
+        .body(body)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_server_stream_is_passed_on_as_it_comes_and_never_stored() {
+    use http_body_util::BodyExt;
+    use tower::{Layer, ServiceExt};
+
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (senders_tx, mut senders_rx) = tokio::sync::mpsc::unbounded_channel::<Frames>();
+    let counted = calls.clone();
+    let server = tower::service_fn(move |_request: http::Request<_>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let (tx, body) = channel_body();
+        senders_tx.send(tx).unwrap();
+        async move {
+            let mut response = http::Response::new(body);
+            response
+                .headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let layered = GrpcCacheLayer::new(Cache::<CachedResponse>::in_memory()).layer(server);
+    for round in 1..=2 {
+        let call = tokio::spawn(
+            layered
+                .clone()
+                .oneshot(grpc_request(http_body_util::Full::new(bytes::Bytes::from(
+                    message(b"topic").into_data().unwrap(),
+                )))),
+        );
+        let stream = senders_rx.recv().await.unwrap();
+        stream.send(message(b"first")).unwrap();
+        // The first message reaches the client while the server has not sent the second.
+        let response = tokio::time::timeout(std::time::Duration::from_secs(10), call)
+            .await
+            .expect("the response was held back")
+            .unwrap()
+            .unwrap();
+        let mut body = response.into_body();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+            .await
+            .expect("the first message was held back")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&first.into_data().unwrap()[5..], b"first");
+        stream.send(message(b"second")).unwrap();
+        stream.send(ok_trailers()).unwrap();
+        drop(stream);
+        let rest = body.collect().await.unwrap();
+        assert!(rest.trailers().is_some());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            round,
+            "a stream is never answered from the cache"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_open_request_stream_reaches_the_server_and_a_client_stream_is_never_stored() {
+    use http_body_util::BodyExt;
+    use tower::{Layer, ServiceExt};
+
+    // A client-streaming method: the server sums every message it is sent.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = calls.clone();
+    let server = tower::service_fn(
+        move |request: http::Request<tower_caching::http::CacheBody<ChannelBody>>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let received = request.into_body().collect().await.unwrap().to_bytes();
+                let mut answer =
+                    http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                        message(format!("{} bytes", received.len()).as_bytes())
+                            .into_data()
+                            .unwrap(),
+                    )));
+                answer
+                    .headers_mut()
+                    .insert("content-type", "application/grpc".parse().unwrap());
+                answer
+                    .headers_mut()
+                    .insert("grpc-status", "0".parse().unwrap());
+                Ok::<_, std::convert::Infallible>(answer)
+            }
+        },
+    );
+    let layered = GrpcCacheLayer::new(Cache::<CachedResponse>::in_memory()).layer(server);
+    for (round, tail) in [(1, &b"x"[..]), (2, &b"yyyy"[..])] {
+        let (tx, body) = channel_body();
+        tx.send(message(b"same first message")).unwrap();
+        let call = tokio::spawn(layered.clone().oneshot(grpc_request(body)));
+        // The server is called while the request is still open (a bidirectional client may
+        // wait for an answer before it sends more).
+        support::within(std::time::Duration::from_secs(10), async || {
+            calls.load(Ordering::SeqCst) == round
+        })
+        .await;
+        tx.send(message(tail)).unwrap();
+        drop(tx);
+        let response = call.await.unwrap().unwrap();
+        assert!(response.headers().get("x-cache").is_none_or(|v| v != "HIT"));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let expected = 2 * 5 + b"same first message".len() + tail.len();
+        assert_eq!(
+            &body[5..],
+            format!("{expected} bytes").as_bytes(),
+            "round {round}"
+        );
+    }
+}

@@ -6,7 +6,14 @@
 //! [`max_request_size`](GrpcCacheLayer::max_request_size) the call passes through), the key
 //! is built from the method path and the encoded message — or by a typed extractor that
 //! decodes it — and a response whose `grpc-status` is `0` (OK) is stored with its body and
-//! trailers. A hit replays them: the client cannot tell it from the server's answer, but for
+//! trailers.
+//!
+//! Streams pass through untouched, whether or not [`methods`](GrpcCacheLayer::methods)
+//! lists the unary methods: the request is read up to its first message and never waited on
+//! past it (a bidirectional client may wait for an answer before it sends more); a request
+//! that carries a second message is a client stream, whose answer is never stored; and a
+//! response whose end is not at hand as soon as its first message is (a server stream) is
+//! passed on as it comes, never held back and never stored. A hit replays them: the client cannot tell it from the server's answer, but for
 //! the `x-cache: HIT` header. A call that carries `authorization` or `cookie` metadata is
 //! passed through unless the key covers it ([`GrpcCacheLayer::key_metadata`]).
 //!
@@ -306,9 +313,16 @@ where
         }
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let (body, replay) = match read_all(body, settings.max_request_size).await {
-                Ok(bytes) => (Some(bytes.clone()), CacheBody::full(bytes)),
-                Err(partial) => (None, partial),
+            let mut more = None;
+            let (body, replay) = match read_first_message(body, settings.max_request_size).await {
+                Request1::Whole(bytes) => (Some(bytes.clone()), CacheBody::full(bytes)),
+                Request1::Open(bytes, frames, rest) => {
+                    // Keyed by its first message; stored only if no second one follows.
+                    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    more = Some(flag.clone());
+                    (Some(bytes), CacheBody::watched(frames, rest, flag))
+                }
+                Request1::Other(partial) => (None, partial),
             };
             let key = body
                 .as_ref()
@@ -318,7 +332,11 @@ where
             let Some(key) = key else {
                 return Ok(inner.call(request).await?.map(CacheBody::stream));
             };
-            let load = GrpcLoad { inner, request };
+            let load = GrpcLoad {
+                inner,
+                request,
+                more,
+            };
             Ok(match ReadFuture::new(settings.clone(), key, load).await {
                 Outcome::Hit(hit) | Outcome::Stale(hit) => {
                     let age = now_ms().saturating_sub(hit.header.stored_at_ms) / 1000;
@@ -327,9 +345,9 @@ where
                 Outcome::Pending(cached) => replay_response(cached, "HIT", None),
                 Outcome::Loaded(cached) => replay_response(cached, "MISS", None),
                 Outcome::Private(own) => own?,
-                Outcome::Unshared(GrpcLoad { mut inner, request }) => {
-                    inner.call(request).await?.map(CacheBody::stream)
-                }
+                Outcome::Unshared(GrpcLoad {
+                    mut inner, request, ..
+                }) => inner.call(request).await?.map(CacheBody::stream),
                 Outcome::Failed(never) => match *never {},
                 Outcome::Panicked => panicked(),
             })
@@ -392,6 +410,8 @@ impl<St: Store, C: Codec> ReadContext for Arc<GrpcSettings<St, C>> {
 struct GrpcLoad<Svc, B> {
     inner: Svc,
     request: Request<CacheBody<B>>,
+    /// Set if the request, passed on open after its first message, carried more.
+    more: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<Svc, ReqBody, ResBody, St, C> Load<Arc<GrpcSettings<St, C>>> for GrpcLoad<Svc, ReqBody>
@@ -413,7 +433,11 @@ where
         _: Key,
     ) -> impl Future<Output = Result<Loaded<CachedResponse, Self::Private>, Self::Error>> + Send + 'static
     {
-        let GrpcLoad { mut inner, request } = self;
+        let GrpcLoad {
+            mut inner,
+            request,
+            more,
+        } = self;
         async move {
             let private = |response, failed| {
                 Ok(Loaded::Private {
@@ -435,7 +459,21 @@ where
             let mut trailers = None;
             let mut body = body;
             loop {
-                match body.frame().await {
+                let whole = first_message_len(&data).is_some_and(|len| data.len() == len);
+                let next = if whole {
+                    // A unary answer's trailers are at hand once its message is; a stream's
+                    // next message is not: it is passed on as it comes, never held back.
+                    match frame_at_hand(&mut body).await {
+                        Poll::Ready(next) => next,
+                        Poll::Pending => {
+                            let rest = CacheBody::resume(frames, Some(body));
+                            return private(Response::from_parts(parts, rest), false);
+                        }
+                    }
+                } else {
+                    body.frame().await
+                };
+                match next {
                     None => break,
                     Some(Ok(frame)) => {
                         if let Some(chunk) = frame.data_ref() {
@@ -444,7 +482,8 @@ where
                             trailers = Some(t.clone());
                         }
                         frames.push_back(frame);
-                        if data.len() > settings.max_response_size {
+                        let beyond = first_message_len(&data).is_some_and(|len| data.len() > len);
+                        if data.len() > settings.max_response_size || beyond {
                             let rest = CacheBody::resume(frames, Some(body));
                             return private(Response::from_parts(parts, rest), false);
                         }
@@ -454,6 +493,12 @@ where
                         return private(Response::from_parts(parts, rest), true);
                     }
                 }
+            }
+            let streamed = more.is_some_and(|more| more.load(std::sync::atomic::Ordering::Acquire));
+            if streamed {
+                // A client stream: its answer depends on more than the keyed message.
+                let rest = CacheBody::resume(frames, None);
+                return private(Response::from_parts(parts, rest), false);
             }
             // A trailers-only response carries its status in the headers.
             let ok = trailers
@@ -473,35 +518,66 @@ where
     }
 }
 
-/// Reads a whole request body up to `limit`; past it, what was read and the rest, to be
-/// passed on as they are.
-async fn read_all<B>(mut body: B, limit: usize) -> Result<Bytes, CacheBody<B>>
+/// The length of the first gRPC message in `data` (5-byte prefix: flag, big-endian length),
+/// once the prefix is there.
+fn first_message_len(data: &[u8]) -> Option<usize> {
+    let prefix: [u8; 4] = data.get(1..5)?.try_into().ok()?;
+    Some(5 + u32::from_be_bytes(prefix) as usize)
+}
+
+/// A request read up to its first message.
+enum Request1<B> {
+    /// One message, and the body ended.
+    Whole(Bytes),
+    /// One whole message, and the body still open: a unary call whose end is on its way,
+    /// or a client stream. Its frames, and the rest.
+    Open(Bytes, VecDeque<Frame<Bytes>>, B),
+    /// Not one small message (larger than the limit, several, trailers, an error): passed
+    /// on as it is.
+    Other(CacheBody<B>),
+}
+
+/// Polls `body` once, without waiting: what it has at hand.
+async fn frame_at_hand<B: Body<Data = Bytes> + Unpin>(
+    body: &mut B,
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
+}
+
+/// Reads a request up to its first whole message (never waiting past it: a bidirectional
+/// stream's client may wait for an answer before it sends more or ends).
+async fn read_first_message<B>(mut body: B, limit: usize) -> Request1<B>
 where
     B: Body<Data = Bytes> + Unpin,
 {
     let mut frames = VecDeque::new();
-    let mut size = 0;
+    let mut data = BytesMut::new();
     loop {
-        match body.frame().await {
-            None => break,
+        let whole = first_message_len(&data).is_some_and(|len| data.len() == len);
+        let next = if whole {
+            match frame_at_hand(&mut body).await {
+                Poll::Ready(next) => next,
+                Poll::Pending => return Request1::Open(data.freeze(), frames, body),
+            }
+        } else {
+            body.frame().await
+        };
+        match next {
+            None => return Request1::Whole(data.freeze()),
             Some(Ok(frame)) => {
                 let is_data = frame.is_data();
-                size += frame.data_ref().map_or(0, Bytes::len);
+                if let Some(chunk) = frame.data_ref() {
+                    data.extend_from_slice(chunk);
+                }
                 frames.push_back(frame);
-                if !is_data || size > limit {
-                    return Err(CacheBody::resume(frames, Some(body)));
+                let beyond = first_message_len(&data).is_some_and(|len| data.len() > len);
+                if !is_data || data.len() > limit || beyond {
+                    return Request1::Other(CacheBody::resume(frames, Some(body)));
                 }
             }
-            Some(Err(_)) => return Err(CacheBody::resume(frames, None)),
+            Some(Err(_)) => return Request1::Other(CacheBody::resume(frames, None)),
         }
     }
-    let mut bytes = BytesMut::with_capacity(size);
-    for frame in frames {
-        if let Ok(data) = frame.into_data() {
-            bytes.extend_from_slice(&data);
-        }
-    }
-    Ok(bytes.freeze())
 }
 
 fn replay_response<B>(

@@ -1,5 +1,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,6 +18,9 @@ pub struct CacheBody<B> {
     buffered: VecDeque<Frame<Bytes>>,
     #[pin]
     rest: Option<B>,
+    /// Set when `rest` yields data: a request read up to its first message, then
+    /// passed on open, turned out to carry more (a client stream).
+    more: Option<Arc<AtomicBool>>,
 }
 
 impl<B> CacheBody<B> {
@@ -28,6 +33,7 @@ impl<B> CacheBody<B> {
         CacheBody {
             buffered,
             rest: None,
+            more: None,
         }
     }
 
@@ -36,6 +42,7 @@ impl<B> CacheBody<B> {
         CacheBody {
             buffered: VecDeque::new(),
             rest: Some(body),
+            more: None,
         }
     }
 
@@ -44,6 +51,17 @@ impl<B> CacheBody<B> {
         CacheBody {
             buffered: frames,
             rest,
+            more: None,
+        }
+    }
+
+    /// Like [`resume`](Self::resume), and sets `more` if `rest` yields any data.
+    #[cfg(feature = "grpc")]
+    pub(crate) fn watched(frames: VecDeque<Frame<Bytes>>, rest: B, more: Arc<AtomicBool>) -> Self {
+        CacheBody {
+            buffered: frames,
+            rest: Some(rest),
+            more: Some(more),
         }
     }
 }
@@ -74,7 +92,15 @@ where
             return Poll::Ready(Some(Ok(frame)));
         }
         match this.rest.as_pin_mut() {
-            Some(rest) => rest.poll_frame(cx).map_err(Into::into),
+            Some(rest) => {
+                let polled = rest.poll_frame(cx).map_err(Into::into);
+                if let (Some(more), Poll::Ready(Some(Ok(frame)))) = (this.more.as_ref(), &polled) {
+                    if frame.data_ref().is_some_and(|data| !data.is_empty()) {
+                        more.store(true, Ordering::Release);
+                    }
+                }
+                polled
+            }
             None => Poll::Ready(None),
         }
     }

@@ -132,12 +132,16 @@ where
         };
         // Only what the key covers reaches the inner service: the path and query it was
         // built from (never an absolute-form authority), and the query only if covered.
-        let origin_form = match request.uri().path_and_query() {
-            Some(pq) if settings.key.covers_query() => pq.as_str().to_owned(),
-            _ => request.uri().path().to_owned(),
-        };
-        if let Ok(uri) = origin_form.parse() {
-            *request.uri_mut() = uri;
+        let uri = request.uri();
+        let withheld_query = uri.query().is_some() && !settings.key.covers_query();
+        if uri.authority().is_some() || uri.scheme().is_some() || withheld_query {
+            let origin_form = match uri.path_and_query() {
+                Some(pq) if !withheld_query => pq.as_str().to_owned(),
+                _ => uri.path().to_owned(),
+            };
+            if let Ok(uri) = origin_form.parse() {
+                *request.uri_mut() = uri;
+            }
         }
         if request.method() == Method::HEAD {
             // Answered from the GET's entry when it is fresh; a HEAD's own response (no

@@ -54,11 +54,18 @@ impl Default for SharedMode {
     }
 }
 
-/// The request, shared by the attempts of one read: a load takes it when it runs.
-type Slot<B> = Arc<Mutex<Option<Request<B>>>>;
+/// The request, shared by the attempts of one read: its head stays readable for the hit
+/// path, and a load takes its body (with a copy of the head) when it runs.
+struct Pending<B> {
+    parts: http::request::Parts,
+    body: Mutex<Option<B>>,
+}
+
+type Slot<B> = Arc<Pending<B>>;
 
 fn take<B>(slot: &Slot<B>) -> Option<Request<B>> {
-    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    let body = slot.body.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+    Some(Request::from_parts(slot.parts.clone(), body))
 }
 
 /// The key of the variant of `primary` that a request with `headers` selects.
@@ -339,8 +346,12 @@ where
             None => inner.call(request).await?.map(CacheBody::stream),
         });
     }
-    let request_headers = request.headers().clone();
-    let slot: Slot<ReqBody> = Arc::new(Mutex::new(Some(request)));
+    let (parts, body) = request.into_parts();
+    let slot: Slot<ReqBody> = Arc::new(Pending {
+        parts,
+        body: Mutex::new(Some(body)),
+    });
+    let request_headers = &slot.parts.headers;
 
     let mut key = primary.clone();
     let mut stale: Option<CachedResponse> = None;
@@ -365,7 +376,7 @@ where
             Outcome::Loaded(value) => (value, Served::Miss),
             Outcome::Stale(hit) => (hit.value, Served::Stale),
             Outcome::Private(own) => {
-                return Ok(stand_in(&settings, stale, own?, &request_headers, head));
+                return Ok(stand_in(&settings, stale, own?, request_headers));
             }
             Outcome::Unshared(OriginLoad {
                 mut inner, slot, ..
@@ -374,20 +385,21 @@ where
                     return Ok(internal_error());
                 };
                 let response = inner.call(request).await?.map(CacheBody::stream);
-                return Ok(stand_in(&settings, stale, response, &request_headers, head));
+                return Ok(stand_in(&settings, stale, response, request_headers));
             }
             Outcome::Failed(never) => match *never {},
             Outcome::Panicked => return Ok(internal_error()),
         };
-        let Some(fresh) = entry.freshness.clone() else {
+        let mut entry = entry;
+        let Some(fresh) = entry.freshness.take() else {
             // Stored by a layer in the other mode: not ours to judge; fetch anew.
             look = false;
             stale = None;
             continue;
         };
-        if !fresh.selects(&request_headers) {
+        if !fresh.selects(request_headers) {
             // Another variant: its own key (a waiter of another variant's load lands here too).
-            match variant_key(&primary, &fresh.vary, &request_headers) {
+            match variant_key(&primary, &fresh.vary, request_headers) {
                 Some(variant) if variant != key => key = variant,
                 _ => look = false,
             }
@@ -400,8 +412,8 @@ where
                 entry,
                 &fresh,
                 served,
-                &request_headers,
-                head,
+                request_headers,
+                false,
             ));
         }
         match fresh.usable(now_ms(), &directives) {
@@ -411,25 +423,24 @@ where
                     entry,
                     &fresh,
                     served,
-                    &request_headers,
-                    head,
+                    request_headers,
+                    false,
                 ))
             }
             Use::WhileRevalidating => {
-                if !head {
-                    revalidate_in_background(&settings, &inner, &slot, &key, &entry);
-                }
+                revalidate_in_background(&settings, &inner, &slot, &key, &entry);
                 return Ok(answer(
                     &settings,
                     entry,
                     &fresh,
                     Served::Stale,
-                    &request_headers,
-                    head,
+                    request_headers,
+                    false,
                 ));
             }
             Use::Revalidate => {
                 look = false;
+                entry.freshness = Some(fresh);
                 stale = Some(entry);
             }
         }
@@ -517,7 +528,6 @@ fn stand_in<St, C, K, T, B>(
     stale: Option<CachedResponse>,
     response: Response<CacheBody<B>>,
     request_headers: &HeaderMap,
-    head: bool,
 ) -> Response<CacheBody<B>> {
     if response.status().is_server_error() {
         if let Some(entry) = stale {
@@ -529,7 +539,7 @@ fn stand_in<St, C, K, T, B>(
                         &fresh,
                         Served::Stale,
                         request_headers,
-                        head,
+                        false,
                     );
                 }
             }
