@@ -265,3 +265,78 @@ async fn a_router_layered_from_configuration() {
     );
     assert_eq!(reads.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn a_route_can_take_its_freshness_from_the_response() {
+    let config = CacheConfig::from_toml(
+        r#"
+        [routes.page]
+        path = "/pages/{name}"
+        strategy = "cache_aside"
+        freshness = "response"
+        max_ttl = "1m"
+    "#,
+    )
+    .unwrap();
+    let app = Router::new()
+        .route(
+            "/pages/{name}",
+            get(|Path(name): Path<String>| async move {
+                let cache_control = match name.as_str() {
+                    "fresh" => "max-age=600",
+                    "uncacheable" => "no-store",
+                    _ => "max-age=0",
+                };
+                ([("cache-control", cache_control)], name)
+            }),
+        )
+        .layer(config.layer(Cache::<CachedResponse>::in_memory()).unwrap());
+    let x_cache = |path: &'static str| {
+        let app = app.clone();
+        async move {
+            let response = app
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            response
+                .headers()
+                .get("x-cache")
+                .map(|v| v.to_str().unwrap().to_owned())
+        }
+    };
+    for path in ["/pages/fresh", "/pages/uncacheable", "/pages/stale"] {
+        x_cache(path).await;
+    }
+    assert_eq!(x_cache("/pages/fresh").await.as_deref(), Some("HIT"));
+    assert_ne!(x_cache("/pages/uncacheable").await.as_deref(), Some("HIT"));
+    assert_ne!(x_cache("/pages/stale").await.as_deref(), Some("HIT"));
+
+    let wrong = CacheConfig::from_toml(
+        r#"
+        [routes.page]
+        path = "/pages/{name}"
+        strategy = "cache_aside"
+        freshness = "whenever"
+    "#,
+    )
+    .unwrap();
+    let error = wrong.validate().unwrap_err().to_string();
+    assert!(
+        error.contains("page") && error.contains("freshness"),
+        "{error}"
+    );
+    let misplaced = CacheConfig::from_toml(
+        r#"
+        [routes.page]
+        path = "/pages/{name}"
+        strategy = "cache_aside"
+        max_ttl = "1m"
+    "#,
+    )
+    .unwrap();
+    assert!(misplaced
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("max_ttl"));
+}

@@ -379,6 +379,50 @@ async fn coalescing_holds_under_cpu_pressure<S: Store>(store: S, prefix: &str) {
     assert_eq!(calls.load(Ordering::SeqCst), 25);
 }
 
+/// While the store cannot keep what is loaded (it fails, or times out under load), later
+/// misses of a key whose lookups fail too share the last load's value until its TTL or a
+/// write, instead of calling the loader again each: the loader is spared a stampede by the
+/// store's outage; once a lookup succeeds, misses load and store again.
+#[tokio::test]
+async fn misses_share_a_value_the_store_could_not_keep_until_its_ttl_or_a_write() {
+    let store = Faulty::new(MemoryStore::new());
+    store.faults.failing.store(true, Ordering::SeqCst);
+    let cache: Cache<String, _> = Cache::new(store.clone());
+    let calls = Arc::new(AtomicU32::new(0));
+    let loader = {
+        let calls = calls.clone();
+        service_fn(move |id: String| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { Ok::<_, Infallible>(format!("{id} #{n}")) }
+        })
+    };
+    let service = CacheLayer::cache_aside(cache.clone())
+        .key(|id: &String| KeyBuilder::new().entry(id))
+        .ttl(Duration::from_millis(300))
+        .layer(loader);
+    let read = || service.clone().oneshot("k".to_string());
+    assert_eq!(read().await.unwrap(), "k #1");
+    assert_eq!(
+        read().await.unwrap(),
+        "k #1",
+        "the store failed: the last load answers"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // A write of the key (it fails in the store, but supersedes the load) ends that.
+    let _ = cache.delete(&KeyBuilder::new().entry("k")).await;
+    assert_eq!(read().await.unwrap(), "k #2");
+    assert_eq!(read().await.unwrap(), "k #2");
+    // So does its TTL (300 ms; checked a second later).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(read().await.unwrap(), "k #3");
+    // Once the store answers again, a miss loads and stores anew: caching resumes.
+    store.faults.failing.store(false, Ordering::SeqCst);
+    assert_eq!(read().await.unwrap(), "k #4");
+    assert_eq!(read().await.unwrap(), "k #4");
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert!(cache.exists(&KeyBuilder::new().entry("k")).await.unwrap());
+}
+
 /// A load that read the old row before a write-through committed does not overwrite the
 /// written value when it finishes after it.
 async fn a_load_in_flight_does_not_overwrite_a_write_through<S: Store>(store: S, prefix: &str) {

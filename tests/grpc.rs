@@ -223,9 +223,9 @@ async fn a_server_stream_is_passed_on_as_it_comes_and_never_stored() {
         let call = tokio::spawn(
             layered
                 .clone()
-                .oneshot(grpc_request(http_body_util::Full::new(bytes::Bytes::from(
+                .oneshot(grpc_request(http_body_util::Full::new(
                     message(b"topic").into_data().unwrap(),
-                )))),
+                ))),
         );
         let stream = senders_rx.recv().await.unwrap();
         stream.send(message(b"first")).unwrap();
@@ -268,12 +268,11 @@ async fn an_open_request_stream_reaches_the_server_and_a_client_stream_is_never_
             counted.fetch_add(1, Ordering::SeqCst);
             async move {
                 let received = request.into_body().collect().await.unwrap().to_bytes();
-                let mut answer =
-                    http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
-                        message(format!("{} bytes", received.len()).as_bytes())
-                            .into_data()
-                            .unwrap(),
-                    )));
+                let mut answer = http::Response::new(http_body_util::Full::new(
+                    message(format!("{} bytes", received.len()).as_bytes())
+                        .into_data()
+                        .unwrap(),
+                ));
                 answer
                     .headers_mut()
                     .insert("content-type", "application/grpc".parse().unwrap());

@@ -358,6 +358,7 @@ async fn stale_entries_are_revalidated_and_a_304_updates_them() {
     assert_eq!(origin.last_request()["if-none-match"], "\"v1\"");
     assert_eq!(second.status, StatusCode::OK);
     assert_eq!(second.body, "body #1", "the stored body, revalidated");
+    assert_eq!(second.x_cache(), "REVALIDATED");
     assert_eq!(
         second.header("x-version"),
         "2",
@@ -388,6 +389,30 @@ async fn last_modified_validates_with_if_modified_since() {
     let second = send(&proxy, get("/r")).await;
     assert_eq!(origin.last_request()["if-modified-since"], lm.as_str());
     assert_eq!(second.body, "body #1");
+    // A validator the origin does not honour: a whole new response, a miss.
+    let origin = Origin::new(vec![
+        reply(
+            200,
+            &[
+                ("cache-control", "max-age=1"),
+                ("age", "5"),
+                ("etag", "\"a\""),
+            ],
+            "one",
+        ),
+        reply(
+            200,
+            &[("cache-control", "max-age=100"), ("etag", "\"b\"")],
+            "two",
+        ),
+    ]);
+    let proxy = in_front(&origin);
+    send(&proxy, get("/r")).await;
+    let replaced = send(&proxy, get("/r")).await;
+    assert_eq!(
+        (replaced.x_cache(), replaced.body.as_str()),
+        ("MISS", "two #2")
+    );
 }
 
 #[tokio::test]

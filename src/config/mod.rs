@@ -125,6 +125,18 @@ pub struct RouteConfig {
     /// Request headers that are part of the key (only without a `key` template).
     #[serde(default)]
     pub vary: Vec<String>,
+    /// `"route"` (default): the route's `ttl`, whatever the response says, and only keyed
+    /// request headers reach the handler. `"response"`: RFC 9111, freshness from the
+    /// response's `Cache-Control` / `Expires`, with validation, `Vary` variants and every
+    /// request header passed on (see
+    /// [`HttpCacheLayer::rfc9111`](crate::http::HttpCacheLayer::rfc9111)); a `ttl`, when
+    /// set, is then the freshness of a response that states none (otherwise it is not
+    /// stored).
+    #[serde(default)]
+    pub freshness: Option<String>,
+    /// `freshness = "response"` only: the longest a response stays fresh.
+    #[serde(default)]
+    pub max_ttl: Option<String>,
     /// The largest body cached, in bytes; default 1 MiB.
     #[serde(default)]
     pub max_body_size: Option<usize>,
@@ -297,6 +309,12 @@ impl CacheConfig {
             }
             if let Some(v) = var("REFRESH_AHEAD") {
                 route.refresh_ahead = Some(number("refresh_ahead", v)?);
+            }
+            if let Some(v) = var("FRESHNESS") {
+                route.freshness = Some(v);
+            }
+            if let Some(v) = var("MAX_TTL") {
+                route.max_ttl = Some(v);
             }
             if let Some(v) = var("MAX_BODY_SIZE") {
                 route.max_body_size =

@@ -63,6 +63,9 @@ enum Planned {
         refresh_ahead: Option<f64>,
         statuses: Vec<http::StatusCode>,
         max_body_size: Option<usize>,
+        /// `freshness = "response"`: RFC 9111, with this ceiling, and whether `ttl` (when
+        /// set) is the freshness of silent responses.
+        from_response: Option<(Option<Duration>, bool)>,
     },
     Invalidate(PathInvalidation),
 }
@@ -169,7 +172,34 @@ impl RouteConfig {
                         .collect::<Result<_, _>>()?,
                     None => vec![http::StatusCode::OK],
                 };
+                let from_response = match self.freshness.as_deref() {
+                    None | Some("route") => {
+                        if self.max_ttl.is_some() {
+                            return Err(invalid(
+                                name,
+                                "max_ttl",
+                                "max_ttl caps what responses say: set freshness = \"response\"",
+                            ));
+                        }
+                        None
+                    }
+                    Some("response") => Some((
+                        self.max_ttl
+                            .as_deref()
+                            .map(|text| duration(name, "max_ttl", text))
+                            .transpose()?,
+                        self.ttl.is_some(),
+                    )),
+                    Some(other) => {
+                        return Err(invalid(
+                            name,
+                            "freshness",
+                            format!("{other:?} is neither \"route\" nor \"response\""),
+                        ))
+                    }
+                };
                 Planned::Read {
+                    from_response,
                     key,
                     ttl: Jitter::new(FixedTtl(ttl), jitter),
                     negative_ttl: self
@@ -259,11 +289,21 @@ impl CompiledRoute {
                 refresh_ahead,
                 statuses,
                 max_body_size,
+                from_response,
             } => {
                 let mut layer = HttpCacheLayer::new(cache.clone())
                     .key(key)
                     .ttl(ttl)
                     .statuses(statuses);
+                if let Some((ceiling, lend_ttl)) = from_response {
+                    layer = layer.rfc9111();
+                    if lend_ttl {
+                        layer = layer.ttl_when_unstated();
+                    }
+                    if let Some(ceiling) = ceiling {
+                        layer = layer.max_ttl(ceiling);
+                    }
+                }
                 if let Some(ttl) = negative_ttl {
                     layer = layer.negative_ttl(ttl);
                 }

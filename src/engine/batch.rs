@@ -60,9 +60,11 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         let strategy = Strategy::CacheAside;
         // Before the lookup: a load that ends after it is joined, not repeated.
         let seen = self.flights().landed();
+        let mut lookup_failed = false;
         let mut values: Vec<Option<V>> = match self.get_many(keys).await {
             Ok(values) => values,
             Err(error) => {
+                lookup_failed = true;
                 crate::log::warn_summarised!(error.kind(), keys = keys.len(), %error, "cache lookup failed, loading");
                 vec![None; keys.len()]
             }
@@ -101,7 +103,12 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         };
         let joined = self
             .flights()
-            .join_or_start_many::<V, E, std::convert::Infallible, _>(&misses, seen, start);
+            .join_or_start_many::<V, E, std::convert::Infallible, _>(
+                &misses,
+                seen,
+                lookup_failed,
+                start,
+            );
         let mut loaded = Vec::with_capacity(joined.len());
         for load in joined {
             loaded.push(match load.await {
@@ -153,6 +160,11 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             .await;
         if let Err(error) = stored {
             crate::log::warn_summarised!(error.kind(), keys = values.len(), %error, "values not cached");
+            for key in &written {
+                if let Some(lease) = leases.get(key).filter(|lease| lease.is_current()) {
+                    lease.not_kept(ttl);
+                }
+            }
             return false;
         }
         // Writes that raced the store may have landed before it: take those values out.

@@ -24,6 +24,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures_util::future::{FutureExt, Shared};
 
@@ -66,7 +67,18 @@ struct Typed<V, E, P>(SharedLoad<V, E>, PhantomData<fn() -> P>);
 struct Flight {
     id: u64,
     lease: Arc<AtomicBool>,
+    /// Until when (ms since the epoch) the load's value, which the store did not keep, may
+    /// answer later misses of the key; 0 when the store kept it.
+    unkept_until: Arc<AtomicU64>,
     load: Arc<dyn Any + Send + Sync>,
+}
+
+impl Flight {
+    /// Whether misses that began after the load ended may still take its value: the store
+    /// failed to keep it (timed out, refused), so looking again would find nothing.
+    fn answers_later_misses(&self) -> bool {
+        self.unkept_until.load(Ordering::Acquire) > crate::frame::now_ms()
+    }
 }
 
 /// A load's right to store its value: void once its key was written or invalidated since
@@ -74,6 +86,7 @@ struct Flight {
 #[derive(Clone, Debug)]
 pub(crate) struct Lease {
     void: Arc<AtomicBool>,
+    unkept_until: Arc<AtomicU64>,
     epoch: u64,
     inner: Arc<Inner>,
 }
@@ -82,6 +95,18 @@ impl Lease {
     /// Whether no write or invalidation of the key happened since the load began.
     pub(crate) fn is_current(&self) -> bool {
         !self.void.load(Ordering::Acquire) && self.inner.epoch.load(Ordering::Acquire) == self.epoch
+    }
+
+    /// The store could not keep the value, fresh for `fresh`: until then (or until a write
+    /// of the key, or until 1024 later loads push it out), the misses of this process whose
+    /// lookup failed too share it rather than load again while the store is failing; once
+    /// a lookup succeeds again, a miss loads and stores anew.
+    pub(crate) fn not_kept(&self, fresh: Option<Duration>) {
+        let until = match fresh {
+            Some(fresh) => crate::frame::now_ms().saturating_add(crate::frame::millis(fresh)),
+            None => u64::MAX,
+        };
+        self.unkept_until.store(until.max(1), Ordering::Release);
     }
 }
 
@@ -244,6 +269,7 @@ impl Flights {
         &self,
         key: &Key,
         seen: Option<u64>,
+        lookup_failed: bool,
         loader: L,
         start: impl FnOnce(L, Lease, Landing) -> F,
     ) -> Joined<V, E, L>
@@ -262,25 +288,30 @@ impl Flights {
                 None => false,
             },
             None => {
-                if let Some(seen) = seen.filter(|seen| *seen != self.landed()) {
-                    // A load ended since the lookup began: this key's, maybe.
-                    let ended = table
-                        .recent
-                        .get(key)
-                        .filter(|(stamp, _)| *stamp > seen)
-                        .and_then(|(_, entry)| entry.0.load.downcast_ref::<Typed<V, E, P>>());
-                    return match ended {
-                        Some(load) => Joined::Waiting(load.0.clone(), loader),
-                        None => Joined::LookAgain(loader),
-                    };
+                // A load of the key that ended since the lookup began, or — when this
+                // lookup failed too — one whose value the store did not keep (a reload,
+                // `seen` none, takes neither).
+                let moved = seen.filter(|seen| *seen != self.landed());
+                let ended = seen
+                    .and_then(|_| table.recent.get(key))
+                    .filter(|(stamp, entry)| {
+                        moved.is_some_and(|seen| *stamp > seen)
+                            || lookup_failed && entry.0.answers_later_misses()
+                    })
+                    .and_then(|(_, entry)| entry.0.load.downcast_ref::<Typed<V, E, P>>());
+                match (ended, moved) {
+                    (Some(load), _) => return Joined::Waiting(load.0.clone(), loader),
+                    (None, Some(_)) => return Joined::LookAgain(loader),
+                    (None, None) => true,
                 }
-                true
             }
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let void = Arc::new(AtomicBool::new(false));
+        let unkept_until = Arc::new(AtomicU64::new(0));
         let lease = Lease {
             void: void.clone(),
+            unkept_until: unkept_until.clone(),
             epoch: self.inner.epoch.load(Ordering::Acquire),
             inner: self.inner.clone(),
         };
@@ -302,6 +333,7 @@ impl Flights {
                 FlightEntry(Flight {
                     id,
                     lease: void,
+                    unkept_until,
                     load: Arc::new(typed),
                 }),
             );
@@ -316,6 +348,7 @@ impl Flights {
         &self,
         keys: &[Key],
         seen: u64,
+        lookup_failed: bool,
         start: impl FnOnce(Vec<Key>, Vec<Lease>, Landing) -> F,
     ) -> Vec<SharedLoad<V, E>>
     where
@@ -329,10 +362,11 @@ impl Flights {
         let mut joined: Vec<Option<SharedLoad<V, E>>> = keys
             .iter()
             .map(|key| {
-                // In flight, or (as for one key) ended since the lookup began.
+                // In flight, or (as for one key) ended since the lookup began, or unkept.
                 let entry = table.flying.get(key).or_else(|| {
-                    let (stamp, entry) = table.recent.get(key).filter(|_| moved)?;
-                    (*stamp > seen).then_some(entry)
+                    let (stamp, entry) = table.recent.get(key)?;
+                    (moved && *stamp > seen || lookup_failed && entry.0.answers_later_misses())
+                        .then_some(entry)
                 })?;
                 entry
                     .0
@@ -353,14 +387,20 @@ impl Flights {
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let epoch = self.inner.epoch.load(Ordering::Acquire);
-        let voids: Vec<Arc<AtomicBool>> = unjoined
+        let voids: Vec<(Arc<AtomicBool>, Arc<AtomicU64>)> = unjoined
             .iter()
-            .map(|_| Arc::new(AtomicBool::new(false)))
+            .map(|_| {
+                (
+                    Arc::new(AtomicBool::new(false)),
+                    Arc::new(AtomicU64::new(0)),
+                )
+            })
             .collect();
         let leases = voids
             .iter()
-            .map(|void| Lease {
+            .map(|(void, unkept_until)| Lease {
                 void: void.clone(),
+                unkept_until: unkept_until.clone(),
                 epoch,
                 inner: self.inner.clone(),
             })
@@ -382,7 +422,7 @@ impl Flights {
         let batch = batch.shared();
         let mut unjoined = unjoined.into_iter().zip(voids);
         for slot in joined.iter_mut().filter(|slot| slot.is_none()) {
-            let Some(((key, register), void)) = unjoined.next() else {
+            let Some(((key, register), (void, unkept_until))) = unjoined.next() else {
                 break;
             };
             let own_key = key.clone();
@@ -405,6 +445,7 @@ impl Flights {
                     FlightEntry(Flight {
                         id,
                         lease: void,
+                        unkept_until,
                         load: Arc::new(typed),
                     }),
                 );
@@ -429,6 +470,7 @@ mod tests {
         let joined = flights.join_or_start::<u8, (), (), _, _>(
             &key("k"),
             None,
+            false,
             (),
             |(), _, landing| async move {
                 let _landing = landing;
@@ -443,6 +485,7 @@ mod tests {
         let again = flights.join_or_start::<u8, (), (), _, _>(
             &key("k"),
             None,
+            false,
             (),
             |(), _, landing| async move {
                 let _landing = landing;
@@ -459,6 +502,7 @@ mod tests {
         let joined = flights.join_or_start::<bool, (), (), _, _>(
             &key("k"),
             None,
+            false,
             rx,
             |rx, lease, landing| async move {
                 let _landing = landing;
@@ -485,6 +529,7 @@ mod tests {
             let joined = flights.join_or_start::<bool, (), (), _, _>(
                 &key(name),
                 None,
+                false,
                 rx,
                 |rx, lease, landing| async move {
                     let _landing = landing;
@@ -515,6 +560,7 @@ mod tests {
             flights.join_or_start::<u8, (), (), _, _>(
                 &key(name),
                 seen,
+                false,
                 (),
                 move |(), _, landing| async move {
                     let _landing = landing;

@@ -172,6 +172,7 @@ fn begin<X: ReadContext, L: Load<X>>(
         .join_or_start::<X::Value, L::Error, L::Private, L, _>(
             key,
             seen,
+            !store_healthy,
             loader,
             |loader, lease, landing| {
                 let flight = Flight {
@@ -213,8 +214,12 @@ impl<X: ReadContext> Flight<X> {
         let policy = *self.context.policy();
         let landed = match result {
             Ok(Loaded::Shared { value, admission }) => {
-                if let (Some(fresh), true) = (admission, self.store_healthy) {
-                    self.store(&policy, &value, fresh, began.elapsed()).await;
+                if let Some(fresh) = admission {
+                    if self.store_healthy {
+                        self.store(&policy, &value, fresh, began.elapsed()).await;
+                    } else if self.lease.is_current() {
+                        self.lease.not_kept(fresh);
+                    }
                 }
                 return Landed::Value(value);
             }
@@ -269,6 +274,7 @@ impl<X: ReadContext> Flight<X> {
             .await;
         if let Err(error) = stored {
             crate::log::warn_summarised!(error.kind(), key = %KeyDigest(key), %error, "value not cached");
+            self.lease.not_kept(fresh);
             return;
         }
         if !self.lease.is_current() {

@@ -90,6 +90,10 @@ pub struct CachedResponse {
     /// What a shared-cache (RFC 9111) layer computed when it stored the response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) freshness: Option<freshness::Freshness>,
+    /// Whether this value came from a `304` just now (it is told apart from a whole new
+    /// response in `x-cache`; never stored).
+    #[serde(skip)]
+    pub(crate) revalidated: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +149,7 @@ impl CachedResponse {
             body,
             trailers: Vec::new(),
             freshness: None,
+            revalidated: false,
         }
     }
 

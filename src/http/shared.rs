@@ -171,7 +171,11 @@ where
             if let (StatusCode::NOT_MODIFIED, Some(stale)) = (parts.status, stale_response) {
                 let (mut stored, body) = stale.into_parts();
                 freshness::merge_not_modified(&mut stored.headers, &parts.headers);
-                return Ok(admit(&settings, &key, &stored, body, &exchange));
+                let mut admitted = admit(&settings, &key, &stored, body, &exchange);
+                if let Loaded::Shared { value, .. } = &mut admitted {
+                    value.revalidated = true;
+                }
+                return Ok(admitted);
             }
             let failed = parts.status.is_server_error();
             let mode = settings.shared.as_ref().expect("shared mode");
@@ -266,7 +270,8 @@ enum Served {
 impl Served {
     fn x_cache(self) -> &'static str {
         match self {
-            Served::Hit | Served::Revalidated => "HIT",
+            Served::Hit => "HIT",
+            Served::Revalidated => "REVALIDATED",
             Served::Miss => "MISS",
             Served::Stale => "STALE",
         }
@@ -357,7 +362,6 @@ where
     let mut stale: Option<CachedResponse> = None;
     let mut look = !directives.no_cache;
     for _ in 0..4 {
-        let revalidating = stale.is_some();
         let load = OriginLoad {
             inner: inner.clone(),
             slot: slot.clone(),
@@ -372,7 +376,7 @@ where
         let (entry, served) = match outcome {
             Outcome::Hit(hit) => (hit.value, Served::Hit),
             Outcome::Pending(value) => (value, Served::Hit),
-            Outcome::Loaded(value) if revalidating => (value, Served::Revalidated),
+            Outcome::Loaded(value) if value.revalidated => (value, Served::Revalidated),
             Outcome::Loaded(value) => (value, Served::Miss),
             Outcome::Stale(hit) => (hit.value, Served::Stale),
             Outcome::Private(own) => {
