@@ -3,6 +3,11 @@
 //! (`HttpCacheLayer::rfc9111`), all answering the same ~200-byte JSON response from the
 //! in-memory store, body collected.
 //!
+//! `http_cache_semantics/*`: what the RFC rules of the `http-cache-semantics` crate would
+//! add to a hit instead of this crate's precomputed freshness: its `CachePolicy` decoded
+//! from its stored (serde JSON) form and `before_request` evaluated, and the evaluation
+//! alone (a policy already decoded).
+//!
 //! Run: `cargo bench --bench http_hit` (see BENCHMARKS.md).
 
 use std::convert::Infallible;
@@ -74,6 +79,40 @@ fn http_hit(c: &mut Criterion) {
     group.bench_function("no_cache", |b| b.to_async(&runtime).iter(|| hit(&bare)));
     group.bench_function("strict", |b| b.to_async(&runtime).iter(|| hit(&strict)));
     group.bench_function("rfc9111", |b| b.to_async(&runtime).iter(|| hit(&shared)));
+    group.finish();
+
+    let request = request();
+    let response = Response::builder()
+        .header("content-type", "application/json")
+        .header("cache-control", "max-age=3600")
+        .header("etag", "\"v1\"")
+        .header(
+            "date",
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        )
+        .body(())
+        .unwrap();
+    let policy = http_cache_semantics::CachePolicy::new(&request, &response);
+    let stored = serde_json::to_vec(&policy).unwrap();
+    let fresh = |policy: &http_cache_semantics::CachePolicy| {
+        let now = std::time::SystemTime::now();
+        matches!(
+            policy.before_request(&request, now),
+            http_cache_semantics::BeforeRequest::Fresh(_)
+        )
+    };
+    assert!(fresh(&policy));
+    let mut group = c.benchmark_group("http_cache_semantics");
+    group.bench_function("decode_and_evaluate", |b| {
+        b.iter(|| {
+            let policy: http_cache_semantics::CachePolicy =
+                serde_json::from_slice(black_box(&stored)).unwrap();
+            black_box(fresh(&policy))
+        })
+    });
+    group.bench_function("evaluate", |b| {
+        b.iter(|| black_box(fresh(black_box(&policy))))
+    });
     group.finish();
 }
 
