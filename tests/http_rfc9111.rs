@@ -3,6 +3,8 @@
 //! own `Age` header, never with sleeps: `max-age=10` with `Age: 10` is stale at once.
 #![cfg(feature = "http")]
 
+mod support;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -794,4 +796,73 @@ async fn a_ceiling_and_a_default_ttl_bound_what_responses_say() {
     send(&proxy, get("/r")).await;
     let hit = send(&proxy, get("/r")).await;
     assert_eq!((origin.calls(), hit.x_cache()), (1, "HIT"));
+}
+
+#[tokio::test]
+async fn an_invalidation_survives_a_client_that_goes_away() {
+    let store = support::faulty::Faulty::new(tower_caching::MemoryStore::new());
+    let origin = Origin::new(vec![reply(200, &[("cache-control", "max-age=100")], "b")]);
+    let proxy = HttpCacheLayer::new(Cache::<CachedResponse, _>::new(store.clone()))
+        .rfc9111()
+        .layer(origin.clone());
+    send(&proxy, get("/r")).await;
+    assert_eq!(send(&proxy, get("/r")).await.x_cache(), "HIT");
+    // The invalidation's delete is slow; the client gives up while it runs.
+    store
+        .faults
+        .delete_delays
+        .lock()
+        .unwrap()
+        .push(Duration::from_millis(300));
+    let post = proxy
+        .clone()
+        .oneshot(Request::post("/r").body(String::new()).unwrap());
+    assert!(tokio::time::timeout(Duration::from_millis(50), post)
+        .await
+        .is_err());
+    support::within(Duration::from_secs(10), async || {
+        send(&proxy, get("/r")).await.x_cache() == "MISS"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn location_and_content_location_on_the_same_origin_are_invalidated_too() {
+    for (location, invalidated) in [
+        ("/other", true),
+        ("http://example.com/other", true),
+        ("http://elsewhere.example/other", false),
+    ] {
+        let origin = Origin::new(vec![reply(200, &[("cache-control", "max-age=100")], "b")]);
+        let proxy = in_front(&origin);
+        let get_other = || get_with("/other", &[("host", "example.com")]);
+        send(&proxy, get_other()).await;
+        assert_eq!(send(&proxy, get_other()).await.x_cache(), "HIT");
+        origin
+            .script
+            .lock()
+            .unwrap()
+            .push_front(reply(201, &[("location", location)], "made"));
+        let post = Request::post("/r")
+            .header("host", "example.com")
+            .body(String::new())
+            .unwrap();
+        send(&proxy, post).await;
+        let after = send(&proxy, get_other()).await;
+        assert_eq!(
+            after.x_cache() == "MISS",
+            invalidated,
+            "Location: {location}"
+        );
+    }
+    let origin = Origin::new(vec![reply(200, &[("cache-control", "max-age=100")], "b")]);
+    let proxy = in_front(&origin);
+    send(&proxy, get("/doc")).await;
+    origin
+        .script
+        .lock()
+        .unwrap()
+        .push_front(reply(200, &[("content-location", "/doc")], "ok"));
+    send(&proxy, Request::put("/r").body(String::new()).unwrap()).await;
+    assert_eq!(send(&proxy, get("/doc")).await.x_cache(), "MISS");
 }

@@ -350,6 +350,20 @@ impl<B> RequestKey<B> for RouteKey {
             RouteKey::Path(_) => false,
         }
     }
+
+    fn covers_query(&self) -> bool {
+        match self {
+            RouteKey::Http(key) => RequestKey::<B>::covers_query(key),
+            RouteKey::Path(key) => RequestKey::<B>::covers_query(key),
+        }
+    }
+
+    fn key_for_uri(&self, uri: &http::Uri) -> Option<crate::key::Key> {
+        match self {
+            RouteKey::Http(key) => RequestKey::<B>::key_for_uri(key, uri),
+            RouteKey::Path(key) => RequestKey::<B>::key_for_uri(key, uri),
+        }
+    }
 }
 
 /// [`is_success`] for any body type, as a nameable predicate.

@@ -36,6 +36,14 @@ pub trait RequestKey<B>: KeyExtractor<Request<B>> {
     fn covers_query(&self) -> bool {
         true
     }
+
+    /// The key of a `GET` of `uri` (path and query) with no headers, if this key can tell:
+    /// a shared cache invalidates the `Location` and `Content-Location` of a successful
+    /// unsafe request with it. Default: it cannot (a closure needs a whole request).
+    fn key_for_uri(&self, uri: &http::Uri) -> Option<Key> {
+        let _ = uri;
+        None
+    }
 }
 
 impl<B, F, K> RequestKey<B> for F
@@ -121,20 +129,15 @@ pub(crate) fn key_as_get<B, K: RequestKey<B>>(key: &K, request: &mut Request<B>)
     built
 }
 
-impl<B> KeyExtractor<Request<B>> for HttpKey {
-    fn key(&self, request: &Request<B>) -> Option<Key> {
+impl HttpKey {
+    fn build(&self, method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> Key {
         // Every field is length-prefixed, so no path, query or header value can be crafted
         // to read as another request's fields.
-        let path = request.uri().path();
-        let query = canonical_query(request.uri().query());
-        let mut part = format!(
-            "{} {}:{path}?{}:{query}",
-            request.method(),
-            path.len(),
-            query.len()
-        );
+        let path = uri.path();
+        let query = canonical_query(uri.query());
+        let mut part = format!("{method} {}:{path}?{}:{query}", path.len(), query.len());
         for name in &self.headers {
-            let values = request.headers().get_all(name);
+            let values = headers.get_all(name);
             part.push_str(&format!("|{name}={}", values.iter().count()));
             for value in values {
                 match std::str::from_utf8(value.as_bytes()) {
@@ -146,13 +149,26 @@ impl<B> KeyExtractor<Request<B>> for HttpKey {
                 }
             }
         }
-        Some(self.builder.build("http", &part))
+        self.builder.build("http", &part)
+    }
+}
+
+impl<B> KeyExtractor<Request<B>> for HttpKey {
+    fn key(&self, request: &Request<B>) -> Option<Key> {
+        Some(self.build(request.method(), request.uri(), request.headers()))
     }
 }
 
 impl<B> RequestKey<B> for HttpKey {
     fn covers_header(&self, name: &HeaderName) -> bool {
         self.headers.contains(name)
+    }
+
+    /// Only a key of no headers can be built from a URI alone.
+    fn key_for_uri(&self, uri: &http::Uri) -> Option<Key> {
+        self.headers
+            .is_empty()
+            .then(|| self.build(&http::Method::GET, uri, &http::HeaderMap::new()))
     }
 }
 
@@ -342,6 +358,10 @@ impl<B> KeyExtractor<Request<B>> for PathKey {
 impl<B> RequestKey<B> for PathKey {
     fn covers_query(&self) -> bool {
         false
+    }
+
+    fn key_for_uri(&self, uri: &http::Uri) -> Option<Key> {
+        self.fill(&self.params(uri.path())?)
     }
 }
 

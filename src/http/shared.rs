@@ -311,11 +311,36 @@ where
         return Ok(inner.call(request).await?.map(CacheBody::stream));
     };
     if !method.is_safe() {
-        // §4.4: a non-error response to an unsafe method invalidates the target URI.
+        // §4.4: a non-error response to an unsafe method invalidates the target URI, and
+        // the URIs its `Location` and `Content-Location` name on the same origin.
+        let authority = request_authority(&request);
         let response = inner.call(request).await?;
         let status = response.status();
         if status.is_success() || status.is_redirection() {
-            invalidate(&settings, &primary).await;
+            let mut keys = vec![primary];
+            for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                let same_origin = response
+                    .headers()
+                    .get(&name)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<http::Uri>().ok())
+                    .filter(|uri| uri.path().starts_with('/'))
+                    .filter(|uri| {
+                        uri.authority()
+                            .is_none_or(|a| Some(a.as_str()) == authority.as_deref())
+                    });
+                if let Some(key) = same_origin.and_then(|uri| settings.key.key_for_uri(&uri)) {
+                    keys.push(key);
+                }
+            }
+            // On its own task: a client that goes away now does not skip it.
+            let settings = settings.clone();
+            crate::task::run_to_completion(async move {
+                for key in keys {
+                    invalidate(&settings, &key).await;
+                }
+            })
+            .await;
         }
         return Ok(response.map(CacheBody::stream));
     }
@@ -477,6 +502,24 @@ async fn fresh_entry<St: Store, C: Codec, K, T>(
     None
 }
 
+/// The request's authority: its absolute-form target's, or its `Host`.
+fn request_authority<B>(request: &Request<B>) -> Option<String> {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            Some(
+                request
+                    .headers()
+                    .get(header::HOST)?
+                    .to_str()
+                    .ok()?
+                    .to_owned(),
+            )
+        })
+}
+
 fn pragma_no_cache(headers: &HeaderMap) -> bool {
     headers.get_all(header::PRAGMA).iter().any(|v| {
         v.to_str()
@@ -486,6 +529,7 @@ fn pragma_no_cache(headers: &HeaderMap) -> bool {
 
 /// Deletes the target's entry and every variant of it.
 async fn invalidate<St: Store, C: Codec, K, T>(settings: &Settings<St, C, K, T>, key: &Key) {
+    // Variants are keyed `{key}#v{digest}`: one prefix pattern finds them all.
     let cache = &settings.cache;
     if let Err(error) = cache.delete(key).await {
         tracing::warn!(%error, "invalidating after an unsafe method failed");
