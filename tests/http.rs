@@ -265,7 +265,7 @@ async fn private_responses_are_never_stored() {
         &[("cache-control", "no-cache")][..],
         &[("set-cookie", "session=abc")][..],
         &[("vary", "*")][..],
-        &[("vary", "accept-language")][..],
+        &[("vary", "accept-language, *")][..],
     ] {
         let calls = Arc::new(AtomicU32::new(0));
         let app = app_with(
@@ -459,6 +459,81 @@ async fn an_unkeyed_header_never_changes_what_another_client_gets() {
     .await
     .2;
     assert!(pt.contains("pt") && en.contains("en"));
+}
+
+#[tokio::test]
+async fn vary_on_a_withheld_header_is_cached_and_on_a_forwarded_one_is_not() {
+    // Withheld: the handler never saw `accept-language`, so its answer is everyone's.
+    let calls = Arc::new(AtomicU32::new(0));
+    let route = counting_route(
+        calls.clone(),
+        StatusCode::OK,
+        &[("vary", "accept-language")],
+    );
+    let app = app_with(Cache::in_memory(), route, |l| l);
+    let pt = || {
+        Request::get("/r")
+            .header("accept-language", "pt")
+            .body(Body::empty())
+            .unwrap()
+    };
+    call(&app, pt()).await;
+    call(&app, get_req("/r")).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Forwarded but not keyed: the answer may depend on it, so it is not stored.
+    let calls = Arc::new(AtomicU32::new(0));
+    let route = counting_route(
+        calls.clone(),
+        StatusCode::OK,
+        &[("vary", "accept-language")],
+    );
+    let app = app_with(Cache::in_memory(), route, |l| {
+        l.forward_header(http::HeaderName::from_static("accept-language"))
+    });
+    call(&app, pt()).await;
+    call(&app, pt()).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn compression_inside_a_strict_layer_is_cached_per_keyed_encoding() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let route: axum::routing::MethodRouter = get(move || {
+        c.fetch_add(1, Ordering::SeqCst);
+        async {
+            (
+                [("content-type", "text/plain")],
+                "compressible ".repeat(200),
+            )
+        }
+    })
+    .layer(tower_http::compression::CompressionLayer::new());
+    let app = Router::new().route(
+        "/r",
+        route.layer(
+            HttpCacheLayer::new(Cache::in_memory()).key(HttpKey::new().header("accept-encoding")),
+        ),
+    );
+    let gzip = || {
+        Request::get("/r")
+            .header("accept-encoding", "gzip")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (_, first, _) = call(&app, gzip()).await;
+    let (_, second, _) = call(&app, gzip()).await;
+    let (_, plain, _) = call(&app, get_req("/r")).await;
+    assert_eq!(first["content-encoding"], "gzip");
+    assert_eq!(
+        (
+            second["x-cache"].to_str().unwrap(),
+            second["content-encoding"].to_str().unwrap()
+        ),
+        ("HIT", "gzip")
+    );
+    assert!(!plain.contains_key("content-encoding"));
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one call per encoding");
 }
 
 #[tokio::test]

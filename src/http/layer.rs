@@ -23,21 +23,34 @@ use crate::ttl::FixedTtl;
 ///
 /// # Safe by default
 ///
-/// - Only `GET` and `HEAD` requests are cached (and keyed apart); other methods, requests
-///   with `Cache-Control: no-store`, and requests carrying `Authorization` or `Cookie` that
-///   the key does not cover go straight to the inner service.
-/// - On the cached path the inner service sees **only the request headers the key covers**
-///   (plus those listed with [`forward_header`](HttpCacheLayer::forward_header)): a header
-///   that is not part of the key cannot change the response that other clients are served.
+/// - Only `GET` responses are stored; a `HEAD` is answered from a fresh `GET` entry
+///   (without its body) and otherwise passed on, its own response never stored. Other
+///   methods, requests with `Cache-Control: no-store`, and requests carrying
+///   `Authorization` or `Cookie` that the key does not cover go straight to the inner
+///   service.
+/// - On the cached path the inner service sees **only what the key covers**: the request
+///   headers it covers (plus those listed with
+///   [`forward_header`](HttpCacheLayer::forward_header)), the target in origin form (an
+///   absolute-form `http://evil.example/x` reaches it as `/x`), and the query only when the
+///   key covers it ([`PathKey`](super::PathKey) does not). Nothing outside the key can
+///   change the response that other clients are served.
 /// - Only responses with a status in the cacheable set (default: 200) are stored, and never
 ///   one that sets a cookie, says `Cache-Control: no-store`, `private` or `no-cache`, or
-///   `Vary`s on a header the key does not cover.
+///   `Vary`s on `*` or on a header forwarded to the inner service that the key does not
+///   cover. A `Vary` on a withheld header is harmless: the inner service never saw it (so a
+///   `CompressionLayer` inside the layer answers uncompressed, and is cached; key on
+///   `accept-encoding` with [`HttpKey::header`](super::HttpKey::header) to cache each
+///   encoding).
 /// - A body larger than [`max_body_size`](HttpCacheLayer::max_body_size) (default 1 MiB) is
 ///   streamed through, not cached (counted as a `too_large` error).
 /// - `Cache-Control: no-cache` on a request skips the lookup and refreshes the entry.
 ///
 /// Responses carry `x-cache: HIT`, `MISS` or (with [`fail_safe`](HttpCacheLayer::fail_safe))
-/// `STALE` (name configurable, or off) and, on hits, an `Age` in seconds. Concurrent misses of one key make one inner call; its response is
+/// `STALE` (name configurable, or off) and, on hits, an `Age` in seconds.
+///
+/// That is the strict mode, for application routes. [`rfc9111`](HttpCacheLayer::rfc9111)
+/// makes the layer a shared HTTP cache that follows what responses say (for a caching proxy,
+/// or handlers that send correct `Cache-Control` and `Vary`). Concurrent misses of one key make one inner call; its response is
 /// shared only if it is stored — a response that is not (it may be private) is never handed
 /// to another request, which calls the inner service itself.
 ///
@@ -461,9 +474,14 @@ impl<St, C, K, T> Settings<St, C, K, T> {
                 return None;
             };
             for name in vary.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                let covered = HeaderName::from_bytes(name.as_bytes())
-                    .is_ok_and(|name| key.covers_header(&name));
-                if name == "*" || !covered {
+                // A header the key covers is in the key; one that never reached the inner
+                // service (withheld) cannot have changed its answer; one forwarded unkeyed
+                // could have.
+                let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+                    return None;
+                };
+                if name == "*" || !key.covers_header(&name) && self.forward_headers.contains(&name)
+                {
                     return None;
                 }
             }

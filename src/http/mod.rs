@@ -2,7 +2,10 @@
 //! from requests, and invalidation after successful writes.
 //!
 //! - [`HttpCacheLayer`]: cache-aside over `http::Request` → `http::Response`, with safe
-//!   defaults (see its docs) and `x-cache` / `Age` headers.
+//!   defaults (see its docs) and `x-cache` / `Age` headers; or, with
+//!   [`rfc9111`](HttpCacheLayer::rfc9111), a shared HTTP cache as RFC 9111 describes one
+//!   (freshness from the response, validation, `Vary`, `stale-*`, `Cache-Status`), as
+//!   `examples/caching_proxy` uses it.
 //! - Keys: [`HttpKey`] (method, path, sorted query, chosen headers), [`PathKey`] (path
 //!   parameters into a key template such as `entry:{id}`), or any closure over the request.
 //! - gRPC: [`GrpcCacheLayer`](crate::grpc::GrpcCacheLayer) (feature `grpc`) caches unary
