@@ -186,6 +186,8 @@ async fn serve<St: Store>(
     let proxy = ServiceBuilder::new()
         .map_response(|mut response: Response<_>| {
             strip_hop_by_hop(response.headers_mut());
+            // This hop speaks HTTP/1.1, whatever the upstream spoke.
+            *response.version_mut() = http::Version::HTTP_11;
             response
         })
         .layer(HttpCacheLayer::new(cache).rfc9111())
