@@ -206,7 +206,14 @@ struct HttpLoad<Svc, ReqBody> {
 }
 
 /// The leader's own answer, when it is not shared.
-type Own<ResBody, E> = Result<Response<CacheBody<ResBody>>, E>;
+pub(super) type Own<ResBody, E> = Result<Response<CacheBody<ResBody>>, E>;
+
+/// An empty `500`: the answer to a request whose handler panicked.
+pub(super) fn internal_error<B>() -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::full(Bytes::new()));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
 
 impl<Svc, ReqBody, ResBody, St, C, K, T> Load<Arc<Settings<St, C, K, T>>> for HttpLoad<Svc, ReqBody>
 where
@@ -290,11 +297,7 @@ where
             inner.call(request).await?.map(CacheBody::stream)
         }
         Outcome::Failed(never) => match *never {},
-        Outcome::Panicked => {
-            let mut response = Response::new(CacheBody::full(Bytes::new()));
-            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            response
-        }
+        Outcome::Panicked => internal_error(),
     })
 }
 

@@ -20,7 +20,7 @@ use super::body::CacheBody;
 use super::freshness::{self, Directives, Exchange, Freshness, Refusal, Use};
 use super::key::{key_as_get, RequestKey};
 use super::layer::Settings;
-use super::service::{read_limited, Read};
+use super::service::{internal_error, read_limited, Own, Read};
 use super::CachedResponse;
 use crate::codec::Codec;
 use crate::engine::{Load, Loaded, Outcome, ReadFuture};
@@ -96,14 +96,6 @@ struct OriginLoad<Svc, B> {
     inner: Svc,
     slot: Slot<B>,
     stale: Option<CachedResponse>,
-}
-
-type Own<ResBody, E> = Result<Response<CacheBody<ResBody>>, E>;
-
-fn internal_error<B>() -> Response<CacheBody<B>> {
-    let mut response = Response::new(CacheBody::full(Bytes::new()));
-    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    response
 }
 
 impl<Svc, ReqBody, ResBody, St, C, K, T> Load<Arc<Settings<St, C, K, T>>>
