@@ -70,6 +70,14 @@ impl CacheError {
     }
 }
 
+impl CacheError {
+    /// Whether the store failed (not just rejected one command or held a bad value): then a
+    /// read does not pay a second timeout to store what it loaded.
+    pub(crate) fn is_store_failure(&self) -> bool {
+        matches!(self, CacheError::Store(error) if error.is_unhealthy())
+    }
+}
+
 impl From<FrameError> for CacheError {
     fn from(error: FrameError) -> Self {
         match error {

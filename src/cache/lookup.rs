@@ -22,11 +22,19 @@ pub(crate) struct Hit<V> {
     pub(crate) header: Header,
 }
 
-/// Decodes a framed value, from its attached decoded form when the store kept one.
+/// Decodes a framed value, from its attached decoded form when the store kept one. A value
+/// over `max` bytes (written by other software) is refused before decoding.
 pub(crate) fn decode<V: Cacheable, C: Codec>(
     codec: &C,
     stored: &StoreValue,
+    max: usize,
 ) -> Result<Hit<V>, CacheError> {
+    if stored.len() > max {
+        return Err(CacheError::ValueTooLarge {
+            size: stored.len(),
+            max,
+        });
+    }
     let (header, payload) = frame::split(stored.bytes()).map_err(CacheError::from)?;
     if let Some(value) = stored.decoded().and_then(|d| d.downcast_ref::<V>()) {
         return Ok(Hit {
@@ -47,6 +55,8 @@ pub(crate) struct Lookup<V, S: Store, C> {
     /// Why there is no get: the cache is closed (`true`), or the lookup is skipped.
     pub(super) closed: bool,
     pub(super) codec: C,
+    /// The cache's value size limit.
+    pub(super) max: usize,
     pub(super) _value: PhantomData<fn() -> V>,
 }
 
@@ -57,6 +67,7 @@ impl<V, S: Store, C> Lookup<V, S, C> {
             get: None,
             closed: false,
             codec,
+            max: usize::MAX,
             _value: PhantomData,
         }
     }
@@ -79,7 +90,7 @@ impl<V: Cacheable, S: Store, C: Codec> Future for Lookup<V, S, C> {
             Ok(None) => return Poll::Ready(Ok(None)),
             Err(error) => return Poll::Ready(Err(error.into())),
         };
-        Poll::Ready(decode(this.codec, &stored).map(Some))
+        Poll::Ready(decode(this.codec, &stored, *this.max).map(Some))
     }
 }
 
@@ -91,6 +102,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             get: (!closed).then(|| self.shared.store.get(key)),
             closed,
             codec: self.shared.codec.clone(),
+            max: self.shared.max_value_size,
             _value: PhantomData,
         }
     }
@@ -147,7 +159,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             .zip(keys)
             .map(|(value, key)| {
                 let value = value?;
-                decode::<V, C>(&self.shared.codec, &value)
+                decode::<V, C>(&self.shared.codec, &value, self.shared.max_value_size)
                     .map_err(|error| {
                         self.observer().error(Operation::GetMany, error.kind());
                         tracing::warn!(key = %KeyDigest(key), %error, "undecodable cache value");

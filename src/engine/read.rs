@@ -308,7 +308,7 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                 } => {
                     let result = ready!(lookup.poll(cx));
                     observer.finish(Operation::Get, strategy, *started);
-                    let store_healthy = !matches!(result, Err(CacheError::Store(_)));
+                    let store_healthy = !result.as_ref().is_err_and(CacheError::is_store_failure);
                     let found = match result {
                         Ok(found) => found,
                         Err(error) => {

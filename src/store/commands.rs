@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,13 @@ use redis::RedisError;
 use super::{StoreError, StoreValue};
 use crate::frame::millis;
 use crate::key::{Key, Tag};
+
+/// A string this large that could not be read within the command timeout is removed (the
+/// cache's default value limit: such a value can only come from other software).
+pub(super) const OVERSIZED: usize = crate::cache::DEFAULT_MAX_VALUE_SIZE;
+
+/// How many oversized-value inspections run at once, process-wide.
+const INSPECTIONS: usize = 4;
 
 /// How many keys one `SCAN` step asks for, and so how many one `UNLINK` removes at most.
 pub(super) const SCAN_BATCH: usize = 1000;
@@ -37,12 +45,23 @@ pub(super) async fn bounded<T>(
     match tokio::time::timeout(timeout, future).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout { operation, timeout }),
+        Ok(Err(e)) if rejects_one_command(&e) => Err(StoreError::Rejected {
+            operation,
+            source: Box::new(e),
+        }),
         Ok(Err(e)) => Err(StoreError::Backend {
             operation,
             source: Box::new(e),
         }),
         Err(_) => Err(StoreError::Timeout { operation, timeout }),
     }
+}
+
+/// Whether Redis answered but refused this command only: a value of another type at the
+/// key, a full server, or a reply this crate cannot read as what it asked for.
+pub(super) fn rejects_one_command(error: &RedisError) -> bool {
+    matches!(error.code(), Some("WRONGTYPE" | "OOM"))
+        || error.kind() == redis::ErrorKind::UnexpectedReturnType
 }
 
 /// A Lua function that files a key in a tag's index, a sorted set scored by each member's
@@ -186,9 +205,64 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
         let mut command = redis::cmd("GET");
         command.arg(key.as_str());
         Box::pin(async move {
-            let value: Option<Vec<u8>> = commands.run("get", &command).await?;
+            let value: Option<Vec<u8>> = match commands.run("get", &command).await {
+                Ok(value) => value,
+                Err(error) => {
+                    if let StoreError::Timeout { .. } = error {
+                        commands.inspect_after_timeout(&command);
+                    }
+                    return Err(error);
+                }
+            };
             Ok(value.map(|bytes| StoreValue::new(Bytes::from(bytes))))
         })
+    }
+
+    /// After a `GET` timed out: whether its value was what took so long. A string over
+    /// [`OVERSIZED`] bytes is removed, so that the next read misses and its load replaces
+    /// it, instead of every read pulling it until the timeout (and stalling the connection
+    /// for everyone meanwhile). At most [`INSPECTIONS`] run at once, process-wide.
+    fn inspect_after_timeout(&self, get: &redis::Cmd) {
+        static RUNNING: AtomicUsize = AtomicUsize::new(0);
+        let Some(redis::Arg::Simple(key)) = get.args_iter().nth(1) else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err()
+            || RUNNING.fetch_add(1, Ordering::AcqRel) >= INSPECTIONS
+        {
+            RUNNING.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let key = key.to_vec();
+        let commands = Commands {
+            connection: self.connection.clone(),
+            // Behind the slow reply on the connection: give it time to arrive.
+            timeout: (self.timeout * 20).max(Duration::from_secs(1)),
+        };
+        struct Running;
+        impl Drop for Running {
+            fn drop(&mut self) {
+                RUNNING.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let running = Running;
+        tokio::spawn(async move {
+            let _running = running;
+            let mut strlen = redis::cmd("STRLEN");
+            strlen.arg(key.as_slice());
+            if let Ok(len) = commands.run::<u64>("get", &strlen).await {
+                if len > OVERSIZED as u64 {
+                    let mut unlink = redis::cmd("UNLINK");
+                    unlink.arg(key.as_slice());
+                    if commands.run::<u64>("delete", &unlink).await.is_ok() {
+                        tracing::warn!(
+                            bytes = len,
+                            "a value too large to read within the command timeout was removed"
+                        );
+                    }
+                }
+            }
+        });
     }
 
     pub(super) async fn get_many(

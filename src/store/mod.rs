@@ -329,6 +329,18 @@ pub enum StoreError {
     /// A [`CircuitBreaker`] is open: the operation was not sent.
     #[error("cache store unavailable: circuit open")]
     Unavailable,
+    /// The store answered, but rejected this one command: the value at its key has another
+    /// type (`WRONGTYPE`), or the store is full (`OOM` under `maxmemory` with
+    /// `noeviction`). The store is healthy, so a [`CircuitBreaker`] does not count it; a
+    /// read treats it as a miss and its next load replaces the value.
+    #[error("cache store rejected `{operation}`")]
+    Rejected {
+        /// The operation, e.g. `get`.
+        operation: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The backend answered with an error.
     #[error("cache store operation `{operation}` failed")]
     Backend {
@@ -341,8 +353,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A short stable name for metrics labels: `connect`, `timeout`, `circuit_open` or
-    /// `backend`.
+    /// A short stable name for metrics labels: `connect`, `timeout`, `circuit_open`,
+    /// `rejected` or `backend`.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -355,7 +367,22 @@ impl StoreError {
             StoreError::Connect { .. } => "connect",
             StoreError::Timeout { .. } => "timeout",
             StoreError::Unavailable => "circuit_open",
+            StoreError::Rejected { .. } => "rejected",
             StoreError::Backend { .. } => "backend",
         }
+    }
+
+    /// Whether the error says the store is unwell (unreachable, slow, failing) rather than
+    /// that it rejected one command: what a [`CircuitBreaker`] counts, and what makes a
+    /// read skip storing its load.
+    ///
+    /// ```
+    /// # use tower_caching::store::StoreError;
+    /// assert!(StoreError::Unavailable.is_unhealthy());
+    /// let full = StoreError::Rejected { operation: "set", source: "OOM".into() };
+    /// assert!(!full.is_unhealthy());
+    /// ```
+    pub fn is_unhealthy(&self) -> bool {
+        !matches!(self, StoreError::Rejected { .. })
     }
 }

@@ -1,6 +1,6 @@
 //! A fault-injecting TCP relay between a client and a real server on loopback: passes bytes
-//! through, delays them, swallows them (a black hole: connections stay open, nothing
-//! arrives), resets every connection, or refuses new ones.
+//! through, delays them (a delay line), holds them (a black hole: connections stay open,
+//! nothing arrives until it ends), resets every connection, or refuses new ones.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -95,6 +95,8 @@ impl Drop for Proxy {
     }
 }
 
+/// Relays one direction. Latency is a delay line: each chunk leaves `latency` after it
+/// arrived, so a pipeline of commands is delayed, not serialised.
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
@@ -102,26 +104,59 @@ async fn pipe(
     latency_ms: Arc<AtomicU64>,
     mut resets: watch::Receiver<u64>,
 ) {
+    let (line, mut arrivals) =
+        tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let mut writer_resets = resets.clone();
+    let writer_fault = fault.clone();
+    let writer = tokio::spawn(async move {
+        loop {
+            let (leaves, chunk) = tokio::select! {
+                _ = writer_resets.changed() => return,
+                chunk = arrivals.recv() => match chunk {
+                    Some(chunk) => chunk,
+                    None => return,
+                },
+            };
+            tokio::select! {
+                _ = writer_resets.changed() => return,
+                _ = tokio::time::sleep_until(leaves) => {}
+            }
+            // A black hole holds the bytes (TCP neither loses nor reorders them): they
+            // arrive when it ends, unless the connection is reset first.
+            while writer_fault.load(Ordering::SeqCst) == Fault::BlackHole as u8 {
+                tokio::select! {
+                    _ = writer_resets.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+            }
+            if writer_fault.load(Ordering::SeqCst) == Fault::Reset as u8 {
+                return;
+            }
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = tokio::select! {
-            _ = resets.changed() => return,
+            _ = resets.changed() => break,
             read = from.read(&mut buf) => match read {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => break,
                 Ok(n) => n,
             },
         };
-        let delay = latency_ms.load(Ordering::SeqCst);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
+        if fault.load(Ordering::SeqCst) == Fault::Reset as u8 {
+            break;
         }
-        match fault.load(Ordering::SeqCst) {
-            x if x == Fault::BlackHole as u8 => continue,
-            x if x == Fault::Reset as u8 => return,
-            _ => {}
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
+        let leaves =
+            tokio::time::Instant::now() + Duration::from_millis(latency_ms.load(Ordering::SeqCst));
+        if line.send((leaves, buf[..n].to_vec())).is_err() {
+            break;
         }
     }
+    drop(line);
+    // Bytes in the line still arrive (late), as they would over a slow network, unless
+    // the connection is reset.
+    let _ = writer.await;
 }

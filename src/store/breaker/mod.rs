@@ -1,5 +1,6 @@
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -8,7 +9,14 @@ use pin_project::pin_project;
 
 use super::{Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern, Tag};
-use crate::metrics::Observer;
+use crate::metrics::{KeyDigest, Observer};
+
+mod repair;
+
+use self::repair::Repairs;
+
+/// How long the repair task waits after a failed round while the circuit is closed.
+const REPAIR_RETRY: Duration = Duration::from_millis(100);
 
 /// A circuit breaker in front of a store: after `failures` consecutive failed operations it
 /// **opens** and fails every operation at once with [`StoreError::Unavailable`] — sending
@@ -16,8 +24,26 @@ use crate::metrics::Observer;
 /// storm — for `open_for`; then it lets **one** probe through (**half-open**): success closes
 /// it, failure opens it again.
 ///
+/// Only failures of the store count: a command it rejects while healthy
+/// ([`StoreError::Rejected`]: a value of another type at the key, a full server) does not.
+///
 /// The strategies treat `Unavailable` like any store failure: reads go to the loader, writes
-/// to the writer. With metrics, the state is the gauge `{ns}_cache_circuit_state` (0 closed,
+/// to the writer.
+///
+/// # Auto-recovery
+///
+/// A write the store could not apply — a set or delete that failed, timed out (it may
+/// still land later) or was refused while the circuit was open — would leave the key's
+/// previous value in the store, older than the writer's. The breaker remembers each such
+/// key (and pattern delete and tag invalidation), latest wins, up to
+/// [`repairs`](CircuitBreakerBuilder::repairs) keys, and deletes them as soon as the store
+/// answers again: a task in the background retries while the circuit is closed, and is the
+/// half-open probe when it opens. Until its repair lands a key **is bypassed**: reads of it
+/// miss (so they load, and the load's set, sent after any late one, settles it), and so
+/// do all reads while a tag invalidation is owed. So a slow or stalled store leaves no key
+/// serving a value older than the writer's once it answers again.
+///
+/// With metrics, the state is the gauge `{ns}_cache_circuit_state` (0 closed,
 /// 1 open, 2 half-open) and openings count in `{ns}_cache_circuit_opened_total`.
 ///
 /// ```
@@ -44,6 +70,7 @@ struct Breaker {
     open_for: Duration,
     mode: Mutex<Mode>,
     observer: Observer,
+    repairs: Repairs,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -123,14 +150,13 @@ impl Breaker {
         }
     }
 
-    async fn run<T>(
-        self: &Arc<Self>,
-        operation: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let mut ticket = Ticket::new(self.clone(), self.admit()?);
-        let result = operation.await;
-        ticket.record(result.is_ok());
-        result
+    /// How long until the circuit lets a probe through, when it is open.
+    fn until_probe(&self) -> Option<Duration> {
+        let mode = self.mode.lock().unwrap_or_else(|e| e.into_inner());
+        match *mode {
+            Mode::Open { until } => Some(until.saturating_duration_since(Instant::now())),
+            _ => None,
+        }
     }
 }
 
@@ -156,6 +182,11 @@ impl Ticket {
         self.reported = true;
         self.breaker.record(self.admit, ok);
     }
+
+    /// Records an outcome: only a failure of the store counts against it.
+    fn outcome<T>(&mut self, result: &Result<T, StoreError>) {
+        self.record(result.as_ref().map_or_else(|e| !e.is_unhealthy(), |_| true));
+    }
 }
 
 impl Drop for Ticket {
@@ -172,6 +203,7 @@ pub struct CircuitBreakerBuilder<S> {
     inner: S,
     failures: u32,
     open_for: Duration,
+    repairs: usize,
     observer: Observer,
 }
 
@@ -194,6 +226,7 @@ impl<S: Store> CircuitBreaker<S> {
             inner,
             failures: 5,
             open_for: Duration::from_secs(2),
+            repairs: 100_000,
             observer: Observer::default(),
         }
     }
@@ -223,6 +256,139 @@ impl<S: Store> CircuitBreaker<S> {
             Mode::HalfOpen { probing } => probing,
         }
     }
+
+    /// How many keys, pattern deletes and tag invalidations wait for the store to answer
+    /// again (see [auto-recovery](CircuitBreaker#auto-recovery)).
+    ///
+    /// ```
+    /// # use tower_caching::store::{CircuitBreaker, MemoryStore};
+    /// assert_eq!(CircuitBreaker::new(MemoryStore::new()).repairs_owed(), 0);
+    /// ```
+    pub fn repairs_owed(&self) -> usize {
+        self.state.repairs.owed()
+    }
+
+    /// Runs a write of `keys`: admitted or refused by the circuit, its outcome recorded;
+    /// a failure owes the keys a repair, a success settles what they owed before it.
+    async fn write<T>(
+        &self,
+        keys: &[Key],
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let stamp = self.state.repairs.stamp();
+        let result = self.admitted(operation).await;
+        match &result {
+            Ok(_) => self.state.repairs.settle_keys(keys, stamp),
+            Err(error) => {
+                if let [key] = keys {
+                    tracing::debug!(key = %KeyDigest(key), %error, "write not applied: the key owes a repair");
+                }
+                self.state.repairs.owe_keys(keys);
+                self.repair_in_background();
+            }
+        }
+        result
+    }
+
+    /// Runs `operation` if the circuit admits it, recording its outcome.
+    async fn admitted<T>(
+        &self,
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let mut ticket = Ticket::new(self.state.clone(), self.state.admit()?);
+        let result = operation.await;
+        ticket.outcome(&result);
+        result
+    }
+
+    /// Starts the repair task unless it runs. It holds the breaker weakly: it ends once
+    /// nothing is owed or every handle on the store is gone.
+    fn repair_in_background(&self) {
+        let repairs = &self.state.repairs;
+        if repairs.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Nothing to run it on: the next failure within a runtime starts it.
+            repairs.draining.store(false, Ordering::Release);
+            return;
+        }
+        tokio::spawn(repair_until_paid(
+            self.inner.clone(),
+            Arc::downgrade(&self.state),
+        ));
+    }
+}
+
+/// The repair task: rounds of repairs, each admitted by the circuit (the half-open probe
+/// when it was open), until nothing is owed.
+async fn repair_until_paid<S: Store>(inner: S, state: std::sync::Weak<Breaker>) {
+    loop {
+        let Some(breaker) = state.upgrade() else {
+            return;
+        };
+        let repairs = &breaker.repairs;
+        if repairs.owed() == 0 {
+            repairs.draining.store(false, Ordering::Release);
+            // A debt owed between the look and the flag found the task still running.
+            if repairs.owed() == 0 || repairs.draining.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+        let wait = match breaker.admit() {
+            Ok(admit) => {
+                let mut ticket = Ticket::new(breaker.clone(), admit);
+                let paid = repair_round(&inner, repairs).await;
+                ticket.record(paid);
+                if paid {
+                    continue;
+                }
+                breaker.until_probe().unwrap_or(REPAIR_RETRY)
+            }
+            Err(_) => breaker.until_probe().unwrap_or(REPAIR_RETRY),
+        };
+        drop(breaker);
+        tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+    }
+}
+
+/// One round: a batch of owed keys deleted in one round trip, then the owed patterns and
+/// tags. Whether the store answered every step.
+async fn repair_round<S: Store>(inner: &S, repairs: &Repairs) -> bool {
+    let round = repairs.next_round();
+    if round.is_empty() {
+        return true;
+    }
+    if !round.keys.is_empty() {
+        let keys: Vec<Key> = round.keys.iter().map(|(key, _)| key.clone()).collect();
+        match inner.delete_many(&keys).await {
+            Err(error) if error.is_unhealthy() => return false,
+            Err(error) => {
+                tracing::error!(keys = keys.len(), %error, "the store rejects deleting keys that owe a repair: they may serve old values until they expire");
+                repairs.repaired_keys(&round.keys);
+            }
+            Ok(_) => repairs.repaired_keys(&round.keys),
+        }
+    }
+    for (pattern, stamp) in &round.patterns {
+        match inner.delete_pattern(pattern).await {
+            Err(error) if error.is_unhealthy() => return false,
+            _ => repairs.repaired_pattern(pattern, *stamp),
+        }
+    }
+    for (tag, stamp) in &round.tags {
+        match inner.invalidate_tag(tag).await {
+            Err(error) if error.is_unhealthy() => return false,
+            _ => repairs.repaired_tag(tag, *stamp),
+        }
+    }
+    tracing::info!(
+        keys = round.keys.len(),
+        patterns = round.patterns.len(),
+        tags = round.tags.len(),
+        "writes the store missed were repaired"
+    );
+    true
 }
 
 impl<S: Store> CircuitBreakerBuilder<S> {
@@ -247,6 +413,21 @@ impl<S: Store> CircuitBreakerBuilder<S> {
     /// [`failures`](CircuitBreakerBuilder::failures) for an example.
     pub fn open_for(mut self, duration: Duration) -> Self {
         self.open_for = duration;
+        self
+    }
+
+    /// How many keys may owe a repair at once (default 100,000, at least 1; see
+    /// [auto-recovery](CircuitBreaker#auto-recovery)). Past it the oldest is forgotten,
+    /// logged and left to expire.
+    ///
+    /// ```
+    /// use tower_caching::store::{CircuitBreaker, MemoryStore};
+    ///
+    /// let store = CircuitBreaker::builder(MemoryStore::new()).repairs(10_000).build();
+    /// assert_eq!(store.repairs_owed(), 0);
+    /// ```
+    pub fn repairs(mut self, keys: usize) -> Self {
+        self.repairs = keys;
         self
     }
 
@@ -278,6 +459,7 @@ impl<S: Store> CircuitBreakerBuilder<S> {
                 open_for: self.open_for,
                 mode: Mutex::new(Mode::Closed { failures: 0 }),
                 observer: self.observer,
+                repairs: Repairs::new(self.repairs),
             }),
         }
     }
@@ -290,6 +472,8 @@ pub struct BreakerGet<F> {
     #[pin]
     inner: Option<F>,
     ticket: Option<Ticket>,
+    /// The key owes a repair: a miss, without asking the store.
+    bypassed: bool,
 }
 
 impl<F> std::fmt::Debug for BreakerGet<F> {
@@ -309,11 +493,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(Err(StoreError::Unavailable));
+            return Poll::Ready(if *this.bypassed {
+                Ok(None)
+            } else {
+                Err(StoreError::Unavailable)
+            });
         };
         let result = std::task::ready!(inner.poll(cx));
         if let Some(ticket) = this.ticket {
-            ticket.record(result.is_ok());
+            ticket.outcome(&result);
         }
         Poll::Ready(result)
     }
@@ -323,20 +511,37 @@ impl<S: Store> Store for CircuitBreaker<S> {
     type GetFuture = BreakerGet<S::GetFuture>;
 
     fn get(&self, key: &Key) -> Self::GetFuture {
+        if self.state.repairs.bypasses(key) {
+            return BreakerGet {
+                inner: None,
+                ticket: None,
+                bypassed: true,
+            };
+        }
         match self.state.admit() {
             Ok(admit) => BreakerGet {
                 inner: Some(self.inner.get(key)),
                 ticket: Some(Ticket::new(self.state.clone(), admit)),
+                bypassed: false,
             },
             Err(_) => BreakerGet {
                 inner: None,
                 ticket: None,
+                bypassed: false,
             },
         }
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<StoreValue>>, StoreError> {
-        self.state.run(self.inner.get_many(keys)).await
+        let mut values = self.admitted(self.inner.get_many(keys)).await?;
+        if self.state.repairs.owed() > 0 {
+            for (value, key) in values.iter_mut().zip(keys) {
+                if self.state.repairs.bypasses(key) {
+                    *value = None;
+                }
+            }
+        }
+        Ok(values)
     }
 
     async fn set(
@@ -345,30 +550,45 @@ impl<S: Store> Store for CircuitBreaker<S> {
         value: StoreValue,
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        self.state.run(self.inner.set(key, value, ttl)).await
+        self.write(std::slice::from_ref(key), self.inner.set(key, value, ttl))
+            .await
     }
 
     async fn set_many(
         &self,
         entries: Vec<(Key, StoreValue, Option<Duration>)>,
     ) -> Result<(), StoreError> {
-        self.state.run(self.inner.set_many(entries)).await
+        let keys: Vec<Key> = entries.iter().map(|(key, _, _)| key.clone()).collect();
+        self.write(&keys, self.inner.set_many(entries)).await
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
-        self.state.run(self.inner.delete(key)).await
+        self.write(std::slice::from_ref(key), self.inner.delete(key))
+            .await
     }
 
     async fn delete_many(&self, keys: &[Key]) -> Result<u64, StoreError> {
-        self.state.run(self.inner.delete_many(keys)).await
+        self.write(keys, self.inner.delete_many(keys)).await
     }
 
     async fn delete_pattern(&self, pattern: &Pattern) -> Result<u64, StoreError> {
-        self.state.run(self.inner.delete_pattern(pattern)).await
+        let stamp = self.state.repairs.stamp();
+        let result = self.admitted(self.inner.delete_pattern(pattern)).await;
+        match &result {
+            Ok(_) => self.state.repairs.settle_pattern(pattern, stamp),
+            Err(_) => {
+                self.state.repairs.owe_pattern(pattern);
+                self.repair_in_background();
+            }
+        }
+        result
     }
 
     async fn exists(&self, key: &Key) -> Result<bool, StoreError> {
-        self.state.run(self.inner.exists(key)).await
+        if self.state.repairs.bypasses(key) {
+            return Ok(false);
+        }
+        self.admitted(self.inner.exists(key)).await
     }
 
     async fn set_tagged(
@@ -378,13 +598,24 @@ impl<S: Store> Store for CircuitBreaker<S> {
         ttl: Option<Duration>,
         tags: &[Tag],
     ) -> Result<(), StoreError> {
-        self.state
-            .run(self.inner.set_tagged(key, value, ttl, tags))
-            .await
+        self.write(
+            std::slice::from_ref(key),
+            self.inner.set_tagged(key, value, ttl, tags),
+        )
+        .await
     }
 
     async fn invalidate_tag(&self, tag: &Tag) -> Result<u64, StoreError> {
-        self.state.run(self.inner.invalidate_tag(tag)).await
+        let stamp = self.state.repairs.stamp();
+        let result = self.admitted(self.inner.invalidate_tag(tag)).await;
+        match &result {
+            Ok(_) => self.state.repairs.settle_tag(tag, stamp),
+            Err(_) => {
+                self.state.repairs.owe_tag(tag);
+                self.repair_in_background();
+            }
+        }
+        result
     }
 
     fn keeps_decoded(&self) -> bool {
