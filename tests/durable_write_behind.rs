@@ -499,3 +499,127 @@ async fn a_redis_that_lost_the_stream_gets_it_back() {
     cache.flush_pending_writes().await.unwrap();
     assert_eq!(db.metrics("a"), Some(2));
 }
+
+/// Behind the cache's circuit breaker, the queue's `XADD` costs no timeout once the circuit
+/// is open: with Redis stalled, write-behind writes are written directly at once, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_breaker_a_stalled_redis_costs_a_write_at_most_one_timeout() {
+    use tower_caching::store::CircuitBreaker;
+    let server = RedisServer::spawn();
+    let timeout = Duration::from_millis(50);
+    let store = RedisStore::connect(RedisConfig::new(server.url()).command_timeout(timeout))
+        .await
+        .unwrap();
+    let store = CircuitBreaker::builder(store)
+        .failures(2)
+        .open_for(Duration::from_secs(30))
+        .build();
+    let queue = StreamQueue::new(&store, &support::unique_prefix("breaker"));
+    let db = Db::default();
+    let (_cache, service) = layered(&db, queue);
+    service
+        .clone()
+        .oneshot(Write {
+            ispb: "a".into(),
+            seq: 0,
+        })
+        .await
+        .unwrap();
+
+    server.pause(true);
+    let mut slow = 0;
+    for seq in 1..=20 {
+        let started = Instant::now();
+        service
+            .clone()
+            .oneshot(Write {
+                ispb: "a".into(),
+                seq,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            db.metrics("a"),
+            Some(seq),
+            "written directly, before the answer"
+        );
+        if started.elapsed() >= timeout {
+            slow += 1;
+        }
+    }
+    server.pause(false);
+    assert!(store.is_open());
+    assert!(slow <= 2, "{slow} writes paid a timeout");
+}
+
+/// The worker's Redis bookkeeping never holds the writers: with Redis 200 ms away, a write
+/// holds its database connection for its own 5 ms, not until Redis acknowledged the writes
+/// before it (a connection is held from acquiring it until the write's future is dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_acknowledgements_do_not_hold_the_writers() {
+    use support::proxy::Proxy;
+
+    /// A database connection, held from acquiring to being dropped.
+    struct Connection {
+        acquired: Instant,
+        held: Arc<Mutex<Vec<Duration>>>,
+    }
+    impl Drop for Connection {
+        fn drop(&mut self) {
+            self.held.lock().unwrap().push(self.acquired.elapsed());
+        }
+    }
+
+    let server = RedisServer::spawn();
+    let proxy = Proxy::start(server.addr()).await;
+    let store =
+        RedisStore::connect(RedisConfig::new(proxy.url()).command_timeout(Duration::from_secs(5)))
+            .await
+            .unwrap();
+    let queue = StreamQueue::new(&store, &support::unique_prefix("acks"));
+    let held: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let database = {
+        let held = held.clone();
+        tower::service_fn(move |_: Write| {
+            let connection = Connection {
+                acquired: Instant::now(),
+                held: held.clone(),
+            };
+            async move {
+                let _connection = connection;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok::<_, DbError>(())
+            }
+        })
+    };
+    let cache: Cache<u64> = Cache::in_memory();
+    let keys = KeyBuilder::new();
+    let service = CacheLayer::write_behind(cache.clone())
+        .key(move |w: &Write| keys.metrics(&w.ispb))
+        .value(|w: &Write| Some(w.seq))
+        .batch_interval(Duration::from_millis(50))
+        .max_batch(100)
+        .durable(queue)
+        .layer(database);
+    proxy.latency(Duration::from_millis(200));
+    futures_util::future::join_all((0..20).map(|i| {
+        service.clone().oneshot(Write {
+            ispb: format!("k{i}"),
+            seq: 1,
+        })
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held.lock().unwrap().len() < 20 {
+        assert!(Instant::now() < deadline, "not all written");
+        let _ = cache.flush_pending_writes().await;
+    }
+    let longest = held.lock().unwrap().iter().copied().max().unwrap();
+    assert!(
+        longest < Duration::from_millis(100),
+        "a write held its connection for {longest:?}"
+    );
+}

@@ -410,14 +410,15 @@ impl App {
                 // Lazy: the service starts, and answers from the database, while Redis is down;
                 // the breaker stops paying command timeouts while it stays down.
                 let redis_store = RedisStore::connect_lazy(redis.clone())?;
-                let queue = if config.durable_write_behind {
-                    WriteBehindQueue::Redis(StreamQueue::new(&redis_store, &metrics_queue(&config)))
-                } else {
-                    WriteBehindQueue::Memory
-                };
                 let store = CircuitBreaker::builder(redis_store)
                     .metrics(&metrics)
                     .build();
+                // The queue's commands pass the cache's breaker too.
+                let queue = if config.durable_write_behind {
+                    WriteBehindQueue::Redis(StreamQueue::new(&store, &metrics_queue(&config)))
+                } else {
+                    WriteBehindQueue::Memory
+                };
                 let (s, c) = services(store, queue, &database, &config, metrics, registry);
                 (
                     s,
@@ -433,15 +434,12 @@ impl App {
                 let nodes = cluster.nodes().join(",");
                 let store =
                     tower_caching::store::RedisClusterStore::connect(cluster.clone()).await?;
+                let store = CircuitBreaker::builder(store).metrics(&metrics).build();
                 let queue = if config.durable_write_behind {
-                    WriteBehindQueue::Cluster(StreamQueue::on_cluster(
-                        &store,
-                        &metrics_queue(&config),
-                    ))
+                    WriteBehindQueue::Cluster(StreamQueue::new(&store, &metrics_queue(&config)))
                 } else {
                     WriteBehindQueue::Memory
                 };
-                let store = CircuitBreaker::builder(store).metrics(&metrics).build();
                 let (s, c) = services(store, queue, &database, &config, metrics, registry);
                 (s, c, format!("redis cluster {nodes}"))
             }

@@ -37,7 +37,7 @@ use bytes::Bytes;
 
 use crate::key::{Key, Pattern, Tag};
 
-mod breaker;
+pub(crate) mod breaker;
 #[cfg(feature = "cluster")]
 mod cluster;
 #[cfg(feature = "redis")]

@@ -268,6 +268,13 @@ impl<S: Store> CircuitBreaker<S> {
         self.state.repairs.owed()
     }
 
+    /// The breaker's admission, for the crate's Redis commands that are not store
+    /// operations (the durable write-behind queue's).
+    #[cfg(feature = "redis")]
+    pub(crate) fn gate(&self) -> Gate {
+        Gate(self.state.clone())
+    }
+
     /// Runs a write of `keys`: admitted or refused by the circuit, its outcome recorded;
     /// a failure owes the keys a repair, a success settles what they owed before it.
     async fn write<T>(
@@ -317,6 +324,25 @@ impl<S: Store> CircuitBreaker<S> {
             self.inner.clone(),
             Arc::downgrade(&self.state),
         ));
+    }
+}
+
+/// A breaker's admission without its store: commands run through it are refused while the
+/// circuit is open and count towards it like the store's own.
+#[cfg(feature = "redis")]
+#[derive(Clone, Debug)]
+pub(crate) struct Gate(Arc<Breaker>);
+
+#[cfg(feature = "redis")]
+impl Gate {
+    pub(crate) async fn run<T>(
+        &self,
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let mut ticket = Ticket::new(self.0.clone(), self.0.admit()?);
+        let result = operation.await;
+        ticket.outcome(&result);
+        result
     }
 }
 

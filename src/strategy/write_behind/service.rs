@@ -381,15 +381,23 @@ where
                 state: State::Queueing {
                     future: tokio::spawn(
                         async move {
-                            let response = match queued.await {
+                            // The cache step and the `XADD` at once: one round trip of
+                            // latency, not two.
+                            let cached = turn.cache(&cache, &key, value.as_ref(), ttl);
+                            let (queued, ()) = futures_util::future::join(queued, cached).await;
+                            match queued {
                                 Ok(()) => Ok(response),
                                 // Not queued: written now, so it is never lost.
-                                Err(request) => inner.call(request).await,
-                            };
-                            if response.is_ok() {
-                                turn.cache(&cache, &key, value.as_ref(), ttl).await;
+                                Err(request) => {
+                                    let written = inner.call(request).await;
+                                    if written.is_err() {
+                                        // Neither queued nor written: the value just cached
+                                        // must not stay.
+                                        let _ = cache.delete_as(Strategy::WriteBehind, &key).await;
+                                    }
+                                    written
+                                }
                             }
-                            response
                         }
                         .instrument(span),
                     ),

@@ -15,8 +15,9 @@ use crate::codec::Codec;
 use crate::key::builder::escape_part;
 use crate::key::Key;
 use crate::layer::CacheLayer;
+use crate::store::breaker::Gate;
 use crate::store::commands::Commands;
-use crate::store::{RedisStore, Store};
+use crate::store::{CircuitBreaker, RedisStore, Store};
 use crate::BoxError;
 
 /// The consumer group every instance reads a queue's stream with.
@@ -145,6 +146,8 @@ return #ARGV - 1
 #[derive(Clone)]
 pub struct StreamQueue<Conn = ConnectionManager> {
     commands: Commands<Conn>,
+    /// The circuit breaker of the store the queue was made from, if any.
+    gate: Option<Gate>,
     name: String,
     claim_after: Duration,
     retention: Duration,
@@ -160,8 +163,70 @@ impl<Conn> fmt::Debug for StreamQueue<Conn> {
     }
 }
 
-impl StreamQueue<ConnectionManager> {
-    /// The queue `name` on the Redis of `store` (its connection and command timeout).
+/// What a [`StreamQueue`] can live on: a [`RedisStore`] or [`RedisClusterStore`](crate::store::RedisClusterStore),
+/// or one behind a [`CircuitBreaker`] — then every Redis command of the queue passes the
+/// same breaker as the cache's, so that while Redis is down a write-behind write costs no
+/// timeout: it is written directly at once. Sealed.
+pub trait StreamStore: sealed::Sealed {}
+
+mod sealed {
+    use super::*;
+
+    /// The connection a queue sends its commands on, and the breaker they pass.
+    #[allow(missing_debug_implementations)]
+    pub struct Parts<C> {
+        pub(crate) commands: Commands<C>,
+        pub(crate) gate: Option<Gate>,
+    }
+
+    /// The parts a queue needs.
+    pub trait Sealed {
+        /// The redis-rs connection.
+        type Connection;
+        #[doc(hidden)]
+        fn queue_parts(&self) -> Parts<Self::Connection>;
+    }
+
+    impl Sealed for RedisStore {
+        type Connection = ConnectionManager;
+        fn queue_parts(&self) -> Parts<ConnectionManager> {
+            Parts {
+                commands: self.commands().clone(),
+                gate: None,
+            }
+        }
+    }
+
+    impl<S: Sealed + Store> Sealed for CircuitBreaker<S> {
+        type Connection = S::Connection;
+        fn queue_parts(&self) -> Parts<S::Connection> {
+            Parts {
+                gate: Some(self.gate()),
+                ..self.get_ref().queue_parts()
+            }
+        }
+    }
+
+    #[cfg(feature = "cluster")]
+    impl Sealed for crate::store::RedisClusterStore {
+        type Connection = redis::cluster_async::ClusterConnection;
+        fn queue_parts(&self) -> Parts<Self::Connection> {
+            Parts {
+                commands: self.commands().clone(),
+                gate: None,
+            }
+        }
+    }
+}
+
+impl StreamStore for RedisStore {}
+impl<S: StreamStore + Store> StreamStore for CircuitBreaker<S> {}
+#[cfg(feature = "cluster")]
+impl StreamStore for crate::store::RedisClusterStore {}
+
+impl<Conn> StreamQueue<Conn> {
+    /// The queue `name` on the Redis of `store` (its connection and command timeout, and
+    /// its circuit breaker when it has one).
     ///
     /// ```
     /// # use tower_caching::{store::{RedisConfig, RedisStore}, strategy::StreamQueue};
@@ -173,8 +238,9 @@ impl StreamQueue<ConnectionManager> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn new(store: &RedisStore, name: &str) -> Self {
-        StreamQueue::with_commands(store.commands().clone(), name)
+    pub fn new<S: StreamStore<Connection = Conn>>(store: &S, name: &str) -> Self {
+        let parts = store.queue_parts();
+        StreamQueue::with_commands(parts.commands, parts.gate, name)
     }
 }
 
@@ -194,15 +260,16 @@ impl StreamQueue<redis::cluster_async::ClusterConnection> {
     /// # }
     /// ```
     pub fn on_cluster(store: &crate::store::RedisClusterStore, name: &str) -> Self {
-        StreamQueue::with_commands(store.commands().clone(), name)
+        StreamQueue::new(store, name)
     }
 }
 
 impl<Conn> StreamQueue<Conn> {
-    fn with_commands(commands: Commands<Conn>, name: &str) -> Self {
+    fn with_commands(commands: Commands<Conn>, gate: Option<Gate>, name: &str) -> Self {
         let name = if name.is_empty() { "default" } else { name };
         StreamQueue {
             commands,
+            gate,
             name: escape_part(name).into_owned(),
             claim_after: Duration::from_secs(60),
             retention: Duration::from_secs(3600),

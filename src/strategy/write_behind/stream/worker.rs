@@ -151,7 +151,23 @@ where
         operation: &'static str,
         command: &redis::Cmd,
     ) -> Result<T, StoreError> {
-        self.queue.commands.run(operation, command).await
+        let run = self.queue.commands.run(operation, command);
+        match &self.queue.gate {
+            Some(gate) => gate.run(run).await,
+            None => run.await,
+        }
+    }
+
+    pub(super) async fn run_pipeline<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let run = self.queue.commands.run_pipeline::<T>(operation, pipeline);
+        match &self.queue.gate {
+            Some(gate) => gate.run(run).await,
+            None => run.await,
+        }
     }
 
     /// Starts the worker, once, if a Tokio runtime is here. It holds the worker weakly
@@ -185,7 +201,7 @@ where
                         Ok(Some(_)) => break,
                         Ok(None) => return,
                         Err(error) => {
-                            tracing::warn!(stream = %worker.stream, %error, "durable write-behind round failed, will retry");
+                            crate::log::warn_summarised!(error.kind(), stream = %worker.stream, %error, "durable write-behind round failed, will retry");
                             break;
                         }
                     }
@@ -274,11 +290,6 @@ where
             .arg(&state.claim_cursor)
             .arg("COUNT")
             .arg(max);
-        let claimed: StreamAutoClaimReply = self.run("write_behind_claim", &claim).await?;
-        let wrapped = claimed.next_stream_id == "0-0";
-        state.claim_cursor = claimed.next_stream_id;
-        let mut entries = claimed.claimed;
-
         let mut read = redis::cmd("XREADGROUP");
         read.arg("GROUP")
             .arg(GROUP)
@@ -288,7 +299,14 @@ where
             .arg("STREAMS")
             .arg(&self.stream)
             .arg(">");
-        let fresh: Option<StreamReadReply> = self.run("write_behind_read", &read).await?;
+        // Both in one round trip.
+        let mut take = redis::pipe();
+        take.add_command(claim).add_command(read);
+        let (claimed, fresh): (StreamAutoClaimReply, Option<StreamReadReply>) =
+            self.run_pipeline("write_behind_read", &take).await?;
+        let wrapped = claimed.next_stream_id == "0-0";
+        state.claim_cursor = claimed.next_stream_id;
+        let mut entries = claimed.claimed;
         entries.extend(fresh.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids));
 
         let mut delivered_now = 0;
@@ -369,10 +387,10 @@ pub(super) fn delivered<Req>(id: EntryId, retry: Retry<Req>) -> Delivered<Req> {
 pub(super) fn has_code(error: &StoreError, code: &str) -> bool {
     match error {
         StoreError::Backend { source, .. } => {
-            source
-                .downcast_ref::<redis::RedisError>()
-                .and_then(redis::RedisError::code)
-                == Some(code)
+            source.downcast_ref::<redis::RedisError>().is_some_and(|e| {
+                // A pipeline's error has no code of its own: its commands' show in its text.
+                e.code() == Some(code) || e.to_string().contains(&format!("\"{code}\""))
+            })
         }
         _ => false,
     }

@@ -85,39 +85,58 @@ where
                 }
             })
             .collect();
-        let mut written = 0;
+        // The writers run to their end without waiting for Redis: a writer holding a
+        // database connection gives it back as soon as it is done. The bookkeeping follows,
+        // in one round trip for the successes.
+        let mut succeeded = Vec::new();
+        let mut failed = Vec::new();
         while let Some((write, result)) = running.next().await {
             match result {
-                Ok(_) => {
-                    written += 1;
-                    self.record(&write).await;
-                }
-                Err(error) => self.failed(write, error).await,
+                Ok(()) => succeeded.push(write),
+                Err(error) => failed.push((write, error)),
             }
         }
+        let written = succeeded.len() as u64;
+        futures_util::future::join(
+            self.record(&succeeded),
+            futures_util::future::join_all(
+                failed
+                    .into_iter()
+                    .map(|(write, error)| self.failed(write, error)),
+            ),
+        )
+        .await;
         self.observer.flush_batch(started.into_std());
         tracing::debug!(stream = %self.stream, written, "durable write-behind batch");
         written
     }
 
-    /// After a successful write: records its version, acknowledges and deletes it.
-    pub(super) async fn record(&self, write: &Delivered<Req>) {
-        let mut record = redis::cmd("EVAL");
-        record
-            .arg(RECORD)
-            .arg(3)
-            .arg(&self.stream)
-            .arg(self.queue.version_key(&write.key))
-            .arg(self.queue.lease_key(&write.key))
-            .arg(GROUP)
-            .arg(write.id.to_string())
-            .arg(millis(self.queue.retention))
-            .arg(&self.consumer);
-        if let Err(error) = self.run::<u64>("write_behind_ack", &record).await {
-            // Still pending in Redis: replayed after `claim_after`, an idempotent rewrite.
-            tracing::warn!(key = %KeyDigest(&write.key), %error, "written, but not acknowledged: it will be written again");
+    /// After successful writes: records their versions, acknowledges and deletes them, in
+    /// one pipeline.
+    pub(super) async fn record(&self, writes: &[Delivered<Req>]) {
+        if writes.is_empty() {
+            return;
         }
-        self.release(1);
+        let mut pipeline = redis::pipe();
+        for write in writes {
+            let mut record = redis::cmd("EVAL");
+            record
+                .arg(RECORD)
+                .arg(3)
+                .arg(&self.stream)
+                .arg(self.queue.version_key(&write.key))
+                .arg(self.queue.lease_key(&write.key))
+                .arg(GROUP)
+                .arg(write.id.to_string())
+                .arg(millis(self.queue.retention))
+                .arg(&self.consumer);
+            pipeline.add_command(record).ignore();
+        }
+        if let Err(error) = self.run_pipeline::<()>("write_behind_ack", &pipeline).await {
+            // Still pending in Redis: replayed after `claim_after`, an idempotent rewrite.
+            tracing::warn!(writes = writes.len(), %error, "written, but not acknowledged: they will be written again");
+        }
+        self.release(writes.len());
     }
 
     pub(super) async fn failed(&self, mut write: Delivered<Req>, error: BoxError) {
