@@ -623,3 +623,62 @@ async fn slow_acknowledgements_do_not_hold_the_writers() {
         "a write held its connection for {longest:?}"
     );
 }
+
+/// An instance that dies holding entries (read, not written) is taken over once its
+/// liveness lapses — a few seconds — not after the 60 s claim period.
+#[test]
+fn a_departed_instance_is_taken_over_within_seconds_not_the_claim_period() {
+    let server = RedisServer::spawn();
+    let name = support::unique_prefix("departed");
+    let queue = async || {
+        let config = RedisConfig::new(server.url()).command_timeout(Duration::from_secs(2));
+        let store = RedisStore::connect(config).await.unwrap();
+        // The default claim period: 60 s.
+        StreamQueue::new(&store, &name)
+    };
+    let db = Db::default();
+    db.latency_ms.store(500, Ordering::Relaxed);
+    let crashed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    crashed.block_on(async {
+        let (_cache, service) = layered(&db, queue().await);
+        for i in 0..50 {
+            service
+                .clone()
+                .oneshot(Write {
+                    ispb: format!("{i}"),
+                    seq: 1,
+                })
+                .await
+                .unwrap();
+        }
+        // The worker has read them and is writing: the crash finds them held.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    crashed.shutdown_background();
+    assert!(db.metrics_count() < 50, "all written before the crash");
+
+    db.latency_ms.store(0, Ordering::Relaxed);
+    let fresh = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let took = fresh.block_on(async {
+        let (_cache, _service) = layered(&db, queue().await);
+        let started = Instant::now();
+        while (0..50).any(|i| db.metrics(&i.to_string()) != Some(1)) {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{} of 50 written after 15 s",
+                db.metrics_count()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        started.elapsed()
+    });
+    println!("a departed instance's writes were taken over and written in {took:?}");
+}

@@ -27,9 +27,10 @@ const GROUP: &str = "writers";
 const DEAD_LETTERS_KEPT: usize = 10_000;
 
 /// Takes a key's write lease — unless the key's recorded version is already this entry's
-/// or newer (`0`: a replay, nothing to write), or another consumer holds the lease (`-1`:
-/// busy, try later). `1`: the lease is ours. `KEYS[1]` lease, `KEYS[2]` version; `ARGV`
-/// consumer, lease in ms, the entry id's two halves.
+/// or newer (`0`: a replay, nothing to write), or another live consumer holds the lease
+/// (`-1`: busy, try later; a holder whose liveness lapsed has departed). `1`: the lease is
+/// ours. `KEYS[1]` lease, `KEYS[2]` version; `ARGV` consumer, lease in ms, the entry id's
+/// two halves, the liveness keys' prefix (the queue's slot).
 const ACQUIRE: &str = r#"
 local recorded = redis.call('GET', KEYS[2])
 if recorded then
@@ -43,7 +44,7 @@ if recorded then
   end
 end
 local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then
+if holder and holder ~= ARGV[1] and redis.call('EXISTS', ARGV[5] .. holder) == 1 then
   return -1
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -87,9 +88,11 @@ return #ARGV - 1
 ///   a crash or kill of the process that took it. (It survives Redis only as far as Redis
 ///   persists: AOF with `appendfsync always`, or replicas, for the strict case.)
 /// - **Written by any instance**: each instance's worker reads new entries with
-///   `XREADGROUP`, and takes over entries another consumer has held longer than
-///   [`claim_after`](StreamQueue::claim_after) with `XAUTOCLAIM` — the writes of an
-///   instance that died. An entry is acknowledged (`XACK`) and deleted only after the
+///   `XREADGROUP`. Each worker keeps a liveness key fresh (every second, lasting 5 s); an
+///   instance that died (crash, `SIGKILL`) is noticed when its liveness lapses, and another
+///   takes over the entries and write leases it held at once — within about 5 s. Entries
+///   any consumer has held longer than [`claim_after`](StreamQueue::claim_after) are taken
+///   over too (`XAUTOCLAIM`): a live instance stuck on a write. An entry is acknowledged (`XACK`) and deleted only after the
 ///   writer succeeded.
 /// - **Idempotent replays, last write wins**: an entry's stream id is its version. Each
 ///   batch writes only the newest entry of each key, holding the key's write lease (so two
@@ -331,6 +334,14 @@ impl<Conn> StreamQueue<Conn> {
 
     fn version_key(&self, key: &Key) -> String {
         format!("tower-caching:wb:{{{}}}:v:{}", self.name, key.as_str())
+    }
+
+    fn alive_prefix(&self) -> String {
+        format!("tower-caching:wb:{{{}}}:alive:", self.name)
+    }
+
+    fn alive_key(&self, consumer: &str) -> String {
+        format!("{}{consumer}", self.alive_prefix())
     }
 
     fn lease_key(&self, key: &Key) -> String {

@@ -1,6 +1,6 @@
 //! The worker of a durable queue in one process: queues with `XADD`, takes what is due.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +24,13 @@ use crate::strategy::write_behind::{DeadLetterHook, Enqueue, Settings, WriteQueu
 use crate::BoxError;
 
 use super::{StreamQueue, GROUP};
+
+/// How long a worker's liveness lasts without a refresh: past it, other instances take
+/// over what it holds.
+const LIVENESS: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often a worker refreshes its liveness and looks for departed ones.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A stream entry id, `{ms}-{seq}`: the version of the write it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -185,16 +192,29 @@ where
         tokio::spawn(async move {
             // The first round at once: a new instance writes what others left behind.
             let mut first = true;
+            let mut next_round = Instant::now();
+            let mut next_heartbeat = Instant::now() + HEARTBEAT;
             loop {
                 let Some(worker) = weak.upgrade() else {
                     return;
                 };
-                if !std::mem::take(&mut first) {
+                if std::mem::take(&mut first) {
+                    worker.keep_alive().await;
+                } else {
                     tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
+                        _ = tokio::time::sleep_until(next_round) => {}
                         _ = worker.wake.notified() => {}
+                        // A departed instance's entries are taken over as soon as its
+                        // liveness lapses, not after `claim_after`.
+                        _ = tokio::time::sleep_until(next_heartbeat) => {
+                            next_heartbeat = Instant::now() + HEARTBEAT;
+                            if !worker.keep_alive().await {
+                                continue;
+                            }
+                        }
                     }
                 }
+                next_round = Instant::now() + interval;
                 loop {
                     match worker.background_round().await {
                         Ok(Some(round)) if round.taken > 0 => continue,
@@ -208,6 +228,119 @@ where
                 }
             }
         });
+    }
+
+    /// Refreshes this consumer's liveness and, every [`HEARTBEAT`], takes over the entries
+    /// held by consumers whose liveness lapsed (instances that died): whether it took any.
+    pub(super) async fn keep_alive(&self) -> bool {
+        let mut alive = redis::cmd("SET");
+        alive
+            .arg(self.queue.alive_key(&self.consumer))
+            .arg(1)
+            .arg("PX")
+            .arg(millis(LIVENESS));
+        if self.run::<()>("write_behind_alive", &alive).await.is_err() {
+            return false;
+        }
+        // Under the round lock: a key's writes never overlap.
+        let state = self.rounds.lock().await;
+        if self.closed.load(Ordering::Acquire) || !state.group_ready {
+            return false;
+        }
+        self.take_over_departed().await > 0
+    }
+
+    /// Claims every entry held by a consumer without liveness, into this worker's retries
+    /// (due now); how many.
+    async fn take_over_departed(&self) -> usize {
+        let mut info = redis::cmd("XINFO");
+        info.arg("CONSUMERS").arg(&self.stream).arg(GROUP);
+        let Ok(consumers) = self
+            .run::<Vec<HashMap<String, redis::Value>>>("write_behind_consumers", &info)
+            .await
+        else {
+            return 0;
+        };
+        let holding: Vec<String> = consumers
+            .iter()
+            .filter_map(|consumer| {
+                let name: String = redis::from_redis_value(consumer.get("name")?.clone()).ok()?;
+                let pending: u64 =
+                    redis::from_redis_value(consumer.get("pending")?.clone()).ok()?;
+                (pending > 0 && name != self.consumer).then_some(name)
+            })
+            .collect();
+        if holding.is_empty() {
+            return 0;
+        }
+        let mut look = redis::pipe();
+        for name in &holding {
+            look.exists(self.queue.alive_key(name));
+        }
+        let Ok(alive) = self
+            .run_pipeline::<Vec<bool>>("write_behind_consumers", &look)
+            .await
+        else {
+            return 0;
+        };
+        let mut taken = 0;
+        for (name, _) in holding.iter().zip(alive).filter(|(_, alive)| !alive) {
+            let mut pending = redis::cmd("XPENDING");
+            pending
+                .arg(&self.stream)
+                .arg(GROUP)
+                .arg("-")
+                .arg("+")
+                .arg(self.settings.max_batch.max(1))
+                .arg(name);
+            let Ok(ids) = self
+                .run::<Vec<(String, String, u64, u64)>>("write_behind_claim", &pending)
+                .await
+            else {
+                continue;
+            };
+            if ids.is_empty() {
+                continue;
+            }
+            let mut claim = redis::cmd("XCLAIM");
+            claim
+                .arg(&self.stream)
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg(0);
+            for (id, ..) in &ids {
+                claim.arg(id);
+            }
+            let Ok(claimed) = self
+                .run::<redis::streams::StreamClaimReply>("write_behind_claim", &claim)
+                .await
+            else {
+                continue;
+            };
+            tracing::info!(stream = %self.stream, consumer = %name, entries = claimed.ids.len(), "taking over the writes of a departed instance");
+            let now = Instant::now();
+            let mut held = 0;
+            for entry in claimed.ids {
+                held += 1;
+                match self.decode(&entry) {
+                    Ok(write) => {
+                        self.lock_retries().insert(
+                            write.id,
+                            Retry {
+                                key: write.key,
+                                request: write.request,
+                                attempts: 0,
+                                not_before: now,
+                            },
+                        );
+                    }
+                    Err(reason) => self.bury_undecodable(&entry, &reason).await,
+                }
+            }
+            self.hold(held);
+            taken += held;
+        }
+        taken
     }
 
     /// The worker's round: `None`, without reading anything, once the queue is closed.

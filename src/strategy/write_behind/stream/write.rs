@@ -60,7 +60,8 @@ where
                 .arg(&self.consumer)
                 .arg(lease_ms)
                 .arg(write.id.ms)
-                .arg(write.id.seq);
+                .arg(write.id.seq)
+                .arg(self.queue.alive_prefix());
             async move { self.run::<i64>("write_behind_lease", &acquire).await }
         }))
         .await;
