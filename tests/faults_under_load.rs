@@ -387,7 +387,6 @@ async fn run(scenario: Scenario, durable: bool) -> Outcome {
             server.restart();
         }
     }
-    let healed = Instant::now();
     phase.store(RECOVERING, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
