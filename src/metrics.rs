@@ -17,6 +17,7 @@
 //! | `{ns}_cache_write_behind_dead_letters_total` | counter | |
 //! | `{ns}_cache_circuit_state` | gauge: 0 closed, 1 open, 2 half-open | |
 //! | `{ns}_cache_circuit_opened_total` | counter | |
+//! | `{ns}_cache_repairs_owed` | gauge: keys, pattern deletes and tag invalidations the store missed, waiting for it to answer ([auto-recovery](crate::store::CircuitBreaker#auto-recovery)) | |
 //!
 //! `strategy` is one of `cache_aside`, `read_through`, `write_through`, `write_behind`,
 //! `write_around`, or `direct` for calls on the [`Cache`](crate::Cache) handle itself
@@ -182,6 +183,7 @@ struct Handles {
     dead_letters: prometheus::IntCounter,
     circuit_state: prometheus::IntGauge,
     circuit_opened: prometheus::IntCounter,
+    repairs_owed: prometheus::IntGauge,
 }
 
 /// Configures and registers [`Metrics`].
@@ -350,6 +352,10 @@ impl MetricsBuilder {
             "cache_circuit_opened_total",
             "Times the circuit breaker opened.",
         ))?;
+        let repairs_owed = IntGauge::with_opts(opts(
+            "cache_repairs_owed",
+            "Keys, pattern deletes and tag invalidations the store missed, owed a repair.",
+        ))?;
         let collectors = || -> Vec<Box<dyn prometheus::core::Collector>> {
             vec![
                 Box::new(hits.clone()),
@@ -366,6 +372,7 @@ impl MetricsBuilder {
                 Box::new(dead_letters.clone()),
                 Box::new(circuit_state.clone()),
                 Box::new(circuit_opened.clone()),
+                Box::new(repairs_owed.clone()),
             ]
         };
         for (index, collector) in collectors().into_iter().enumerate() {
@@ -402,6 +409,7 @@ impl MetricsBuilder {
                 dead_letters,
                 circuit_state,
                 circuit_opened,
+                repairs_owed,
             }),
         })
     }
@@ -410,11 +418,12 @@ impl MetricsBuilder {
 /// The error kinds registered at zero for every operation: the store's failures, and the
 /// per-value ones.
 #[cfg(feature = "metrics")]
-const ALERTED_ERRORS: [&str; 6] = [
+const ALERTED_ERRORS: [&str; 7] = [
     "timeout",
     "circuit_open",
     "backend",
     "connect",
+    "rejected",
     "decode",
     "too_large",
 ];
@@ -525,6 +534,14 @@ impl Observer {
         #[cfg(feature = "metrics")]
         if let Some(metrics) = &self.metrics {
             metrics.inner.circuit_state.set(_state);
+        }
+    }
+
+    /// Sets how many repairs the store owes.
+    pub(crate) fn repairs_owed(&self, _owed: usize) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.inner.repairs_owed.set(_owed as i64);
         }
     }
 

@@ -287,3 +287,31 @@ async fn no_request_fails_and_no_write_is_lost_while_redis_is_killed_and_paused(
         "{figures_line}"
     );
 }
+
+/// The repairs a stalled Redis is owed show in `{ns}_cache_repairs_owed`, and go back to
+/// zero once Redis answers and they are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owed_repairs_are_a_gauge_that_returns_to_zero() {
+    let server = RedisServer::spawn();
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::builder().register(&registry).unwrap();
+    let store = CircuitBreaker::builder(redis_store(&server).await)
+        .open_for(Duration::from_millis(200))
+        .metrics(&metrics)
+        .build();
+    assert_eq!(gauge(&registry, "tower_caching_cache_repairs_owed"), 0.0);
+    server.pause(true);
+    let keys: Vec<Key> = (0..3).map(|i| Key::new(format!("k{i}")).unwrap()).collect();
+    for key in &keys {
+        assert!(store.delete(key).await.is_err());
+    }
+    assert_eq!(store.repairs_owed(), 3);
+    assert_eq!(gauge(&registry, "tower_caching_cache_repairs_owed"), 3.0);
+    server.pause(false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.repairs_owed() > 0 {
+        assert!(Instant::now() < deadline, "never repaired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gauge(&registry, "tower_caching_cache_repairs_owed"), 0.0);
+}

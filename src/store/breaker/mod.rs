@@ -484,8 +484,8 @@ impl<S: Store> CircuitBreakerBuilder<S> {
                 failures: self.failures,
                 open_for: self.open_for,
                 mode: Mutex::new(Mode::Closed { failures: 0 }),
+                repairs: Repairs::new(self.repairs, self.observer.clone()),
                 observer: self.observer,
-                repairs: Repairs::new(self.repairs),
             }),
         }
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::key::{Key, Pattern, Tag};
+use crate::metrics::Observer;
 
 /// How many keys one repair round deletes, in one round trip.
 const BATCH: usize = 1000;
@@ -24,6 +25,7 @@ pub(super) struct Repairs {
     pub(super) draining: AtomicBool,
     capacity: usize,
     book: Mutex<Book>,
+    observer: Observer,
 }
 
 #[derive(Debug, Default)]
@@ -56,8 +58,9 @@ impl Round {
 }
 
 impl Repairs {
-    pub(super) fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize, observer: Observer) -> Self {
         Repairs {
+            observer,
             owed: AtomicUsize::new(0),
             clock: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -72,6 +75,7 @@ impl Repairs {
 
     fn publish(&self, book: &Book) {
         self.owed.store(book.len(), Ordering::Release);
+        self.observer.repairs_owed(book.len());
     }
 
     /// A stamp for an operation about to be sent.
@@ -228,7 +232,7 @@ mod tests {
 
     #[test]
     fn a_later_write_settles_an_owed_key_an_earlier_one_does_not() {
-        let repairs = Repairs::new(10);
+        let repairs = Repairs::new(10, Observer::default());
         let before = repairs.stamp();
         repairs.owe_keys([&key("a")]);
         repairs.settle_keys([&key("a")], before);
@@ -241,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_repair_round_pays_only_what_was_owed_when_it_was_taken() {
-        let repairs = Repairs::new(10);
+        let repairs = Repairs::new(10, Observer::default());
         repairs.owe_keys([&key("a"), &key("b")]);
         let round = repairs.next_round();
         repairs.owe_keys([&key("a")]); // failed again meanwhile
@@ -252,7 +256,7 @@ mod tests {
 
     #[test]
     fn the_book_is_bounded_and_forgets_the_oldest() {
-        let repairs = Repairs::new(2);
+        let repairs = Repairs::new(2, Observer::default());
         repairs.owe_keys([&key("a"), &key("b"), &key("c")]);
         assert_eq!(repairs.owed(), 2);
         assert!(!repairs.bypasses(&key("a")));
@@ -261,7 +265,7 @@ mod tests {
 
     #[test]
     fn patterns_bypass_matching_keys_and_tags_bypass_all() {
-        let repairs = Repairs::new(10);
+        let repairs = Repairs::new(10, Observer::default());
         repairs.owe_pattern(&Pattern::prefix("entry:"));
         assert!(repairs.bypasses(&key("entry:1")));
         assert!(!repairs.bypasses(&key("config:1")));
