@@ -682,3 +682,64 @@ fn a_departed_instance_is_taken_over_within_seconds_not_the_claim_period() {
     });
     println!("a departed instance's writes were taken over and written in {took:?}");
 }
+
+/// A write Redis could not queue is written directly; the older writes of its key still
+/// queued must not be written after it (the database would go back to an older value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_queued_write_never_overwrites_a_newer_direct_one() {
+    use tower_caching::store::CircuitBreaker;
+    let server = RedisServer::spawn();
+    let store = RedisStore::connect(
+        RedisConfig::new(server.url()).command_timeout(Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    let store = CircuitBreaker::builder(store)
+        .failures(1)
+        .open_for(Duration::from_millis(300))
+        .build();
+    let queue = StreamQueue::new(&store, &support::unique_prefix("direct"));
+    let db = Db::default();
+    let cache: Cache<u64> = Cache::in_memory();
+    let keys = KeyBuilder::new();
+    let service = CacheLayer::write_behind(cache.clone())
+        .key(move |w: &Write| keys.metrics(&w.ispb))
+        .value(|w: &Write| Some(w.seq))
+        .batch_interval(Duration::from_secs(60))
+        .durable(queue)
+        .layer(writer(&db));
+    let write = |seq| {
+        service.clone().oneshot(Write {
+            ispb: "a".into(),
+            seq,
+        })
+    };
+    // The worker's first round (at start) is done before the first write: write 1 waits in
+    // the stream for the next round, 60 s away.
+    service.start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write(1).await.unwrap(); // queued, not yet written
+    assert_eq!(db.metrics("a"), None);
+    // A stall opens the circuit; while it is open, write 2's `XADD` is never sent.
+    server.pause(true);
+    let probe = tower_caching::Key::new("probe").unwrap();
+    assert!(tower_caching::store::Store::get(&store, &probe)
+        .await
+        .is_err());
+    server.pause(false);
+    assert!(store.is_open());
+    write(2).await.unwrap(); // cannot be queued: written directly
+    assert_eq!(db.metrics("a"), Some(2));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.flush_pending_writes().await.is_err() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(db.metrics("a"), Some(2), "the queued write 1 went over 2");
+    assert!(db.reordered().is_empty(), "{:?}", db.reordered());
+    // Newer writes are queued and written as usual.
+    write(3).await.unwrap();
+    cache.flush_pending_writes().await.unwrap();
+    assert_eq!(db.metrics("a"), Some(3));
+}

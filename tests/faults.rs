@@ -160,7 +160,7 @@ async fn no_request_fails_and_no_write_is_lost_while_redis_is_killed_and_paused(
         .build();
     let cache = |m: &Metrics| Cache::builder(store.clone()).metrics(m.clone());
     let reads: Cache<Option<Entry>, _> = cache(&metrics).build();
-    let created: Cache<Entry, _> = cache(&metrics).build();
+    let created: Cache<Entry, _> = reads.typed();
     let counters: Cache<u64, _> = cache(&metrics).build();
 
     let reader = CacheLayer::cache_aside(reads.clone()).layer(db.clone());

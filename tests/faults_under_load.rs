@@ -433,6 +433,13 @@ async fn run(scenario: Scenario, durable: bool) -> Outcome {
             .await
             .ok();
         if answered != stored {
+            if stale < 3 {
+                println!(
+                    "{scenario:?} stale {id}: answered {:?}, database {:?}",
+                    answered.map(|e| e.owner_name),
+                    stored.map(|e| e.owner_name)
+                );
+            }
             stale += 1;
         }
     }

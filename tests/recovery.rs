@@ -66,7 +66,7 @@ async fn writes_redis_missed_while_slow_are_repaired_and_never_served_stale() {
     let db = Db::default();
     db.insert(entry("e1", "v1"));
     let reads: Cache<Option<Entry>, _> = Cache::new(store.clone());
-    let writes: Cache<Entry, _> = Cache::new(store.clone());
+    let writes: Cache<Entry, _> = reads.typed();
     let reader = CacheLayer::cache_aside(reads.clone()).layer(db.clone());
     let writer = CacheLayer::write_through(writes.clone()).layer(db.clone());
     let keys = KeyBuilder::new();
@@ -130,7 +130,7 @@ async fn writes_refused_while_unreachable_are_repaired_on_reconnect() {
     let db = Db::default();
     db.insert(entry("e1", "v1"));
     let reads: Cache<Option<Entry>, _> = Cache::new(store.clone());
-    let writes: Cache<Entry, _> = Cache::new(store.clone());
+    let writes: Cache<Entry, _> = reads.typed();
     let reader = CacheLayer::read_through(reads.clone()).layer(db.clone());
     let writer = CacheLayer::write_through(writes.clone()).layer(db.clone());
     let keys = KeyBuilder::new();
@@ -339,7 +339,7 @@ async fn a_full_redis_rejects_sets_without_opening_the_circuit_or_serving_old_va
     db.insert(entry("e1", "v0"));
     let keys = KeyBuilder::new();
     let reads: Cache<Option<Entry>, _> = Cache::new(store.clone());
-    let writes: Cache<Entry, _> = Cache::new(store.clone());
+    let writes: Cache<Entry, _> = reads.typed();
     let reader = CacheLayer::cache_aside(reads.clone()).layer(db.clone());
     let writer = CacheLayer::write_through(writes.clone()).layer(db.clone());
     let read = || {

@@ -538,7 +538,9 @@ fn services<S: Store>(
 ) -> (Services, Vec<Closer>) {
     let cache = |metrics: &Metrics| Cache::builder(store.clone()).metrics(metrics.clone());
     let entries: Cache<Option<Entry>, S> = cache(&metrics).build();
-    let created: Cache<Entry, S> = cache(&metrics).build();
+    // A view of the same cache, not a second one: a write then voids the reads' loads in
+    // flight of its key, which would otherwise store the row it replaced after it.
+    let created: Cache<Entry, S> = entries.typed();
     let participant_metrics: Cache<ParticipantMetrics, S> = cache(&metrics).build();
     // A view of the write-behind cache: its reads see metrics still queued for the database.
     let metrics_reads: Cache<Option<ParticipantMetrics>, S> = participant_metrics.typed();

@@ -6,6 +6,11 @@
 //! (when stored, until when fresh) and encoded with a [`Codec`]. It is cheap to clone; clones
 //! share everything. Several caches of different value types may share one store.
 //!
+//! Layers that read and write **the same keys** must be built on one cache or on its
+//! [`typed`](Cache::typed) views: a write voids the loads of its key in flight only in the
+//! cache it goes through, and a load that read the row before the write would otherwise
+//! store that older row after it.
+//!
 //! # Example
 //!
 //! ```

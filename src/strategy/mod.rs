@@ -32,10 +32,10 @@ pub mod write_through;
 
 pub use self::read::{CacheAside, ReadThrough};
 pub use self::write_around::{Invalidation, InvalidationPolicy, KeyOnly, WriteAround};
+pub use self::write_behind::{DeadLetter, InMemoryQueue, WriteBehind};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::write_behind::StreamQueue;
-pub use self::write_behind::{DeadLetter, InMemoryQueue, WriteBehind};
+pub use self::write_behind::{StreamQueue, StreamStore};
 pub use self::write_through::WriteThrough;
 
 /// A yes/no decision about a value: whether to cache it, whether it means "not found".

@@ -93,7 +93,7 @@ mod stream;
 pub use self::service::{WriteBehindFuture, WriteBehindService};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::stream::StreamQueue;
+pub use self::stream::{StreamQueue, StreamStore};
 
 /// The write-behind strategy for requests `Req`, queueing in `Q`. See the
 /// [module docs](self).
@@ -221,9 +221,18 @@ pub(crate) enum Enqueue<Req> {
     Queued,
     /// Being queued; hands the request back when it could not be, to be written directly.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Pending(Pin<Box<dyn Future<Output = Result<(), Req>> + Send>>),
+    Pending(Pin<Box<dyn Future<Output = Result<(), Unqueued<Req>>> + Send>>),
     /// Not queued (the queue is closed): write it directly.
     Direct(Req),
+}
+
+/// A request a durable queue could not queue, to be written directly.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct Unqueued<Req> {
+    pub(crate) request: Req,
+    /// To call once the request was written directly: the queue then never writes an
+    /// older write of its key after it.
+    pub(crate) written: Box<dyn FnOnce() + Send>,
 }
 
 /// Calls `writer` with `request` once; a panic in it is a failed attempt like an error, so

@@ -17,7 +17,8 @@ use tracing::Instrument;
 
 use super::queue::Queue;
 use super::{
-    Acknowledge, DeadLetterHook, Enqueue, InMemoryQueue, RequestToValue, WriteBehind, WriteQueue,
+    Acknowledge, DeadLetterHook, Enqueue, InMemoryQueue, RequestToValue, Unqueued, WriteBehind,
+    WriteQueue,
 };
 use crate::cache::{Cacheable, PendingWrites};
 use crate::codec::Codec;
@@ -388,9 +389,14 @@ where
                             match queued {
                                 Ok(()) => Ok(response),
                                 // Not queued: written now, so it is never lost.
-                                Err(request) => {
+                                Err(Unqueued {
+                                    request,
+                                    written: done,
+                                }) => {
                                     let written = inner.call(request).await;
-                                    if written.is_err() {
+                                    if written.is_ok() {
+                                        done();
+                                    } else {
                                         // Neither queued nor written: the value just cached
                                         // must not stay.
                                         let _ = cache.delete_as(Strategy::WriteBehind, &key).await;

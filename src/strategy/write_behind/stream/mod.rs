@@ -115,10 +115,13 @@ return #ARGV - 1
 ///
 /// The `write_behind_queue_size` gauge counts the writes this process holds (read, not yet
 /// acknowledged); the stream's backlog is `XLEN` of [`stream_key`](StreamQueue::stream_key).
-/// The window in which a replay can still write an older value: when an `XADD` times out
-/// after Redis applied it, the write is also written directly; if Redis stays unreachable
-/// and a newer write of the same key is written directly too, the replay of the first entry
-/// later overwrites it.
+/// A write written directly (its `XADD` failed, timed out or was refused by the breaker)
+/// is never overwritten by an older write of its key that the same instance queued — the
+/// worker skips those (and a timed-out `XADD` of the same write that landed late). The
+/// window that remains is across instances while Redis is unreachable: another instance's
+/// worker knows nothing of this instance's direct writes, so an older entry this instance
+/// queued before Redis failed, taken over by another instance after this one died, can
+/// still be written after a newer direct write.
 ///
 /// ```no_run
 /// use std::convert::Infallible;
@@ -170,6 +173,20 @@ impl<Conn> fmt::Debug for StreamQueue<Conn> {
 /// or one behind a [`CircuitBreaker`] — then every Redis command of the queue passes the
 /// same breaker as the cache's, so that while Redis is down a write-behind write costs no
 /// timeout: it is written directly at once. Sealed.
+///
+/// ```
+/// use tower_caching::store::{CircuitBreaker, RedisConfig, RedisStore};
+/// use tower_caching::strategy::StreamQueue;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = CircuitBreaker::new(RedisStore::connect_lazy(RedisConfig::new("127.0.0.1:6379"))?);
+/// // The cache and its queue share one breaker: one timeout, then nothing while it is open.
+/// let queue = StreamQueue::new(&store, "participant-metrics");
+/// # let _ = queue;
+/// # Ok(())
+/// # }
+/// ```
 pub trait StreamStore: sealed::Sealed {}
 
 mod sealed {

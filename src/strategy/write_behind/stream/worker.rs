@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use redis::aio::ConnectionLike;
@@ -20,7 +20,7 @@ use crate::frame::millis;
 use crate::key::Key;
 use crate::metrics::{KeyDigest, Observer, Operation};
 use crate::store::{StoreError, StoreValue};
-use crate::strategy::write_behind::{DeadLetterHook, Enqueue, Settings, WriteQueue};
+use crate::strategy::write_behind::{DeadLetterHook, Enqueue, Settings, Unqueued, WriteQueue};
 use crate::BoxError;
 
 use super::{StreamQueue, GROUP};
@@ -28,6 +28,9 @@ use super::{StreamQueue, GROUP};
 /// How long a worker's liveness lasts without a refresh: past it, other instances take
 /// over what it holds.
 const LIVENESS: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How many directly written keys a worker remembers.
+const DIRECT_KEPT: usize = 100_000;
 
 /// How often a worker refreshes its liveness and looks for departed ones.
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -61,6 +64,8 @@ pub(super) struct Delivered<Req> {
     pub(super) key: Key,
     pub(super) request: Req,
     pub(super) attempts: u32,
+    /// Its number among the writes this worker queued, when it queued it.
+    pub(super) ours: Option<u64>,
 }
 
 /// A failed write waiting for its next attempt.
@@ -68,6 +73,7 @@ pub(super) struct Retry<Req> {
     pub(super) key: Key,
     pub(super) request: Req,
     pub(super) attempts: u32,
+    pub(super) ours: Option<u64>,
     pub(super) not_before: Instant,
 }
 
@@ -104,6 +110,11 @@ pub(crate) struct StreamWorker<Svc, Req, Conn, Co, D> {
     pub(super) started: AtomicBool,
     pub(super) since_batch: AtomicUsize,
     pub(super) held: AtomicUsize,
+    /// How many writes this worker queued: each entry carries its number.
+    pub(super) produced: AtomicU64,
+    /// Keys written directly (Redis could not queue them), with the number of the write:
+    /// this worker's older entries of the key are never written after it.
+    pub(super) direct: Mutex<HashMap<Key, u64>>,
 }
 
 impl<Svc, Req, Conn, Co, D> StreamWorker<Svc, Req, Conn, Co, D>
@@ -146,7 +157,45 @@ where
             started: AtomicBool::new(false),
             since_batch: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            produced: AtomicU64::new(0),
+            direct: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Records that the write numbered `number` of `key` was written directly.
+    fn written_directly(&self, key: Key, number: u64) {
+        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        let newest = direct.entry(key).or_insert(number);
+        *newest = (*newest).max(number);
+        if direct.len() > DIRECT_KEPT {
+            // Keep the newest half: a key forgotten here is only as exposed as it is to
+            // another instance's worker (see the type's docs).
+            let mut numbers: Vec<u64> = direct.values().copied().collect();
+            numbers.sort_unstable();
+            let cut = numbers[numbers.len() / 2];
+            direct.retain(|_, n| *n >= cut);
+        }
+    }
+
+    /// Whether a newer write of `write`'s key was written directly since this worker queued
+    /// it: then it must not be written.
+    pub(super) fn superseded_directly(&self, write: &Delivered<Req>) -> bool {
+        let Some(ours) = write.ours else {
+            return false;
+        };
+        let direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        direct.get(&write.key).is_some_and(|newest| ours <= *newest)
+    }
+
+    /// A write of ours newer than the key's last direct one was written: the record can go.
+    pub(super) fn forget_direct(&self, write: &Delivered<Req>) {
+        let Some(ours) = write.ours else {
+            return;
+        };
+        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        if direct.get(&write.key).is_some_and(|newest| ours > *newest) {
+            direct.remove(&write.key);
+        }
     }
 
     pub(super) fn lock_retries(&self) -> MutexGuard<'_, BTreeMap<EntryId, Retry<Req>>> {
@@ -330,6 +379,7 @@ where
                                 key: write.key,
                                 request: write.request,
                                 attempts: 0,
+                                ours: write.ours,
                                 not_before: now,
                             },
                         );
@@ -498,11 +548,20 @@ where
             .codec
             .decode::<Req>(&field("r")?)
             .map_err(|e| e.to_string())?;
+        // Written by this worker's process: its number, for writes made directly since.
+        let ours = entry
+            .map
+            .get("p")
+            .and_then(|p| redis::from_redis_value_ref::<String>(p).ok())
+            .filter(|producer| *producer == self.consumer)
+            .and_then(|_| field("n").ok())
+            .and_then(|n| String::from_utf8(n).ok()?.parse().ok());
         Ok(Delivered {
             id,
             key,
             request,
             attempts: 0,
+            ours,
         })
     }
 }
@@ -513,6 +572,7 @@ pub(super) fn delivered<Req>(id: EntryId, retry: Retry<Req>) -> Delivered<Req> {
         key: retry.key,
         request: retry.request,
         attempts: retry.attempts,
+        ours: retry.ours,
     }
 }
 
@@ -610,6 +670,7 @@ where
             tracing::error!(key = %KeyDigest(&key), %error, "write-behind request does not encode: written directly");
             return Enqueue::Direct(request);
         }
+        let number = self.produced.fetch_add(1, Ordering::AcqRel) + 1;
         Enqueue::Pending(Box::pin(async move {
             // Room in the queue is room for an `XADD` in flight.
             let _permit = permit;
@@ -619,7 +680,11 @@ where
                 .arg("k")
                 .arg(key.as_str())
                 .arg("r")
-                .arg(payload);
+                .arg(payload)
+                .arg("p")
+                .arg(&self.consumer)
+                .arg("n")
+                .arg(number);
             match self.run::<String>("write_behind_enqueue", &add).await {
                 Ok(_) => {
                     if self.since_batch.fetch_add(1, Ordering::AcqRel) + 1
@@ -634,7 +699,11 @@ where
                     self.observer
                         .error(Operation::WriteBehindFlush, error.kind());
                     crate::log::warn_summarised!(error.kind(), key = %KeyDigest(&key), %error, "write-behind write not queued in Redis: written directly");
-                    Err(request)
+                    let worker = self.clone();
+                    Err(Unqueued {
+                        request,
+                        written: Box::new(move || worker.written_directly(key, number)),
+                    })
                 }
             }
         }))

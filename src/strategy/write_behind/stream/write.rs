@@ -48,7 +48,12 @@ where
                 done.push(older.id);
             }
         }
-        let newest: Vec<Delivered<Req>> = newest.into_values().collect();
+        // A newer write of the key was written directly (Redis could not queue it): the
+        // queued one must not overwrite it.
+        let (superseded, newest): (Vec<_>, Vec<_>) = newest
+            .into_values()
+            .partition(|write| self.superseded_directly(write));
+        done.extend(superseded.iter().map(|write| write.id));
         let lease_ms = millis(self.queue.claim_after);
         let leases = futures_util::future::join_all(newest.iter().map(|write| {
             let mut acquire = redis::cmd("EVAL");
@@ -98,6 +103,9 @@ where
             }
         }
         let written = succeeded.len() as u64;
+        for write in &succeeded {
+            self.forget_direct(write);
+        }
         futures_util::future::join(
             self.record(&succeeded),
             futures_util::future::join_all(
@@ -188,6 +196,7 @@ where
             key: write.key,
             request: write.request,
             attempts: write.attempts,
+            ours: write.ours,
             not_before: Instant::now() + wait,
         };
         self.lock_retries().insert(write.id, retry);
