@@ -5,7 +5,7 @@
 //! offset  size  field
 //! 0       1     magic 0xCA
 //! 1       1     format version (1)
-//! 2       1     flags (reserved, 0)
+//! 2       1     kind: 0 a typed value, 1 an HTTP or gRPC response (older frames: 0)
 //! 3       8     stored at, Unix milliseconds, little endian
 //! 11      8     fresh until, Unix milliseconds, little endian (0: no expiry)
 //! 19      4     how long the load that produced it took, milliseconds (for XFetch)
@@ -27,12 +27,42 @@ const MAGIC: u8 = 0xCA;
 const VERSION: u8 = 1;
 pub(crate) const HEADER_LEN: usize = 23;
 
+/// What stored a value: a typed cache, or a response cache. A key read by the other kind
+/// is two caches sharing one key, which would overwrite each other's entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) enum Kind {
+    /// A value of a typed [`Cache`](crate::Cache).
+    #[default]
+    Value = 0,
+    /// A response of the HTTP or gRPC layers.
+    Response = 1,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Kind> {
+        match byte {
+            0 => Some(Kind::Value),
+            1 => Some(Kind::Response),
+            _ => None,
+        }
+    }
+
+    /// What a value of this kind is, for an error message.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Kind::Value => "a typed cache's value",
+            Kind::Response => "an HTTP or gRPC response",
+        }
+    }
+}
+
 /// When a cached value was stored and until when it is fresh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Header {
     pub(crate) stored_at_ms: u64,
     pub(crate) fresh_until_ms: Option<u64>,
     pub(crate) load_ms: u32,
+    pub(crate) kind: Kind,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -72,6 +102,7 @@ impl Header {
             stored_at_ms,
             fresh_until_ms: ttl.map(|ttl| stored_at_ms.saturating_add(millis(ttl)).max(1)),
             load_ms: 0,
+            kind: Kind::Value,
         }
     }
 
@@ -88,7 +119,7 @@ pub(crate) fn encode<V: serde::Serialize, C: Codec>(
     value: &V,
 ) -> Result<Bytes, FrameError> {
     let mut buf = Vec::with_capacity(HEADER_LEN + 128);
-    buf.extend_from_slice(&[MAGIC, VERSION, 0]);
+    buf.extend_from_slice(&[MAGIC, VERSION, header.kind as u8]);
     buf.extend_from_slice(&header.stored_at_ms.to_le_bytes());
     buf.extend_from_slice(&header.fresh_until_ms.unwrap_or(0).to_le_bytes());
     buf.extend_from_slice(&header.load_ms.to_le_bytes());
@@ -116,6 +147,7 @@ pub(crate) fn split(bytes: &[u8]) -> Result<(Header, &[u8]), FrameError> {
         le.copy_from_slice(&bytes[at..at + 8]);
         u64::from_le_bytes(le)
     };
+    let kind = Kind::from_byte(bytes[2]).ok_or(FrameError::Corrupt("unknown kind of value"))?;
     let fresh_until = word(11);
     let mut load_ms = [0u8; 4];
     load_ms.copy_from_slice(&bytes[19..23]);
@@ -124,6 +156,7 @@ pub(crate) fn split(bytes: &[u8]) -> Result<(Header, &[u8]), FrameError> {
             stored_at_ms: word(3),
             fresh_until_ms: (fresh_until != 0).then_some(fresh_until),
             load_ms: u32::from_le_bytes(load_ms),
+            kind,
         },
         &bytes[HEADER_LEN..],
     ))
@@ -146,5 +179,9 @@ mod tests {
         let mut other_version = bytes.to_vec();
         other_version[1] = 9;
         assert!(split(&other_version).is_err());
+        let mut response = header;
+        response.kind = Kind::Response;
+        let bytes = encode(&Json, response, &"v").unwrap();
+        assert_eq!(split(&bytes).unwrap().0.kind, Kind::Response);
     }
 }

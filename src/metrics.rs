@@ -418,13 +418,14 @@ impl MetricsBuilder {
 /// The error kinds registered at zero for every operation: the store's failures, and the
 /// per-value ones.
 #[cfg(feature = "metrics")]
-const ALERTED_ERRORS: [&str; 7] = [
+const ALERTED_ERRORS: [&str; 8] = [
     "timeout",
     "circuit_open",
     "backend",
     "connect",
     "rejected",
     "decode",
+    "clash",
     "too_large",
 ];
 

@@ -797,3 +797,41 @@ async fn fail_safe_serves_stale_responses_when_the_route_fails() {
         ("MISS", "body 3")
     );
 }
+
+/// An HTTP route and a typed cache keyed alike overwrite each other's entries; each now
+/// sees the other's value as a clash — a typed error, counted and logged — never as a
+/// value it might decode.
+#[tokio::test]
+async fn an_http_route_and_a_typed_cache_on_one_key_clash_visibly() {
+    use tower_caching::CacheError;
+    let store = MemoryStore::new();
+    let responses: Cache<CachedResponse, _> = Cache::new(store.clone());
+    let entries: Cache<serde_json::Value, _> = Cache::new(store.clone());
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = Router::new().route(
+        "/entries/{id}",
+        counting_route(calls.clone(), StatusCode::OK, &[])
+            .layer(HttpCacheLayer::new(responses).key(PathKey::new("/entries/{id}", "entry:{id}"))),
+    );
+    assert_eq!(call(&app, get_req("/entries/e1")).await.2, "body 1");
+    assert_eq!(
+        call(&app, get_req("/entries/e1")).await.2,
+        "body 1",
+        "a hit"
+    );
+
+    // serde_json::Value would decode any JSON, the stored response included.
+    let key = KeyBuilder::new().build("entry", "e1");
+    assert_eq!(key.as_str(), "entry:e1");
+    let error = entries.get(&key).await.unwrap_err();
+    assert!(matches!(error, CacheError::Clash { .. }), "{error}");
+    assert_eq!(error.kind(), "clash");
+
+    // The typed cache stores its value over the response: the route sees a clash (a miss).
+    entries
+        .set(&key, &serde_json::json!({"id": "e1"}), None)
+        .await
+        .unwrap();
+    assert_eq!(call(&app, get_req("/entries/e1")).await.2, "body 2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -93,6 +93,7 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
                 observer: Observer::default(),
             }),
             tags: None,
+            kind: crate::frame::Kind::Value,
             _value: PhantomData,
         }
     }

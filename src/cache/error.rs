@@ -39,6 +39,16 @@ pub enum CacheError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The key holds a value another kind of layer stored — an HTTP or gRPC response where
+    /// a typed value was expected, or the reverse: two caches use one key and would
+    /// overwrite each other's entries. Give them different keys (a key prefix).
+    #[error("the key holds {found}, not {expected}: two caches use one key")]
+    Clash {
+        /// What the key holds.
+        found: &'static str,
+        /// What this cache stores.
+        expected: &'static str,
+    },
     /// An encoded value is larger than the cache's limit.
     #[error("encoded value is {size} bytes, the limit is {max}")]
     ValueTooLarge {
@@ -64,6 +74,7 @@ impl CacheError {
             CacheError::Store(error) => error.kind(),
             CacheError::Encode(_) => "encode",
             CacheError::Decode(_) | CacheError::Corrupt { .. } => "decode",
+            CacheError::Clash { .. } => "clash",
             CacheError::ValueTooLarge { .. } => "too_large",
             CacheError::Closed => "closed",
         }

@@ -9,7 +9,7 @@ use pin_project::pin_project;
 
 use super::{Cache, CacheError, Cacheable};
 use crate::codec::Codec;
-use crate::frame::{self, Header};
+use crate::frame::{self, Header, Kind};
 use crate::key::Key;
 use crate::metrics::KeyDigest;
 use crate::metrics::{Operation, Strategy};
@@ -28,6 +28,7 @@ pub(crate) fn decode<V: Cacheable, C: Codec>(
     codec: &C,
     stored: &StoreValue,
     max: usize,
+    kind: Kind,
 ) -> Result<Hit<V>, CacheError> {
     if stored.len() > max {
         return Err(CacheError::ValueTooLarge {
@@ -36,6 +37,12 @@ pub(crate) fn decode<V: Cacheable, C: Codec>(
         });
     }
     let (header, payload) = frame::split(stored.bytes()).map_err(CacheError::from)?;
+    if header.kind != kind {
+        return Err(CacheError::Clash {
+            found: header.kind.describe(),
+            expected: kind.describe(),
+        });
+    }
     if let Some(value) = stored.decoded().and_then(|d| d.downcast_ref::<V>()) {
         return Ok(Hit {
             value: value.clone(),
@@ -57,6 +64,8 @@ pub(crate) struct Lookup<V, S: Store, C> {
     pub(super) codec: C,
     /// The cache's value size limit.
     pub(super) max: usize,
+    /// The kind of frame the cache reads.
+    pub(super) kind: Kind,
     pub(super) _value: PhantomData<fn() -> V>,
 }
 
@@ -68,6 +77,7 @@ impl<V, S: Store, C> Lookup<V, S, C> {
             closed: false,
             codec,
             max: usize::MAX,
+            kind: Kind::Value,
             _value: PhantomData,
         }
     }
@@ -90,7 +100,7 @@ impl<V: Cacheable, S: Store, C: Codec> Future for Lookup<V, S, C> {
             Ok(None) => return Poll::Ready(Ok(None)),
             Err(error) => return Poll::Ready(Err(error.into())),
         };
-        Poll::Ready(decode(this.codec, &stored, *this.max).map(Some))
+        Poll::Ready(decode(this.codec, &stored, *this.max, *this.kind).map(Some))
     }
 }
 
@@ -103,6 +113,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             closed,
             codec: self.shared.codec.clone(),
             max: self.shared.max_value_size,
+            kind: self.kind(),
             _value: PhantomData,
         }
     }
@@ -159,13 +170,18 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             .zip(keys)
             .map(|(value, key)| {
                 let value = value?;
-                decode::<V, C>(&self.shared.codec, &value, self.shared.max_value_size)
-                    .map_err(|error| {
-                        self.observer().error(Operation::GetMany, error.kind());
-                        tracing::warn!(key = %KeyDigest(key), %error, "undecodable cache value");
-                    })
-                    .ok()
-                    .map(|hit| hit.value)
+                decode::<V, C>(
+                    &self.shared.codec,
+                    &value,
+                    self.shared.max_value_size,
+                    self.kind(),
+                )
+                .map_err(|error| {
+                    self.observer().error(Operation::GetMany, error.kind());
+                    tracing::warn!(key = %KeyDigest(key), %error, "undecodable cache value");
+                })
+                .ok()
+                .map(|hit| hit.value)
             })
             .collect())
     }

@@ -49,7 +49,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::codec::{Codec, Json};
 use crate::engine::flight::Flights;
-use crate::frame::{self, Header};
+use crate::frame::{self, Header, Kind};
 use crate::key::{Key, Pattern, Tag};
 use crate::metrics::{Observer, Operation, Strategy};
 use crate::store::{MemoryStore, Store, StoreError, StoreValue};
@@ -98,6 +98,8 @@ pub const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
 pub struct Cache<V, S = MemoryStore, C = Json> {
     shared: Arc<Shared<S, C>>,
     tags: Option<TagPolicy<V>>,
+    /// What the frames this handle writes say stored them, and what it expects to read.
+    kind: Kind,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -119,6 +121,7 @@ impl<V, S, C> Clone for Cache<V, S, C> {
         Cache {
             shared: self.shared.clone(),
             tags: self.tags.clone(),
+            kind: self.kind,
             _value: PhantomData,
         }
     }
@@ -134,6 +137,19 @@ impl<V, S: fmt::Debug, C: fmt::Debug> fmt::Debug for Cache<V, S, C> {
             .field("closed", &self.shared.closed.load(Ordering::Relaxed))
             .field("tagged", &self.tags.is_some())
             .finish()
+    }
+}
+
+impl<V, S, C> Cache<V, S, C> {
+    /// This handle, writing frames of `kind` and reading only those: the response layers'
+    /// caches, so that a typed cache on the same key sees a clash instead of a miss.
+    pub(crate) fn storing(mut self, kind: Kind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
     }
 }
 
@@ -164,6 +180,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         Cache {
             shared: self.shared.clone(),
             tags: None,
+            kind: Kind::Value,
             _value: PhantomData,
         }
     }
@@ -327,7 +344,12 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         self.encode_with(value, Header::new(ttl))
     }
 
-    pub(crate) fn encode_with(&self, value: &V, header: Header) -> Result<StoreValue, CacheError> {
+    pub(crate) fn encode_with(
+        &self,
+        value: &V,
+        mut header: Header,
+    ) -> Result<StoreValue, CacheError> {
+        header.kind = self.kind;
         let bytes = frame::encode(&self.shared.codec, header, value)?;
         if bytes.len() > self.shared.max_value_size {
             return Err(CacheError::ValueTooLarge {

@@ -33,7 +33,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
             .pending_queues()
             .iter()
             .find_map(|queue| queue.pending_value(key))?;
-        decode::<V, C>(&self.shared.codec, &stored, usize::MAX)
+        decode::<V, C>(&self.shared.codec, &stored, usize::MAX, self.kind())
             .map(|hit| hit.value)
             .map_err(|error| tracing::warn!(key = %KeyDigest(key), %error, "queued value does not decode as this cache's type"))
             .ok()

@@ -126,7 +126,9 @@ impl<St, C> GrpcCacheLayer<St, C> {
     pub fn new(cache: Cache<CachedResponse, St, C>) -> Self {
         GrpcCacheLayer {
             settings: Arc::new(GrpcSettings {
-                cache,
+                // Frames say they hold responses: a typed cache on one of these keys
+                // sees a clash, not a value it might decode.
+                cache: cache.storing(crate::frame::Kind::Response),
                 key: GrpcKey::encoded(),
                 methods: None,
                 ttl: crate::ttl::ENTRY,

@@ -138,7 +138,9 @@ impl<St, C> HttpCacheLayer<St, C> {
     pub fn new(cache: Cache<CachedResponse, St, C>) -> Self {
         HttpCacheLayer {
             settings: Arc::new(Settings {
-                cache,
+                // Frames say they hold responses: a typed cache on one of these keys
+                // sees a clash, not a value it might decode.
+                cache: cache.storing(crate::frame::Kind::Response),
                 key: HttpKey::new(),
                 ttl: FixedTtl::default(),
                 statuses: vec![StatusCode::OK],
