@@ -743,3 +743,59 @@ async fn an_older_queued_write_never_overwrites_a_newer_direct_one() {
     cache.flush_pending_writes().await.unwrap();
     assert_eq!(db.metrics("a"), Some(3));
 }
+
+/// A direct write waits for the worker's write of its key in flight: the worker's older
+/// write, slower, would otherwise land after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_write_waits_for_the_workers_older_write_in_flight() {
+    use tower_caching::store::CircuitBreaker;
+    let server = RedisServer::spawn();
+    let store = RedisStore::connect(
+        RedisConfig::new(server.url()).command_timeout(Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    let store = CircuitBreaker::builder(store)
+        .failures(1)
+        .open_for(Duration::from_secs(2))
+        .build();
+    let queue = StreamQueue::new(&store, &support::unique_prefix("in-flight"));
+    let db = Db::default();
+    let cache: Cache<u64> = Cache::in_memory();
+    let keys = KeyBuilder::new();
+    let service = CacheLayer::write_behind(cache.clone())
+        .key(move |w: &Write| keys.metrics(&w.ispb))
+        .value(|w: &Write| Some(w.seq))
+        .batch_interval(Duration::from_millis(20))
+        .durable(queue)
+        .layer(writer(&db));
+    service.start();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let write = |seq| {
+        service.clone().oneshot(Write {
+            ispb: "a".into(),
+            seq,
+        })
+    };
+    // Write 1 is queued; the worker takes it and its write takes 600 ms.
+    db.latency_ms.store(600, Ordering::SeqCst);
+    write(1).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while db.writes() == 0 {
+        assert!(Instant::now() < deadline, "the worker never took write 1");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Now the circuit opens and write 2, fast, is written directly.
+    server.pause(true);
+    let probe = tower_caching::Key::new("probe").unwrap();
+    assert!(tower_caching::store::Store::get(&store, &probe)
+        .await
+        .is_err());
+    server.pause(false);
+    db.latency_ms.store(0, Ordering::SeqCst);
+    write(2).await.unwrap();
+    // Past the end of the worker's write of 1.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(db.metrics("a"), Some(2), "the older write landed last");
+    assert!(db.reordered().is_empty(), "{:?}", db.reordered());
+}

@@ -2,10 +2,13 @@
 //! database, each cached with its strategy.
 //!
 //! ```text
-//! cargo run --example entries_service                  # SQLite file entries.db, in-memory cache
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example entries_service
-//! DATABASE_URL=postgres://postgres@127.0.0.1/test cargo run --example entries_service
+//! cargo run -p entries-service                  # SQLite file entries.db, in-memory cache
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run -p entries-service
+//! DATABASE_URL=postgres://postgres@127.0.0.1/test cargo run -p entries-service --features postgres
 //! ```
+//!
+//! (`cargo run --example entries_service` runs the same program, but builds every test and
+//! bench dependency of the crate first.)
 //!
 //! | route | strategy | key | TTL |
 //! |---|---|---|---|
@@ -45,6 +48,10 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("entries_service: {error}");
+            let database = std::env::var("DATABASE_URL").unwrap_or_default();
+            if database.starts_with("postgres") && error.to_string().contains("driver") {
+                eprintln!("(PostgreSQL needs `--features postgres`)");
+            }
             ExitCode::FAILURE
         }
     }

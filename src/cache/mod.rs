@@ -143,6 +143,7 @@ impl<V, S: fmt::Debug, C: fmt::Debug> fmt::Debug for Cache<V, S, C> {
 impl<V, S, C> Cache<V, S, C> {
     /// This handle, writing frames of `kind` and reading only those: the response layers'
     /// caches, so that a typed cache on the same key sees a clash instead of a miss.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn storing(mut self, kind: Kind) -> Self {
         self.kind = kind;
         self

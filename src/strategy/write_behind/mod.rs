@@ -230,9 +230,19 @@ pub(crate) enum Enqueue<Req> {
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct Unqueued<Req> {
     pub(crate) request: Req,
-    /// To call once the request was written directly: the queue then never writes an
-    /// older write of its key after it.
-    pub(crate) written: Box<dyn FnOnce() + Send>,
+    /// The direct write's place among the queue's writes of its key.
+    pub(crate) ticket: Box<dyn DirectTicket>,
+}
+
+/// Keeps a direct write in order with the queue's own writes of its key: it runs once the
+/// queue's writes of the key in flight ended, and once it succeeded the queue never writes
+/// an older write of the key after it. Dropped without [`written`](DirectTicket::written):
+/// the direct write failed.
+pub(crate) trait DirectTicket: Send {
+    /// Waits until the queue's writes of the key in flight have ended.
+    fn ready(&mut self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// The direct write succeeded.
+    fn written(self: Box<Self>);
 }
 
 /// Calls `writer` with `request` once; a panic in it is a failed attempt like an error, so

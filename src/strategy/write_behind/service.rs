@@ -391,11 +391,13 @@ where
                                 // Not queued: written now, so it is never lost.
                                 Err(Unqueued {
                                     request,
-                                    written: done,
+                                    mut ticket,
                                 }) => {
+                                    // After the queue's own writes of the key in flight.
+                                    ticket.ready().await;
                                     let written = inner.call(request).await;
                                     if written.is_ok() {
-                                        done();
+                                        ticket.written();
                                     } else {
                                         // Neither queued nor written: the value just cached
                                         // must not stay.

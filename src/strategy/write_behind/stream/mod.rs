@@ -366,6 +366,7 @@ impl<Conn> StreamQueue<Conn> {
     }
 }
 
+mod direct;
 mod worker;
 mod write;
 

@@ -23,14 +23,12 @@ use crate::store::{StoreError, StoreValue};
 use crate::strategy::write_behind::{DeadLetterHook, Enqueue, Settings, Unqueued, WriteQueue};
 use crate::BoxError;
 
+use super::direct::DirectWrites;
 use super::{StreamQueue, GROUP};
 
 /// How long a worker's liveness lasts without a refresh: past it, other instances take
 /// over what it holds.
 const LIVENESS: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// How many directly written keys a worker remembers.
-const DIRECT_KEPT: usize = 100_000;
 
 /// How often a worker refreshes its liveness and looks for departed ones.
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -112,9 +110,8 @@ pub(crate) struct StreamWorker<Svc, Req, Conn, Co, D> {
     pub(super) held: AtomicUsize,
     /// How many writes this worker queued: each entry carries its number.
     pub(super) produced: AtomicU64,
-    /// Keys written directly (Redis could not queue them), with the number of the write:
-    /// this worker's older entries of the key are never written after it.
-    pub(super) direct: Mutex<HashMap<Key, u64>>,
+    /// The writes made directly because Redis could not queue them, in order with ours.
+    pub(super) direct: Arc<DirectWrites>,
 }
 
 impl<Svc, Req, Conn, Co, D> StreamWorker<Svc, Req, Conn, Co, D>
@@ -158,44 +155,8 @@ where
             since_batch: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             produced: AtomicU64::new(0),
-            direct: Mutex::new(HashMap::new()),
+            direct: Arc::default(),
         })
-    }
-
-    /// Records that the write numbered `number` of `key` was written directly.
-    fn written_directly(&self, key: Key, number: u64) {
-        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
-        let newest = direct.entry(key).or_insert(number);
-        *newest = (*newest).max(number);
-        if direct.len() > DIRECT_KEPT {
-            // Keep the newest half: a key forgotten here is only as exposed as it is to
-            // another instance's worker (see the type's docs).
-            let mut numbers: Vec<u64> = direct.values().copied().collect();
-            numbers.sort_unstable();
-            let cut = numbers[numbers.len() / 2];
-            direct.retain(|_, n| *n >= cut);
-        }
-    }
-
-    /// Whether a newer write of `write`'s key was written directly since this worker queued
-    /// it: then it must not be written.
-    pub(super) fn superseded_directly(&self, write: &Delivered<Req>) -> bool {
-        let Some(ours) = write.ours else {
-            return false;
-        };
-        let direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
-        direct.get(&write.key).is_some_and(|newest| ours <= *newest)
-    }
-
-    /// A write of ours newer than the key's last direct one was written: the record can go.
-    pub(super) fn forget_direct(&self, write: &Delivered<Req>) {
-        let Some(ours) = write.ours else {
-            return;
-        };
-        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
-        if direct.get(&write.key).is_some_and(|newest| ours > *newest) {
-            direct.remove(&write.key);
-        }
     }
 
     pub(super) fn lock_retries(&self) -> MutexGuard<'_, BTreeMap<EntryId, Retry<Req>>> {
@@ -699,10 +660,9 @@ where
                     self.observer
                         .error(Operation::WriteBehindFlush, error.kind());
                     crate::log::warn_summarised!(error.kind(), key = %KeyDigest(&key), %error, "write-behind write not queued in Redis: written directly");
-                    let worker = self.clone();
                     Err(Unqueued {
                         request,
-                        written: Box::new(move || worker.written_directly(key, number)),
+                        ticket: Box::new(self.direct.ticket(key, number)),
                     })
                 }
             }

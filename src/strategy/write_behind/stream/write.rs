@@ -21,6 +21,7 @@ use crate::metrics::{KeyDigest, Operation};
 use crate::strategy::write_behind::{hand_dead_letter, write_once, DeadLetter, DeadLetterHook};
 use crate::BoxError;
 
+use super::direct::{DirectWrites, Verdict};
 use super::worker::{Delivered, EntryId, Retry, StreamWorker};
 use super::{ACQUIRE, DEAD_LETTERS_KEPT, DONE, GROUP, RECORD, RELEASE};
 
@@ -48,12 +49,25 @@ where
                 done.push(older.id);
             }
         }
-        // A newer write of the key was written directly (Redis could not queue it): the
-        // queued one must not overwrite it.
-        let (superseded, newest): (Vec<_>, Vec<_>) = newest
-            .into_values()
-            .partition(|write| self.superseded_directly(write));
-        done.extend(superseded.iter().map(|write| write.id));
+        // A newer write of the key written directly (Redis could not queue it) wins: the
+        // queued one is skipped once that succeeded, and waits while it runs. The keys
+        // written here are busy (direct writes wait for them) until the writers end.
+        let mut busy = Busy {
+            direct: &self.direct,
+            keys: Vec::new(),
+        };
+        let mut chosen = Vec::new();
+        for write in newest.into_values() {
+            match self.direct.verdict(&write.key, write.ours) {
+                Verdict::Write => {
+                    busy.keys.push(write.key.clone());
+                    chosen.push(write);
+                }
+                Verdict::Skip => done.push(write.id),
+                Verdict::Defer => self.retry_later(write, self.settings.backoff_base),
+            }
+        }
+        let newest = chosen;
         let lease_ms = millis(self.queue.claim_after);
         let leases = futures_util::future::join_all(newest.iter().map(|write| {
             let mut acquire = redis::cmd("EVAL");
@@ -104,8 +118,9 @@ where
         }
         let written = succeeded.len() as u64;
         for write in &succeeded {
-            self.forget_direct(write);
+            self.direct.written_by_worker(&write.key, write.ours);
         }
+        drop(busy);
         futures_util::future::join(
             self.record(&succeeded),
             futures_util::future::join_all(
@@ -331,6 +346,20 @@ where
                         .await
                 }
             }
+        }
+    }
+}
+
+/// The keys a batch writes, busy until the batch's writers ended (or the round was dropped).
+struct Busy<'a> {
+    direct: &'a DirectWrites,
+    keys: Vec<Key>,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        for key in &self.keys {
+            self.direct.done(key);
         }
     }
 }
