@@ -81,8 +81,9 @@ async fn the_breaker_fails_fast_while_redis_stalls_and_closes_when_it_is_back() 
             Err(StoreError::Unavailable)
         ));
     }
+    // 100 timeouts would take 5 s; a margin for a loaded machine, still far from that.
     assert!(
-        started.elapsed() < Duration::from_millis(20),
+        started.elapsed() < Duration::from_millis(500),
         "{:?}",
         started.elapsed()
     );
