@@ -799,3 +799,52 @@ async fn a_direct_write_waits_for_the_workers_older_write_in_flight() {
     assert_eq!(db.metrics("a"), Some(2), "the older write landed last");
     assert!(db.reordered().is_empty(), "{:?}", db.reordered());
 }
+
+/// A read that timed out after Redis ran it delivered entries this consumer never saw: it
+/// reads its own pending entries back at its next round, not after the 60 s claim period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_delivered_by_a_read_that_timed_out_are_written_at_the_next_round() {
+    use support::proxy::Proxy;
+    let server = RedisServer::spawn();
+    let proxy = Proxy::start(server.addr()).await;
+    let store = RedisStore::connect(
+        RedisConfig::new(proxy.url()).command_timeout(Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    // The default claim period (60 s): a stuck entry would wait that long.
+    let queue = StreamQueue::new(&store, &support::unique_prefix("unsure"));
+    let db = Db::default();
+    let cache: Cache<u64> = Cache::in_memory();
+    let keys = KeyBuilder::new();
+    let service = CacheLayer::write_behind(cache.clone())
+        .key(move |w: &Write| keys.metrics(&w.ispb))
+        .value(|w: &Write| Some(w.seq))
+        .batch_interval(Duration::from_secs(60))
+        .durable(queue)
+        .layer(writer(&db));
+    service.start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service
+        .clone()
+        .oneshot(Write {
+            ispb: "a".into(),
+            seq: 1,
+        })
+        .await
+        .unwrap();
+    // The round's read reaches Redis, which delivers the entry; its answer comes too late.
+    proxy.latency(Duration::from_millis(300));
+    assert!(cache.flush_pending_writes().await.is_err());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    proxy.latency(Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while db.metrics("a") != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the delivered entry was never written"
+        );
+        let _ = cache.flush_pending_writes().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

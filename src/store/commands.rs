@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +21,47 @@ pub(super) const OVERSIZED: usize = crate::cache::DEFAULT_MAX_VALUE_SIZE;
 
 /// How many oversized-value inspections run at once, process-wide.
 const INSPECTIONS: usize = 4;
+
+/// A key whose `GET` timed out, being looked at ([`Commands::inspect_after_timeout`]):
+/// registered while it lives.
+struct Inspection {
+    key: Vec<u8>,
+}
+
+/// The keys under inspection, process-wide (at most [`INSPECTIONS`]).
+static INSPECTING: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// How many: read by every `GET`, so that the hit path pays one load while there are none.
+static INSPECTED: AtomicUsize = AtomicUsize::new(0);
+
+impl Inspection {
+    fn start(key: &[u8]) -> Option<Self> {
+        let mut inspecting = INSPECTING.lock().unwrap_or_else(|e| e.into_inner());
+        if inspecting.len() >= INSPECTIONS || inspecting.iter().any(|k| k == key) {
+            return None;
+        }
+        inspecting.push(key.to_vec());
+        INSPECTED.store(inspecting.len(), Ordering::Release);
+        Some(Inspection { key: key.to_vec() })
+    }
+
+    /// Whether reads of `key` should miss: its value is being looked at.
+    fn covers(key: &Key) -> bool {
+        INSPECTED.load(Ordering::Acquire) > 0
+            && INSPECTING
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|k| k == key.as_str().as_bytes())
+    }
+}
+
+impl Drop for Inspection {
+    fn drop(&mut self) {
+        let mut inspecting = INSPECTING.lock().unwrap_or_else(|e| e.into_inner());
+        inspecting.retain(|k| *k != self.key);
+        INSPECTED.store(inspecting.len(), Ordering::Release);
+    }
+}
 
 /// How many keys one `SCAN` step asks for, and so how many one `UNLINK` removes at most.
 pub(super) const SCAN_BATCH: usize = 1000;
@@ -201,6 +243,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
     }
 
     pub(super) fn get(&self, key: &Key) -> GetFuture {
+        if Inspection::covers(key) {
+            return Box::pin(std::future::ready(Ok(None)));
+        }
         let commands = self.clone();
         let mut command = redis::cmd("GET");
         command.arg(key.as_str());
@@ -221,33 +266,25 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
     /// After a `GET` timed out: whether its value was what took so long. A string over
     /// [`OVERSIZED`] bytes is removed, so that the next read misses and its load replaces
     /// it, instead of every read pulling it until the timeout (and stalling the connection
-    /// for everyone meanwhile). At most [`INSPECTIONS`] run at once, process-wide.
+    /// for everyone meanwhile); until the look is done, reads of the key miss without
+    /// asking. At most [`INSPECTIONS`] run at once, process-wide.
     fn inspect_after_timeout(&self, get: &redis::Cmd) {
-        static RUNNING: AtomicUsize = AtomicUsize::new(0);
         let Some(redis::Arg::Simple(key)) = get.args_iter().nth(1) else {
             return;
         };
-        if tokio::runtime::Handle::try_current().is_err()
-            || RUNNING.fetch_add(1, Ordering::AcqRel) >= INSPECTIONS
-        {
-            RUNNING.fetch_sub(1, Ordering::AcqRel);
+        if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let key = key.to_vec();
+        let Some(inspection) = Inspection::start(key) else {
+            return;
+        };
         let commands = Commands {
             connection: self.connection.clone(),
             // Behind the slow reply on the connection: give it time to arrive.
             timeout: (self.timeout * 20).max(Duration::from_secs(1)),
         };
-        struct Running;
-        impl Drop for Running {
-            fn drop(&mut self) {
-                RUNNING.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        let running = Running;
         tokio::spawn(async move {
-            let _running = running;
+            let key = inspection.key.clone();
             let mut strlen = redis::cmd("STRLEN");
             strlen.arg(key.as_slice());
             if let Ok(len) = commands.run::<u64>("get", &strlen).await {
@@ -262,6 +299,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
                     }
                 }
             }
+            drop(inspection);
         });
     }
 

@@ -145,6 +145,19 @@ impl MemoryStore {
         self.entries.entry_count()
     }
 
+    /// What the entries weigh against a [`max_bytes`](MemoryStoreBuilder::max_bytes) bound:
+    /// their estimated memory, in bytes (with [`max_entries`](MemoryStoreBuilder::max_entries),
+    /// their number).
+    ///
+    /// ```
+    /// # use tower_caching::store::MemoryStore;
+    /// assert_eq!(MemoryStore::new().weighted_size(), 0);
+    /// ```
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+
     /// The value under `key`, synchronously: for stores layered on this one.
     pub(crate) fn get_now(&self, key: &Key) -> Option<StoreValue> {
         self.entries.get(key).map(|slot| slot.value)

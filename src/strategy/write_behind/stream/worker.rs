@@ -112,6 +112,9 @@ pub(crate) struct StreamWorker<Svc, Req, Conn, Co, D> {
     pub(super) produced: AtomicU64,
     /// The writes made directly because Redis could not queue them, in order with ours.
     pub(super) direct: Arc<DirectWrites>,
+    /// A command failed since the last read: this consumer's pending entries may hold some
+    /// it does not know of.
+    pub(super) unsure: AtomicBool,
 }
 
 impl<Svc, Req, Conn, Co, D> StreamWorker<Svc, Req, Conn, Co, D>
@@ -156,6 +159,7 @@ where
             held: AtomicUsize::new(0),
             produced: AtomicU64::new(0),
             direct: Arc::default(),
+            unsure: AtomicBool::new(false),
         })
     }
 
@@ -169,10 +173,14 @@ where
         command: &redis::Cmd,
     ) -> Result<T, StoreError> {
         let run = self.queue.commands.run(operation, command);
-        match &self.queue.gate {
+        let result = match &self.queue.gate {
             Some(gate) => gate.run(run).await,
             None => run.await,
+        };
+        if result.is_err() {
+            self.unsure.store(true, Ordering::Release);
         }
+        result
     }
 
     pub(super) async fn run_pipeline<T: redis::FromRedisValue>(
@@ -181,10 +189,14 @@ where
         pipeline: &redis::Pipeline,
     ) -> Result<T, StoreError> {
         let run = self.queue.commands.run_pipeline::<T>(operation, pipeline);
-        match &self.queue.gate {
+        let result = match &self.queue.gate {
             Some(gate) => gate.run(run).await,
             None => run.await,
+        };
+        if result.is_err() {
+            self.unsure.store(true, Ordering::Release);
         }
+        result
     }
 
     /// Starts the worker, once, if a Tokio runtime is here. It holds the worker weakly
@@ -443,15 +455,56 @@ where
             .arg("STREAMS")
             .arg(&self.stream)
             .arg(">");
-        // Both in one round trip.
+        // After a failed command, entries may have been delivered to this consumer without
+        // it learning of them (a read that timed out after Redis ran it), or left
+        // unacknowledged: it reads its own pending entries back, instead of leaving them
+        // until `claim_after` (those it holds already are skipped below).
+        let own = self.unsure.swap(false, Ordering::AcqRel).then(|| {
+            let mut own = redis::cmd("XREADGROUP");
+            own.arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(max)
+                .arg("STREAMS")
+                .arg(&self.stream)
+                .arg("0");
+            own
+        });
+        // In one round trip.
         let mut take = redis::pipe();
         take.add_command(claim).add_command(read);
-        let (claimed, fresh): (StreamAutoClaimReply, Option<StreamReadReply>) =
-            self.run_pipeline("write_behind_read", &take).await?;
+        let (claimed, fresh, own) = match own {
+            Some(own) => {
+                take.add_command(own);
+                let (claimed, fresh, own): (
+                    StreamAutoClaimReply,
+                    Option<StreamReadReply>,
+                    Option<StreamReadReply>,
+                ) = self.run_pipeline("write_behind_read", &take).await?;
+                (claimed, fresh, own)
+            }
+            None => {
+                let (claimed, fresh): (StreamAutoClaimReply, Option<StreamReadReply>) =
+                    self.run_pipeline("write_behind_read", &take).await?;
+                (claimed, fresh, None)
+            }
+        };
         let wrapped = claimed.next_stream_id == "0-0";
         state.claim_cursor = claimed.next_stream_id;
         let mut entries = claimed.claimed;
-        entries.extend(fresh.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids));
+        let mut seen: HashSet<String> = entries.iter().map(|e| e.id.clone()).collect();
+        for entry in [fresh, own]
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+        {
+            // An entry deleted meanwhile comes back from the pending list without fields.
+            if !entry.map.is_empty() && seen.insert(entry.id.clone()) {
+                entries.push(entry);
+            }
+        }
 
         let mut delivered_now = 0;
         for entry in entries {
