@@ -126,6 +126,9 @@ pub(crate) fn encode<V: serde::Serialize, C: Codec>(
     codec
         .encode_into(value, &mut buf)
         .map_err(FrameError::Encode)?;
+    // The bytes keep their allocation for as long as a store keeps them: not the spare
+    // capacity of the growing buffer too (up to as much again).
+    buf.shrink_to_fit();
     Ok(Bytes::from(buf))
 }
 
