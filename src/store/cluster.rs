@@ -245,10 +245,7 @@ impl RedisClusterStore {
     /// ```
     pub fn with_connection(connection: ClusterConnection, command_timeout: Duration) -> Self {
         RedisClusterStore {
-            commands: Commands {
-                connection,
-                timeout: command_timeout,
-            },
+            commands: Commands::new(connection, command_timeout),
         }
     }
 
@@ -289,10 +286,7 @@ impl RedisClusterStore {
                 }
             };
         Ok(RedisClusterStore {
-            commands: Commands {
-                connection,
-                timeout: config.command_timeout,
-            },
+            commands: Commands::new(connection, config.command_timeout),
         })
     }
 

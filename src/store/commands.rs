@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,35 +19,38 @@ use crate::key::{Key, Tag};
 /// cache's default value limit: such a value can only come from other software).
 pub(super) const OVERSIZED: usize = crate::cache::DEFAULT_MAX_VALUE_SIZE;
 
-/// How many oversized-value inspections run at once, process-wide.
+/// How many oversized-value inspections run at once, per store.
 const INSPECTIONS: usize = 4;
 
-/// A key whose `GET` timed out, being looked at ([`Commands::inspect_after_timeout`]):
-/// registered while it lives.
-struct Inspection {
-    key: Vec<u8>,
+/// The keys of one store whose `GET` timed out, being looked at
+/// ([`Commands::inspect_after_timeout`]); reads of them are rejected meanwhile.
+#[derive(Default)]
+struct Inspections {
+    keys: Mutex<Vec<Vec<u8>>>,
+    /// How many: read by every `GET`, so that the hit path pays one load while there are
+    /// none.
+    count: AtomicUsize,
 }
 
-/// The keys under inspection, process-wide (at most [`INSPECTIONS`]).
-static INSPECTING: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-/// How many: read by every `GET`, so that the hit path pays one load while there are none.
-static INSPECTED: AtomicUsize = AtomicUsize::new(0);
-
-impl Inspection {
-    fn start(key: &[u8]) -> Option<Self> {
-        let mut inspecting = INSPECTING.lock().unwrap_or_else(|e| e.into_inner());
-        if inspecting.len() >= INSPECTIONS || inspecting.iter().any(|k| k == key) {
+impl Inspections {
+    fn start(self: &Arc<Self>, key: &[u8]) -> Option<Inspection> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.len() >= INSPECTIONS || keys.iter().any(|k| k == key) {
             return None;
         }
-        inspecting.push(key.to_vec());
-        INSPECTED.store(inspecting.len(), Ordering::Release);
-        Some(Inspection { key: key.to_vec() })
+        keys.push(key.to_vec());
+        self.count.store(keys.len(), Ordering::Release);
+        Some(Inspection {
+            inspections: self.clone(),
+            key: key.to_vec(),
+        })
     }
 
-    /// Whether reads of `key` should miss: its value is being looked at.
-    fn covers(key: &Key) -> bool {
-        INSPECTED.load(Ordering::Acquire) > 0
-            && INSPECTING
+    /// Whether reads of `key` are rejected: its value is being looked at.
+    fn cover(&self, key: &Key) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+            && self
+                .keys
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
@@ -55,11 +58,21 @@ impl Inspection {
     }
 }
 
+/// One key under inspection, registered while it lives.
+struct Inspection {
+    inspections: Arc<Inspections>,
+    key: Vec<u8>,
+}
+
 impl Drop for Inspection {
     fn drop(&mut self) {
-        let mut inspecting = INSPECTING.lock().unwrap_or_else(|e| e.into_inner());
-        inspecting.retain(|k| *k != self.key);
-        INSPECTED.store(inspecting.len(), Ordering::Release);
+        let mut keys = self
+            .inspections
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        keys.retain(|k| *k != self.key);
+        self.inspections.count.store(keys.len(), Ordering::Release);
     }
 }
 
@@ -76,6 +89,18 @@ pub(super) type GetFuture =
 pub(crate) struct Commands<C> {
     pub(crate) connection: C,
     pub(crate) timeout: Duration,
+    /// The keys of this store whose `GET` timed out, being looked at.
+    inspections: Arc<Inspections>,
+}
+
+impl<C> Commands<C> {
+    pub(crate) fn new(connection: C, timeout: Duration) -> Self {
+        Commands {
+            connection,
+            timeout,
+            inspections: Arc::default(),
+        }
+    }
 }
 
 /// Runs `future`, turning a timeout or an error into a [`StoreError`].
@@ -243,8 +268,13 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
     }
 
     pub(super) fn get(&self, key: &Key) -> GetFuture {
-        if Inspection::covers(key) {
-            return Box::pin(std::future::ready(Ok(None)));
+        if self.inspections.cover(key) {
+            // Not sent: its value may be what stalled the last read of it. Rejected, not a
+            // failure of the store: a read loads, and its set replaces the value.
+            return Box::pin(std::future::ready(Err(StoreError::Rejected {
+                operation: "get",
+                source: "the last read of this key timed out; its value is being inspected".into(),
+            })));
         }
         let commands = self.clone();
         let mut command = redis::cmd("GET");
@@ -266,8 +296,8 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
     /// After a `GET` timed out: whether its value was what took so long. A string over
     /// [`OVERSIZED`] bytes is removed, so that the next read misses and its load replaces
     /// it, instead of every read pulling it until the timeout (and stalling the connection
-    /// for everyone meanwhile); until the look is done, reads of the key miss without
-    /// asking. At most [`INSPECTIONS`] run at once, process-wide.
+    /// for everyone meanwhile); until the look is done, reads of the key are rejected
+    /// without asking (a miss for the layers). At most [`INSPECTIONS`] run at once.
     fn inspect_after_timeout(&self, get: &redis::Cmd) {
         let Some(redis::Arg::Simple(key)) = get.args_iter().nth(1) else {
             return;
@@ -275,13 +305,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let Some(inspection) = Inspection::start(key) else {
+        let Some(inspection) = self.inspections.start(key) else {
             return;
         };
         let commands = Commands {
             connection: self.connection.clone(),
             // Behind the slow reply on the connection: give it time to arrive.
             timeout: (self.timeout * 20).max(Duration::from_secs(1)),
+            inspections: self.inspections.clone(),
         };
         tokio::spawn(async move {
             let key = inspection.key.clone();

@@ -83,10 +83,7 @@ impl RedisStore {
             }
         };
         Ok(RedisStore {
-            commands: Commands {
-                connection,
-                timeout: config.command_timeout,
-            },
+            commands: Commands::new(connection, config.command_timeout),
         })
     }
 
@@ -110,10 +107,7 @@ impl RedisStore {
     /// ```
     pub fn with_connection(connection: ConnectionManager, command_timeout: Duration) -> Self {
         RedisStore {
-            commands: Commands {
-                connection,
-                timeout: command_timeout,
-            },
+            commands: Commands::new(connection, command_timeout),
         }
     }
 
@@ -178,10 +172,7 @@ impl RedisStore {
             source: Some(Box::new(e)),
         })?;
         Ok(RedisStore {
-            commands: Commands {
-                connection,
-                timeout: config.command_timeout,
-            },
+            commands: Commands::new(connection, config.command_timeout),
         })
     }
 }
