@@ -157,7 +157,8 @@ where
             pipeline.add_command(record).ignore();
         }
         if let Err(error) = self.run_pipeline::<()>("write_behind_ack", &pipeline).await {
-            // Still pending in Redis: replayed after `claim_after`, an idempotent rewrite.
+            // Still pending in Redis: read back at the next round (the failure marks the
+            // worker unsure), an idempotent rewrite unless a newer write landed first.
             tracing::warn!(writes = writes.len(), %error, "written, but not acknowledged: they will be written again");
         }
         self.release(writes.len());
