@@ -64,7 +64,7 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         let mut values: Vec<Option<V>> = match self.get_many(keys).await {
             Ok(values) => values,
             Err(error) => {
-                lookup_failed = error.is_store_failure();
+                lookup_failed = true;
                 crate::log::warn_summarised!(error.kind(), keys = keys.len(), %error, "cache lookup failed, loading");
                 vec![None; keys.len()]
             }

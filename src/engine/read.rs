@@ -159,6 +159,7 @@ fn begin<X: ReadContext, L: Load<X>>(
     stale: Option<&Hit<X::Value>>,
     seen: Option<u64>,
     store_healthy: bool,
+    lookup_failed: bool,
     span: &tracing::Span,
 ) -> (
     Joined<X::Value, L::Error, L>,
@@ -172,7 +173,7 @@ fn begin<X: ReadContext, L: Load<X>>(
         .join_or_start::<X::Value, L::Error, L::Private, L, _>(
             key,
             seen,
-            !store_healthy,
+            lookup_failed,
             loader,
             |loader, lease, landing| {
                 let flight = Flight {
@@ -308,6 +309,9 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                 } => {
                     let result = ready!(lookup.poll(cx));
                     observer.finish(Operation::Get, strategy, *started);
+                    // Any error leaves the key's value unknown (a value the store could not
+                    // keep answers such misses); only a failing store skips storing the load.
+                    let lookup_failed = result.is_err();
                     let store_healthy = !result.as_ref().is_err_and(CacheError::is_store_failure);
                     let found = match result {
                         Ok(found) => found,
@@ -329,8 +333,9 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                             if timed && policy.refresh_due(&hit.header, now) {
                                 if let Some(loader) = loader.take() {
                                     // Not awaited: the reload runs on its own task, once per key.
-                                    let (joined, _) =
-                                        begin(context, key, loader, None, None, true, this.span);
+                                    let (joined, _) = begin(
+                                        context, key, loader, None, None, true, false, this.span,
+                                    );
                                     if matches!(joined, Joined::Started(_)) {
                                         observer.refresh(strategy);
                                     }
@@ -356,6 +361,7 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                         stale.as_ref(),
                         seen,
                         store_healthy,
+                        lookup_failed,
                         this.span,
                     );
                     let (load, loader) = match joined {
@@ -437,8 +443,16 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                                     return Poll::Ready(Outcome::Panicked);
                                 };
                                 let stale = stale.take();
-                                let (joined, private) =
-                                    begin(context, key, own, stale.as_ref(), None, true, this.span);
+                                let (joined, private) = begin(
+                                    context,
+                                    key,
+                                    own,
+                                    stale.as_ref(),
+                                    None,
+                                    true,
+                                    false,
+                                    this.span,
+                                );
                                 let (load, loader) = match joined {
                                     Joined::Waiting(load, loader) => (load, Some(loader)),
                                     Joined::Started(load) => (load, None),
