@@ -150,6 +150,23 @@ impl ReadPolicy {
     }
 }
 
+/// What the lookup before a load found out about the store.
+#[derive(Clone, Copy)]
+struct Looked {
+    /// The store answered (or only rejected this key): the load's value is stored.
+    store_healthy: bool,
+    /// The lookup failed: the key's value is unknown.
+    failed: bool,
+}
+
+impl Looked {
+    /// No lookup went wrong (a refresh, or a waiter's own load).
+    const FRESH: Looked = Looked {
+        store_healthy: true,
+        failed: false,
+    };
+}
+
 /// Joins the load of `key` in flight or starts it; the leader also gets the channel of its
 /// private result.
 fn begin<X: ReadContext, L: Load<X>>(
@@ -158,8 +175,7 @@ fn begin<X: ReadContext, L: Load<X>>(
     loader: L,
     stale: Option<&Hit<X::Value>>,
     seen: Option<u64>,
-    store_healthy: bool,
-    lookup_failed: bool,
+    lookup: Looked,
     span: &tracing::Span,
 ) -> (
     Joined<X::Value, L::Error, L>,
@@ -173,7 +189,7 @@ fn begin<X: ReadContext, L: Load<X>>(
         .join_or_start::<X::Value, L::Error, L::Private, L, _>(
             key,
             seen,
-            lookup_failed,
+            lookup.failed,
             loader,
             |loader, lease, landing| {
                 let flight = Flight {
@@ -182,7 +198,7 @@ fn begin<X: ReadContext, L: Load<X>>(
                     lease,
                     _landing: landing,
                     stale,
-                    store_healthy,
+                    store_healthy: lookup.store_healthy,
                 };
                 flight.run(loader, private).instrument(span.clone())
             },
@@ -334,7 +350,13 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                                 if let Some(loader) = loader.take() {
                                     // Not awaited: the reload runs on its own task, once per key.
                                     let (joined, _) = begin(
-                                        context, key, loader, None, None, true, false, this.span,
+                                        context,
+                                        key,
+                                        loader,
+                                        None,
+                                        None,
+                                        Looked::FRESH,
+                                        this.span,
                                     );
                                     if matches!(joined, Joined::Started(_)) {
                                         observer.refresh(strategy);
@@ -360,8 +382,10 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                         loader,
                         stale.as_ref(),
                         seen,
-                        store_healthy,
-                        lookup_failed,
+                        Looked {
+                            store_healthy,
+                            failed: lookup_failed,
+                        },
                         this.span,
                     );
                     let (load, loader) = match joined {
@@ -449,8 +473,7 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                                     own,
                                     stale.as_ref(),
                                     None,
-                                    true,
-                                    false,
+                                    Looked::FRESH,
                                     this.span,
                                 );
                                 let (load, loader) = match joined {
