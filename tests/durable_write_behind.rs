@@ -56,12 +56,24 @@ fn layered<Conn: ConnectionLike + Clone + Send + Sync + 'static>(
     Cache<u64>,
     impl tower::Service<Write, Response = (), Error = DbError, Future: Send> + Clone,
 ) {
+    layered_every(db, queue, Duration::from_millis(50))
+}
+
+/// [`layered`], its batches `interval` apart.
+fn layered_every<Conn: ConnectionLike + Clone + Send + Sync + 'static>(
+    db: &Db,
+    queue: StreamQueue<Conn>,
+    interval: Duration,
+) -> (
+    Cache<u64>,
+    impl tower::Service<Write, Response = (), Error = DbError, Future: Send> + Clone,
+) {
     let cache: Cache<u64> = Cache::in_memory();
     let keys = KeyBuilder::new();
     let service = CacheLayer::write_behind(cache.clone())
         .key(move |w: &Write| keys.metrics(&w.ispb))
         .value(|w: &Write| Some(w.seq))
-        .batch_interval(Duration::from_millis(50))
+        .batch_interval(interval)
         .max_batch(100)
         .backoff(Duration::from_millis(10), Duration::from_millis(50))
         .durable(queue)
@@ -69,6 +81,22 @@ fn layered<Conn: ConnectionLike + Clone + Send + Sync + 'static>(
     // An instance starting: its worker writes what others left, before any write of its own.
     service.start();
     (cache, service)
+}
+
+/// A store behind a breaker that opens at the first failure, for `open_for`.
+async fn breaker_on(
+    server: &RedisServer,
+    open_for: Duration,
+) -> tower_caching::store::CircuitBreaker<RedisStore> {
+    let store = RedisStore::connect(
+        RedisConfig::new(server.url()).command_timeout(Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    tower_caching::store::CircuitBreaker::builder(store)
+        .failures(1)
+        .open_for(open_for)
+        .build()
 }
 
 const KEYS: usize = 2_000;
@@ -687,27 +715,11 @@ fn a_departed_instance_is_taken_over_within_seconds_not_the_claim_period() {
 /// queued must not be written after it (the database would go back to an older value).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_queued_write_never_overwrites_a_newer_direct_one() {
-    use tower_caching::store::CircuitBreaker;
     let server = RedisServer::spawn();
-    let store = RedisStore::connect(
-        RedisConfig::new(server.url()).command_timeout(Duration::from_millis(50)),
-    )
-    .await
-    .unwrap();
-    let store = CircuitBreaker::builder(store)
-        .failures(1)
-        .open_for(Duration::from_millis(300))
-        .build();
+    let store = breaker_on(&server, Duration::from_millis(300)).await;
     let queue = StreamQueue::new(&store, &support::unique_prefix("direct"));
     let db = Db::default();
-    let cache: Cache<u64> = Cache::in_memory();
-    let keys = KeyBuilder::new();
-    let service = CacheLayer::write_behind(cache.clone())
-        .key(move |w: &Write| keys.metrics(&w.ispb))
-        .value(|w: &Write| Some(w.seq))
-        .batch_interval(Duration::from_secs(60))
-        .durable(queue)
-        .layer(writer(&db));
+    let (cache, service) = layered_every(&db, queue, Duration::from_secs(60));
     let write = |seq| {
         service.clone().oneshot(Write {
             ispb: "a".into(),
@@ -716,7 +728,6 @@ async fn an_older_queued_write_never_overwrites_a_newer_direct_one() {
     };
     // The worker's first round (at start) is done before the first write: write 1 waits in
     // the stream for the next round, 60 s away.
-    service.start();
     tokio::time::sleep(Duration::from_millis(300)).await;
     write(1).await.unwrap(); // queued, not yet written
     assert_eq!(db.metrics("a"), None);
@@ -748,28 +759,11 @@ async fn an_older_queued_write_never_overwrites_a_newer_direct_one() {
 /// write, slower, would otherwise land after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_write_waits_for_the_workers_older_write_in_flight() {
-    use tower_caching::store::CircuitBreaker;
     let server = RedisServer::spawn();
-    let store = RedisStore::connect(
-        RedisConfig::new(server.url()).command_timeout(Duration::from_millis(50)),
-    )
-    .await
-    .unwrap();
-    let store = CircuitBreaker::builder(store)
-        .failures(1)
-        .open_for(Duration::from_secs(2))
-        .build();
+    let store = breaker_on(&server, Duration::from_secs(2)).await;
     let queue = StreamQueue::new(&store, &support::unique_prefix("in-flight"));
     let db = Db::default();
-    let cache: Cache<u64> = Cache::in_memory();
-    let keys = KeyBuilder::new();
-    let service = CacheLayer::write_behind(cache.clone())
-        .key(move |w: &Write| keys.metrics(&w.ispb))
-        .value(|w: &Write| Some(w.seq))
-        .batch_interval(Duration::from_millis(20))
-        .durable(queue)
-        .layer(writer(&db));
-    service.start();
+    let (_cache, service) = layered_every(&db, queue, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let write = |seq| {
         service.clone().oneshot(Write {
@@ -815,15 +809,7 @@ async fn entries_delivered_by_a_read_that_timed_out_are_written_at_the_next_roun
     // The default claim period (60 s): a stuck entry would wait that long.
     let queue = StreamQueue::new(&store, &support::unique_prefix("unsure"));
     let db = Db::default();
-    let cache: Cache<u64> = Cache::in_memory();
-    let keys = KeyBuilder::new();
-    let service = CacheLayer::write_behind(cache.clone())
-        .key(move |w: &Write| keys.metrics(&w.ispb))
-        .value(|w: &Write| Some(w.seq))
-        .batch_interval(Duration::from_secs(60))
-        .durable(queue)
-        .layer(writer(&db));
-    service.start();
+    let (cache, service) = layered_every(&db, queue, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_millis(300)).await;
     service
         .clone()

@@ -446,31 +446,28 @@ where
             .arg(&state.claim_cursor)
             .arg("COUNT")
             .arg(max);
-        let mut read = redis::cmd("XREADGROUP");
-        read.arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(max)
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(">");
-        // After a failed command, entries may have been delivered to this consumer without
-        // it learning of them (a read that timed out after Redis ran it), or left
-        // unacknowledged: it reads its own pending entries back, instead of leaving them
-        // until `claim_after` (those it holds already are skipped below).
-        let own = self.unsure.swap(false, Ordering::AcqRel).then(|| {
-            let mut own = redis::cmd("XREADGROUP");
-            own.arg("GROUP")
+        // `>`: entries never delivered; `0`: this consumer's own pending ones.
+        let read_group = |from: &str| {
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP")
                 .arg(GROUP)
                 .arg(&self.consumer)
                 .arg("COUNT")
                 .arg(max)
                 .arg("STREAMS")
                 .arg(&self.stream)
-                .arg("0");
-            own
-        });
+                .arg(from);
+            read
+        };
+        let read = read_group(">");
+        // After a failed command, entries may have been delivered to this consumer without
+        // it learning of them (a read that timed out after Redis ran it), or left
+        // unacknowledged: it reads its own pending entries back, instead of leaving them
+        // until `claim_after` (those it holds already are skipped below).
+        let own = self
+            .unsure
+            .swap(false, Ordering::AcqRel)
+            .then(|| read_group("0"));
         // In one round trip.
         let mut take = redis::pipe();
         take.add_command(claim).add_command(read);
