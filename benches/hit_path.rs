@@ -21,7 +21,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use cached::ConcurrentCachedAsync;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use tower::ServiceExt;
@@ -66,8 +66,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn loader(
-) -> impl tower::Service<String, Response = Entry, Error = Infallible, Future = impl Send> + Clone {
+fn loader()
+-> impl tower::Service<String, Response = Entry, Error = Infallible, Future = impl Send> + Clone {
     tower::service_fn(|_: String| async { Ok::<_, Infallible>(entry()) })
 }
 

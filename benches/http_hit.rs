@@ -14,24 +14,21 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
-use tower_caching::http::{CachedResponse, HttpCacheLayer};
 use tower_caching::Cache;
+use tower_caching::http::{CachedResponse, HttpCacheLayer};
 use tower_layer::Layer;
 
 const BODY: &str = r#"{"id":"0b9d6b0e-6f1c-4a51-9d0e-3a0c2c7a1f42","key":"+5511987654321","key_type":"PHONE","ispb":"12345678","owner_name":"Ana Beatriz de Souza Oliveira","created_at":"2025-10-27T12:00:00Z","status":"ACTIVE"}"#;
 
-fn handler() -> impl tower::Service<
-    Request<String>,
-    Response = Response<String>,
-    Error = Infallible,
-    Future: Send,
-> + Clone
-       + Send
-       + 'static {
+fn handler()
+-> impl tower::Service<Request<String>, Response = Response<String>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static {
     tower::service_fn(|_: Request<String>| async {
         let mut response = Response::new(BODY.to_owned());
         let headers = response.headers_mut();

@@ -23,12 +23,12 @@ use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
+use tower_caching::Cache;
 use tower_caching::codec::{Codec, Json};
 use tower_caching::key::Key;
 use tower_caching::store::{MemoryStore, RedisConfig, RedisStore, Store, StoreError, StoreValue};
-use tower_caching::Cache;
 
 /// About 200 bytes of JSON, like the original service's entry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -262,8 +262,8 @@ fn tagged_set(c: &mut Criterion) {
 /// The durable write-behind acknowledgement against the `XADD` it is built on.
 fn durable_enqueue(c: &mut Criterion) {
     use tower::{Service, ServiceExt};
-    use tower_caching::strategy::StreamQueue;
     use tower_caching::CacheLayer;
+    use tower_caching::strategy::StreamQueue;
     use tower_layer::Layer;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

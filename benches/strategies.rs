@@ -10,11 +10,11 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 use tower::{Service, ServiceExt};
 use tower_caching::key::KeyBuilder;
 use tower_caching::{Cache, CacheLayer};
@@ -164,7 +164,9 @@ fn writes(c: &mut Criterion) {
         (p99(behind_latencies), p99(through_latencies))
     });
     rt.block_on(behind_cache.close()).unwrap();
-    println!("writes: p99 acknowledgement latency over 2000 writes: write-behind {behind_p99:?}, write-through {through_p99:?}");
+    println!(
+        "writes: p99 acknowledgement latency over 2000 writes: write-behind {behind_p99:?}, write-through {through_p99:?}"
+    );
 }
 
 criterion_group! {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tower_caching::key::KeyBuilder;
 use tower_caching::store::{RedisConfig, RedisStore, Store};
-use tower_caching::{ttl, Cache, MemoryStore};
+use tower_caching::{Cache, MemoryStore, ttl};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Entry {

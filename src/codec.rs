@@ -18,7 +18,7 @@
 //! # Ok::<(), tower_caching::codec::CodecError>(())
 //! ```
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Serialize, de::DeserializeOwned};
 
 /// Encodes and decodes values.
 ///

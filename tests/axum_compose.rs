@@ -1,11 +1,11 @@
 //! The layers compose with axum: `Router::route_layer` takes a write-around layer over the
 //! router's own routes, with no `HandleErrorLayer` (the error type stays `Infallible`).
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::Path;
 use axum::http::{Request, StatusCode};
 use axum::routing::put;
-use axum::Router;
 use tower::ServiceExt;
 use tower_caching::key::{Key, KeyBuilder};
 use tower_caching::{Cache, CacheLayer};

@@ -4,12 +4,12 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::db::{entry, Db, Entry, GetEntry};
 use support::RedisCluster;
+use support::db::{Db, Entry, GetEntry, entry};
 use tower::ServiceExt;
 use tower_caching::key::KeyBuilder;
 use tower_caching::metrics::Metrics;

@@ -2,19 +2,19 @@
 //! the route and the field, and a router layered from a configuration.
 #![cfg(feature = "config")]
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::Path;
 use axum::http::{Request, StatusCode};
 use axum::routing::{get, post};
-use axum::Router;
 use tower::ServiceExt;
+use tower_caching::Cache;
 use tower_caching::config::{CacheConfig, ConfigError};
 use tower_caching::http::CachedResponse;
 use tower_caching::key::KeyBuilder;
-use tower_caching::Cache;
 
 const TOML: &str = r#"
 prefix = "svc"
@@ -245,10 +245,12 @@ async fn a_router_layered_from_configuration() {
         (StatusCode::OK, Some("HIT".into()))
     );
     // The configured key template and prefix: `svc:entry:e1`.
-    assert!(cache
-        .exists(&KeyBuilder::new().prefix("svc").entry("e1"))
-        .await
-        .unwrap());
+    assert!(
+        cache
+            .exists(&KeyBuilder::new().prefix("svc").entry("e1"))
+            .await
+            .unwrap()
+    );
     // negative_ttl caches 404s.
     send(get_req("/entries/missing")).await;
     assert_eq!(
@@ -334,11 +336,13 @@ async fn a_route_can_take_its_freshness_from_the_response() {
     "#,
     )
     .unwrap();
-    assert!(misplaced
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("max_ttl"));
+    assert!(
+        misplaced
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_ttl")
+    );
 }
 
 #[tokio::test]

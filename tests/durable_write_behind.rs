@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
-use support::db::{Db, DbError, UpdateMetrics};
 use support::RedisServer;
+use support::db::{Db, DbError, UpdateMetrics};
 use tower::ServiceExt;
 use tower_caching::key::{Key, KeyBuilder};
 use tower_caching::store::{RedisConfig, RedisStore};
@@ -35,10 +35,10 @@ struct Write {
 fn writer(
     db: &Db,
 ) -> impl tower::Service<Write, Response = (), Error = DbError, Future: Send>
-       + Clone
-       + Send
-       + Sync
-       + 'static {
++ Clone
++ Send
++ Sync
++ 'static {
     let keys = KeyBuilder::new();
     tower::ServiceBuilder::new()
         .map_request(move |w: Write| UpdateMetrics {
@@ -734,9 +734,11 @@ async fn an_older_queued_write_never_overwrites_a_newer_direct_one() {
     // A stall opens the circuit; while it is open, write 2's `XADD` is never sent.
     server.pause(true);
     let probe = tower_caching::Key::new("probe").unwrap();
-    assert!(tower_caching::store::Store::get(&store, &probe)
-        .await
-        .is_err());
+    assert!(
+        tower_caching::store::Store::get(&store, &probe)
+            .await
+            .is_err()
+    );
     server.pause(false);
     assert!(store.is_open());
     write(2).await.unwrap(); // cannot be queued: written directly
@@ -782,9 +784,11 @@ async fn a_direct_write_waits_for_the_workers_older_write_in_flight() {
     // Now the circuit opens and write 2, fast, is written directly.
     server.pause(true);
     let probe = tower_caching::Key::new("probe").unwrap();
-    assert!(tower_caching::store::Store::get(&store, &probe)
-        .await
-        .is_err());
+    assert!(
+        tower_caching::store::Store::get(&store, &probe)
+            .await
+            .is_err()
+    );
     server.pause(false);
     db.latency_ms.store(0, Ordering::SeqCst);
     write(2).await.unwrap();

@@ -5,12 +5,12 @@
 mod support;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use support::faulty::{CpuHog, Faulty};
-use tower::{service_fn, Service, ServiceExt};
+use tower::{Service, ServiceExt, service_fn};
 use tower_caching::key::{Key, KeyBuilder};
 use tower_caching::store::{CircuitBreaker, MemoryStore, Store};
 use tower_caching::strategy::Invalidation;
@@ -29,10 +29,10 @@ fn key(name: &str) -> Key {
 fn panics_once(
     calls: Arc<AtomicU32>,
 ) -> impl Service<String, Response = String, Error = Infallible, Future: Send>
-       + Clone
-       + Send
-       + Sync
-       + 'static {
++ Clone
++ Send
++ Sync
++ 'static {
     service_fn(move |_: String| {
         let calls = calls.clone();
         async move {
@@ -598,8 +598,8 @@ async fn a_literal_route_wins_over_a_parameter_route_whatever_their_names() {
 }
 
 /// A writer that panics on 13 and echoes anything else.
-fn panics_on_13(
-) -> impl Service<u64, Response = u64, Error = Infallible, Future: Send> + Clone + Send + Sync + 'static
+fn panics_on_13()
+-> impl Service<u64, Response = u64, Error = Infallible, Future: Send> + Clone + Send + Sync + 'static
 {
     service_fn(|n: u64| async move {
         assert!(n != 13, "writer bug");

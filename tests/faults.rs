@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::db::{entry, CreateEntry, Db, Entry, GetEntry, UpdateMetrics};
 use support::RedisServer;
+use support::db::{CreateEntry, Db, Entry, GetEntry, UpdateMetrics, entry};
 use tower::{Service, ServiceExt};
 use tower_caching::key::{Key, KeyBuilder};
 use tower_caching::metrics::Metrics;

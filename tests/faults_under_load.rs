@@ -15,13 +15,13 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use app::{App, AppConfig, CacheBackend, Database, Entry, ParticipantMetrics};
-use support::proxy::{Fault, Proxy};
 use support::RedisServer;
+use support::proxy::{Fault, Proxy};
 use tower_caching::store::RedisConfig;
 
 const IN_FLIGHT: usize = 30;

@@ -7,13 +7,13 @@ mod support;
 
 use std::sync::atomic::Ordering;
 
-use directory::{get_entry, DirectoryServer, GetEntryRequest, GET_ENTRY};
+use directory::{DirectoryServer, GET_ENTRY, GetEntryRequest, get_entry};
 use prost::Message;
+use tower_caching::Cache;
 use tower_caching::grpc::{GrpcCacheLayer, GrpcKey};
 use tower_caching::http::CachedResponse;
 use tower_caching::key::KeyBuilder;
 use tower_caching::store::Store;
-use tower_caching::Cache;
 
 /// Serves the directory behind `layer` on a free loopback port; its call counter and a
 /// connected channel.

@@ -4,20 +4,20 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::Path;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 use tower_caching::http::{
-    is_success, CachedResponse, HttpCacheLayer, HttpKey, PathInvalidation, PathKey,
+    CachedResponse, HttpCacheLayer, HttpKey, PathInvalidation, PathKey, is_success,
 };
 use tower_caching::key::KeyBuilder;
 use tower_caching::store::{MemoryStore, Store};
@@ -331,9 +331,11 @@ async fn concurrent_misses_make_one_inner_call() {
     let app = Router::new().route("/r", route.layer(HttpCacheLayer::new(Cache::in_memory())));
     let responses =
         futures_util::future::join_all((0..50).map(|_| call(&app, get_req("/r")))).await;
-    assert!(responses
-        .iter()
-        .all(|(status, _, body)| *status == StatusCode::OK && body == "body 1"));
+    assert!(
+        responses
+            .iter()
+            .all(|(status, _, body)| *status == StatusCode::OK && body == "body 1")
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceExt};
-use tower_caching::http::{CachedResponse, HttpCacheLayer};
 use tower_caching::Cache;
+use tower_caching::http::{CachedResponse, HttpCacheLayer};
 
 /// One scripted answer of the origin.
 #[derive(Clone)]
@@ -817,9 +817,11 @@ async fn an_invalidation_survives_a_client_that_goes_away() {
     let post = proxy
         .clone()
         .oneshot(Request::post("/r").body(String::new()).unwrap());
-    assert!(tokio::time::timeout(Duration::from_millis(50), post)
-        .await
-        .is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), post)
+            .await
+            .is_err()
+    );
     support::within(Duration::from_secs(10), async || {
         send(&proxy, get("/r")).await.x_cache() == "MISS"
     })

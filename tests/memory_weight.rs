@@ -3,9 +3,9 @@
 //! Its own test binary, so that no other test allocates meanwhile.
 
 use serde::{Deserialize, Serialize};
+use tower_caching::Cache;
 use tower_caching::key::KeyBuilder;
 use tower_caching::store::MemoryStore;
-use tower_caching::Cache;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Entry {

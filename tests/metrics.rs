@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prometheus::{Encoder, Registry, TextEncoder};
-use support::db::{entry, CreateEntry, Db, Entry, GetEntry, UpdateMetrics};
+use support::db::{CreateEntry, Db, Entry, GetEntry, UpdateMetrics, entry};
 use tower::{Service, ServiceExt};
 use tower_caching::key::KeyBuilder;
 use tower_caching::metrics::Metrics;

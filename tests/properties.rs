@@ -3,10 +3,10 @@
 
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
+use tower_caching::Cache;
 use tower_caching::codec::{Codec, Json};
 use tower_caching::key::{Key, KeyBuilder, Pattern};
 use tower_caching::store::{MemoryStore, Store, StoreValue};
-use tower_caching::Cache;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Entry {

@@ -9,9 +9,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use support::db::{entry, CreateEntry, Db, Entry, GetEntry};
-use support::proxy::{Fault, Proxy};
 use support::RedisServer;
+use support::db::{CreateEntry, Db, Entry, GetEntry, entry};
+use support::proxy::{Fault, Proxy};
 use tower::ServiceExt;
 use tower_caching::key::{Key, KeyBuilder, Pattern, Tag};
 use tower_caching::store::{CircuitBreaker, RedisConfig, RedisStore, Store, StoreValue};
@@ -198,10 +198,12 @@ async fn missed_pattern_deletes_and_tag_invalidations_are_applied_on_recovery() 
 
     proxy.set(Fault::BlackHole);
     assert!(cache.delete_pattern(&Pattern::prefix("a")).await.is_err());
-    assert!(cache
-        .invalidate_tag(&Tag::new("t:b").unwrap())
-        .await
-        .is_err());
+    assert!(
+        cache
+            .invalidate_tag(&Tag::new("t:b").unwrap())
+            .await
+            .is_err()
+    );
     assert_eq!(store.repairs_owed(), 2);
     proxy.set(Fault::Pass);
     // While owed, nothing is trusted: a tag's keys are unknown here.

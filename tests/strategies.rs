@@ -9,12 +9,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::db::{entry, CreateEntry, Db, DbError, Entry, GetEntry, UpdateMetrics, Vsync};
+use support::db::{CreateEntry, Db, DbError, Entry, GetEntry, UpdateMetrics, Vsync, entry};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_caching::key::{Key, KeyBuilder};
 use tower_caching::store::Store;
 use tower_caching::strategy::{DeadLetter, Invalidation};
-use tower_caching::{ttl, Cache, CacheLayer, LoadError};
+use tower_caching::{Cache, CacheLayer, LoadError, ttl};
 use tower_layer::Layer;
 
 /// A tower-test mock loader: its `BoxError` is shared by coalesced waiters as
@@ -491,9 +491,11 @@ async fn coalescing_1000_concurrent_misses_one_load<S: Store>(store: S, prefix: 
     db.latency_ms.store(300, Ordering::SeqCst);
     let calls = (0..1000).map(|_| service.clone().oneshot(get(&keys, "cold")));
     let results = futures_util::future::join_all(calls).await;
-    assert!(results
-        .iter()
-        .all(|r| r == &Err(LoadError::Failed(Arc::new(DbError("database down".into()))))));
+    assert!(
+        results
+            .iter()
+            .all(|r| r == &Err(LoadError::Failed(Arc::new(DbError("database down".into())))))
+    );
     assert_eq!(db.reads(), 2);
     assert!(!cache.exists(&keys.entry("cold")).await.unwrap());
 }

@@ -8,9 +8,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::RedisServer;
+use tower_caching::Cache;
 use tower_caching::key::KeyBuilder;
 use tower_caching::store::{MemoryStore, RedisConfig, RedisStore, Store, TieredStore};
-use tower_caching::Cache;
 
 async fn instance(
     config: &RedisConfig,
@@ -171,7 +171,10 @@ async fn a_tag_invalidated_on_one_instance_empties_every_l1() {
     })
     .await
     .expect("B's L1 still held a tagged entry 100 ms after the invalidation");
-    println!("tiered: tag invalidation seen by the other instance's L1 after {seen:?} ({:?} after the call began)", started.elapsed());
+    println!(
+        "tiered: tag invalidation seen by the other instance's L1 after {seen:?} ({:?} after the call began)",
+        started.elapsed()
+    );
     for id in 0..50 {
         let found = b.get(&keys.entry(&id.to_string())).await.unwrap();
         assert_eq!(found.is_some(), id % 2 == 1, "entry {id}");

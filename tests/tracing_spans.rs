@@ -6,7 +6,7 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use support::db::{entry, CreateEntry, Db, GetEntry};
+use support::db::{CreateEntry, Db, GetEntry, entry};
 use tower::ServiceExt;
 use tower_caching::key::KeyBuilder;
 use tower_caching::{Cache, CacheLayer};

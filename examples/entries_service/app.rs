@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -128,7 +128,7 @@ impl AppConfig {
             Some(other) => {
                 return Err(format!(
                     "WRITE_BEHIND_QUEUE is {other:?}; expected `redis` or `memory`"
-                ))
+                ));
             }
         };
         Ok(AppConfig {

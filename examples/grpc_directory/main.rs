@@ -10,12 +10,12 @@ mod directory;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use directory::{get_entry, DirectoryServer, GetEntryRequest, GET_ENTRY};
+use directory::{DirectoryServer, GET_ENTRY, GetEntryRequest, get_entry};
 use prost::Message;
+use tower_caching::Cache;
 use tower_caching::grpc::{GrpcCacheLayer, GrpcKey};
 use tower_caching::http::CachedResponse;
 use tower_caching::key::KeyBuilder;
-use tower_caching::Cache;
 
 /// The layer: `GetEntry` only, keyed by the id in the message, for five minutes.
 pub fn cache_layer(cache: Cache<CachedResponse>) -> GrpcCacheLayer {

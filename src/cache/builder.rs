@@ -2,7 +2,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use super::{Cache, Cacheable, Shared, DEFAULT_MAX_VALUE_SIZE};
+use super::{Cache, Cacheable, DEFAULT_MAX_VALUE_SIZE, Shared};
 use crate::codec::{Codec, Json};
 use crate::engine::flight::Flights;
 use crate::metrics::Observer;

@@ -7,7 +7,7 @@ use http::{Method, Request, Response};
 use crate::cache::Cache;
 use crate::codec::Codec;
 use crate::http::{
-    is_success, CachedResponse, HttpCacheLayer, HttpKey, PathInvalidation, PathKey, RequestKey,
+    CachedResponse, HttpCacheLayer, HttpKey, PathInvalidation, PathKey, RequestKey, is_success,
 };
 use crate::key::{Key, KeyExtractor};
 use crate::layer::CacheLayer;
@@ -15,7 +15,7 @@ use crate::store::Store;
 use crate::ttl::{FixedTtl, Jitter};
 
 use super::service::Action;
-use super::{invalid, ConfigError, RouteConfig};
+use super::{ConfigError, RouteConfig, invalid};
 
 fn duration(route: &str, field: &'static str, text: &str) -> Result<Duration, ConfigError> {
     crate::parse_duration(text)
@@ -123,7 +123,11 @@ impl RouteConfig {
                             ));
                         }
                         if !self.vary.is_empty() {
-                            return Err(invalid(name, "vary", "vary applies to the default key; add the header to the key instead"));
+                            return Err(invalid(
+                                name,
+                                "vary",
+                                "vary applies to the default key; add the header to the key instead",
+                            ));
                         }
                         RouteKey::Path(with_prefix(PathKey::new(&self.path, template)))
                     }
@@ -157,7 +161,7 @@ impl RouteConfig {
                             name,
                             "refresh_ahead",
                             "refresh-ahead is read_through's; use strategy = \"read_through\"",
-                        ))
+                        ));
                     }
                     _ => None,
                 };
@@ -195,7 +199,7 @@ impl RouteConfig {
                             name,
                             "freshness",
                             format!("{other:?} is neither \"route\" nor \"response\""),
-                        ))
+                        ));
                     }
                 };
                 Planned::Read {
@@ -258,14 +262,14 @@ impl RouteConfig {
                         "{} needs a typed value: layer it on a typed service in code",
                         self.strategy
                     ),
-                ))
+                ));
             }
             other => {
                 return Err(invalid(
                     name,
                     "strategy",
                     format!("{other:?} is not one of cache_aside, read_through, write_around"),
-                ))
+                ));
             }
         };
         Ok(CompiledRoute {

@@ -12,13 +12,13 @@ use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::BoxError;
 use crate::codec::Codec;
 use crate::http::body::passthrough;
 use crate::http::{CacheBody, CachedResponse, HttpCacheLayer, PathInvalidation, PathKey};
 use crate::layer::CacheLayer;
 use crate::store::Store;
 use crate::ttl::{FixedTtl, Jitter};
-use crate::BoxError;
 
 use super::route::{IsSuccess, RouteKey};
 

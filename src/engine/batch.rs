@@ -5,8 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::flight::{Landed, Landing, Lease};
 use super::LoadError;
+use super::flight::{Landed, Landing, Lease};
 use crate::cache::{Cache, Cacheable};
 use crate::codec::Codec;
 use crate::key::Key;

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use pin_project::pin_project;
@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::flight::{Joined, Landed, Landing, Lease, SharedLoad};
 use super::{Load, Loaded, ReadContext, ReadPolicy};
 use crate::cache::{CacheError, Hit, Lookup};
-use crate::frame::{now_ms, Header};
+use crate::frame::{Header, now_ms};
 use crate::key::Key;
 use crate::metrics::{KeyDigest, Operation};
 use crate::store::Store;
@@ -346,21 +346,22 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                                 observer.negative_hit(strategy);
                             }
                             this.span.record("outcome", "hit");
-                            if timed && policy.refresh_due(&hit.header, now) {
-                                if let Some(loader) = loader.take() {
-                                    // Not awaited: the reload runs on its own task, once per key.
-                                    let (joined, _) = begin(
-                                        context,
-                                        key,
-                                        loader,
-                                        None,
-                                        None,
-                                        Looked::FRESH,
-                                        this.span,
-                                    );
-                                    if matches!(joined, Joined::Started(_)) {
-                                        observer.refresh(strategy);
-                                    }
+                            if timed
+                                && policy.refresh_due(&hit.header, now)
+                                && let Some(loader) = loader.take()
+                            {
+                                // Not awaited: the reload runs on its own task, once per key.
+                                let (joined, _) = begin(
+                                    context,
+                                    key,
+                                    loader,
+                                    None,
+                                    None,
+                                    Looked::FRESH,
+                                    this.span,
+                                );
+                                if matches!(joined, Joined::Started(_)) {
+                                    observer.refresh(strategy);
                                 }
                             }
                             this.state.set(State::Done);
@@ -496,15 +497,14 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                         this.state.set(State::Done);
                         return Poll::Ready(outcome);
                     }
-                    if let Some(timer) = soft_timeout.as_pin_mut() {
-                        if timer.poll(cx).is_ready() {
-                            if let Some(value) = stale.take() {
-                                observer.stale_served(strategy);
-                                this.span.record("outcome", "stale");
-                                this.state.set(State::Done);
-                                return Poll::Ready(Outcome::Stale(value));
-                            }
-                        }
+                    if let Some(timer) = soft_timeout.as_pin_mut()
+                        && timer.poll(cx).is_ready()
+                        && let Some(value) = stale.take()
+                    {
+                        observer.stale_served(strategy);
+                        this.span.record("outcome", "stale");
+                        this.state.set(State::Done);
+                        return Poll::Ready(Outcome::Stale(value));
                     }
                     return Poll::Pending;
                 }

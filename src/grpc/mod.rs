@@ -50,6 +50,7 @@ use http_body_util::BodyExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::BoxError;
 use crate::cache::Cache;
 use crate::codec::{Codec, Json};
 use crate::engine::{Load, Loaded, Outcome, ReadContext, ReadFuture, ReadPolicy};
@@ -59,7 +60,6 @@ use crate::http::{CacheBody, CachedResponse};
 use crate::key::Key;
 use crate::metrics::Strategy;
 use crate::store::{MemoryStore, Store};
-use crate::BoxError;
 
 mod key;
 
@@ -453,7 +453,7 @@ where
                     return Ok(Loaded::Private {
                         private: Err(error),
                         failed: true,
-                    })
+                    });
                 }
             };
             let mut frames = VecDeque::new();

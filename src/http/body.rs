@@ -1,7 +1,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -94,10 +94,10 @@ where
         match this.rest.as_pin_mut() {
             Some(rest) => {
                 let polled = rest.poll_frame(cx).map_err(Into::into);
-                if let (Some(more), Poll::Ready(Some(Ok(frame)))) = (this.more.as_ref(), &polled) {
-                    if frame.data_ref().is_some_and(|data| !data.is_empty()) {
-                        more.store(true, Ordering::Release);
-                    }
+                if let (Some(more), Poll::Ready(Some(Ok(frame)))) = (this.more.as_ref(), &polled)
+                    && frame.data_ref().is_some_and(|data| !data.is_empty())
+                {
+                    more.store(true, Ordering::Release);
                 }
                 polled
             }

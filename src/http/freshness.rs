@@ -7,8 +7,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use http::header::{self, HeaderMap, HeaderName};
 use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderName};
 use serde::{Deserialize, Serialize};
 
 /// RFC 9111 §1.2.2: delta-seconds beyond what a cache can represent read as 2^31.
@@ -510,15 +510,16 @@ impl Freshness {
         }
         let staleness = age.saturating_sub(self.lifetime_ms);
         if !self.no_stale {
-            if let Some(max_stale) = request.max_stale {
-                if request.max_age.is_none() && staleness <= max_stale.saturating_mul(1000) {
-                    return Use::Fresh;
-                }
+            if let Some(max_stale) = request.max_stale
+                && request.max_age.is_none()
+                && staleness <= max_stale.saturating_mul(1000)
+            {
+                return Use::Fresh;
             }
-            if let Some(swr) = self.swr {
-                if staleness <= swr.saturating_mul(1000) {
-                    return Use::WhileRevalidating;
-                }
+            if let Some(swr) = self.swr
+                && staleness <= swr.saturating_mul(1000)
+            {
+                return Use::WhileRevalidating;
             }
         }
         Use::Revalidate

@@ -1,5 +1,5 @@
-use http::header::HeaderName;
 use http::Request;
+use http::header::HeaderName;
 
 use crate::key::{IntoKey, Key, KeyBuilder, KeyExtractor};
 

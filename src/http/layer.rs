@@ -6,11 +6,11 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use tower_layer::Layer;
 
+use super::CachedResponse;
 use super::body::CacheBody;
 use super::key::{HttpKey, RequestKey};
 use super::service::HttpCache;
 use super::shared::SharedMode;
-use super::CachedResponse;
 use crate::cache::Cache;
 use crate::codec::Json;
 use crate::engine::{FailSafe, ReadPolicy};

@@ -12,9 +12,10 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tower_service::Service;
 
-use super::body::{passthrough, CacheBody};
-use super::key::{key_as_get, HttpKey, RequestKey};
 use super::CachedResponse;
+use super::body::{CacheBody, passthrough};
+use super::key::{HttpKey, RequestKey, key_as_get};
+use crate::BoxError;
 use crate::cache::Cache;
 use crate::codec::{Codec, Json};
 use crate::engine::{Load, Loaded, Outcome, ReadContext, ReadFuture, ReadPolicy};
@@ -23,9 +24,8 @@ use crate::key::Key;
 use crate::metrics::Operation;
 use crate::store::{MemoryStore, Store};
 use crate::ttl::{FixedTtl, TtlPolicy};
-use crate::BoxError;
 
-use super::layer::{cache_control_has, Settings};
+use super::layer::{Settings, cache_control_has};
 
 /// The service of [`HttpCacheLayer`](super::HttpCacheLayer).
 pub struct HttpCache<Svc, St = MemoryStore, C = Json, K = HttpKey, T = FixedTtl> {
@@ -148,14 +148,14 @@ where
             // body) is never stored.
             let settings = self.shared.clone();
             return Box::pin(async move {
-                if let Ok(Some(hit)) = settings.cache.lookup(&key).await {
-                    if !hit.header.is_stale(now_ms()) {
-                        let age = now_ms().saturating_sub(hit.header.stored_at_ms) / 1000;
-                        let (parts, _) = settings
-                            .respond::<ResBody>(hit.value, "HIT", Some(age))
-                            .into_parts();
-                        return Ok(Response::from_parts(parts, CacheBody::full(Bytes::new())));
-                    }
+                if let Ok(Some(hit)) = settings.cache.lookup(&key).await
+                    && !hit.header.is_stale(now_ms())
+                {
+                    let age = now_ms().saturating_sub(hit.header.stored_at_ms) / 1000;
+                    let (parts, _) = settings
+                        .respond::<ResBody>(hit.value, "HIT", Some(age))
+                        .into_parts();
+                    return Ok(Response::from_parts(parts, CacheBody::full(Bytes::new())));
                 }
                 Ok(inner.call(request).await?.map(CacheBody::stream))
             });
@@ -245,7 +245,7 @@ where
                     return Ok(Loaded::Private {
                         private: Err(error),
                         failed: true,
-                    })
+                    });
                 }
             };
             Ok(load(&settings, &key, response).await)

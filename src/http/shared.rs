@@ -16,12 +16,13 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
+use super::CachedResponse;
 use super::body::CacheBody;
 use super::freshness::{self, Directives, Exchange, Freshness, Refusal, Use};
-use super::key::{key_as_get, RequestKey};
+use super::key::{RequestKey, key_as_get};
 use super::layer::Settings;
-use super::service::{internal_error, read_limited, Own, Read};
-use super::CachedResponse;
+use super::service::{Own, Read, internal_error, read_limited};
+use crate::BoxError;
 use crate::codec::Codec;
 use crate::engine::{Load, Loaded, Outcome, ReadFuture};
 use crate::frame::now_ms;
@@ -29,7 +30,6 @@ use crate::key::{Key, Pattern};
 use crate::metrics::Operation;
 use crate::store::Store;
 use crate::ttl::TtlPolicy;
-use crate::BoxError;
 
 /// How a layer in shared-cache mode treats responses.
 #[derive(Clone, Debug)]
@@ -148,7 +148,7 @@ where
                     return Ok(Loaded::Private {
                         private: Err(error),
                         failed: true,
-                    })
+                    });
                 }
             };
             let exchange = Exchange {
@@ -446,7 +446,7 @@ where
                     served,
                     request_headers,
                     false,
-                ))
+                ));
             }
             Use::WhileRevalidating => {
                 revalidate_in_background(&settings, &inner, &slot, &key, &entry);
@@ -569,21 +569,19 @@ fn stand_in<St, C, K, T, B>(
     response: Response<CacheBody<B>>,
     request_headers: &HeaderMap,
 ) -> Response<CacheBody<B>> {
-    if response.status().is_server_error() {
-        if let Some(entry) = stale {
-            if let Some(fresh) = entry.freshness.clone() {
-                if fresh.serves_on_error(now_ms()) {
-                    return answer(
-                        settings,
-                        entry,
-                        &fresh,
-                        Served::Stale,
-                        request_headers,
-                        false,
-                    );
-                }
-            }
-        }
+    if response.status().is_server_error()
+        && let Some(entry) = stale
+        && let Some(fresh) = entry.freshness.clone()
+        && fresh.serves_on_error(now_ms())
+    {
+        return answer(
+            settings,
+            entry,
+            &fresh,
+            Served::Stale,
+            request_headers,
+            false,
+        );
     }
     response
 }

@@ -126,12 +126,12 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
                     continue;
                 }
                 b'[' => {
-                    if let Some((matched, next)) = match_class(pattern, p, text[t]) {
-                        if matched {
-                            p = next;
-                            t += 1;
-                            continue;
-                        }
+                    if let Some((matched, next)) = match_class(pattern, p, text[t])
+                        && matched
+                    {
+                        p = next;
+                        t += 1;
+                        continue;
                     }
                 }
                 b'\\' if p + 1 < pattern.len() => {

@@ -5,7 +5,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
-use super::commands::{bounded, set_command, Commands, GetFuture, SCAN_BATCH};
+use super::commands::{Commands, GetFuture, SCAN_BATCH, bounded, set_command};
 use super::redis::ConfigError;
 use super::{Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern, Tag};
@@ -273,7 +273,7 @@ impl RedisClusterStore {
                     return Err(StoreError::Connect {
                         message: "redis cluster refused".into(),
                         source: Some(Box::new(e)),
-                    })
+                    });
                 }
                 Err(_) => {
                     return Err(StoreError::Connect {
@@ -282,7 +282,7 @@ impl RedisClusterStore {
                             config.connect_timeout
                         ),
                         source: None,
-                    })
+                    });
                 }
             };
         Ok(RedisClusterStore {

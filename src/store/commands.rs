@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::ConnectionLike;
 use redis::RedisError;
+use redis::aio::ConnectionLike;
 
 use super::{StoreError, StoreValue};
 use crate::frame::millis;
@@ -318,16 +318,16 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
             let key = inspection.key.clone();
             let mut strlen = redis::cmd("STRLEN");
             strlen.arg(key.as_slice());
-            if let Ok(len) = commands.run::<u64>("get", &strlen).await {
-                if len > OVERSIZED as u64 {
-                    let mut unlink = redis::cmd("UNLINK");
-                    unlink.arg(key.as_slice());
-                    if commands.run::<u64>("delete", &unlink).await.is_ok() {
-                        tracing::warn!(
-                            bytes = len,
-                            "a value too large to read within the command timeout was removed"
-                        );
-                    }
+            if let Ok(len) = commands.run::<u64>("get", &strlen).await
+                && len > OVERSIZED as u64
+            {
+                let mut unlink = redis::cmd("UNLINK");
+                unlink.arg(key.as_slice());
+                if commands.run::<u64>("delete", &unlink).await.is_ok() {
+                    tracing::warn!(
+                        bytes = len,
+                        "a value too large to read within the command timeout was removed"
+                    );
                 }
             }
             drop(inspection);

@@ -1,12 +1,12 @@
 use std::collections::HashMap;
-use std::future::{ready, Ready};
+use std::future::{Ready, ready};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use moka::Expiry;
 use moka::ops::compute::Op;
 use moka::sync::Cache as Moka;
-use moka::Expiry;
 
 use super::{Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern, Tag};
@@ -403,11 +403,7 @@ impl Store for MemoryStore {
                         .as_ref()
                         .is_some_and(|(_, g)| *g == generation)
                 });
-                if filed {
-                    Op::Remove
-                } else {
-                    Op::Nop
-                }
+                if filed { Op::Remove } else { Op::Nop }
             });
             if matches!(result, moka::ops::compute::CompResult::Removed(_)) {
                 removed += 1;

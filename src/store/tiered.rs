@@ -1,8 +1,8 @@
 use std::fmt;
-use std::future::{ready, Future, Ready};
+use std::future::{Future, Ready, ready};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -417,10 +417,10 @@ impl Store for TieredStore {
     type GetFuture = TieredGet;
 
     fn get(&self, key: &Key) -> Self::GetFuture {
-        if self.is_coherent() {
-            if let Some(value) = self.l1.get_now(key) {
-                return TieredGet::L1(ready(Ok(Some(value))));
-            }
+        if self.is_coherent()
+            && let Some(value) = self.l1.get_now(key)
+        {
+            return TieredGet::L1(ready(Ok(Some(value))));
         }
         let (l1, l2, key) = (self.l1.clone(), self.l2.clone(), key.clone());
         let shared = self.shared.clone();

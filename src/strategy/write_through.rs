@@ -42,14 +42,14 @@
 //! # }
 //! ```
 
-use crate::task::{run_to_completion, Completion};
+use crate::task::{Completion, run_to_completion};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use pin_project::pin_project;
 use tower_layer::Layer;

@@ -166,10 +166,10 @@ impl Db {
 
     fn check_write(&self, ispb: Option<&str>) -> Result<(), DbError> {
         self.check_up()?;
-        if let (Some(ispb), Some(poison)) = (ispb, self.poison_ispb.lock().unwrap().as_deref()) {
-            if ispb == poison {
-                return Err(DbError(format!("constraint violation for {ispb}")));
-            }
+        if let (Some(ispb), Some(poison)) = (ispb, self.poison_ispb.lock().unwrap().as_deref())
+            && ispb == poison
+        {
+            return Err(DbError(format!("constraint violation for {ispb}")));
         }
         let per_mille = self.write_failure_per_mille.load(Ordering::Relaxed);
         if per_mille > 0 && fastrand::u32(0..1000) < per_mille {
@@ -241,12 +241,12 @@ impl Service<UpdateMetrics> for Db {
             db.delay().await;
             db.check_write(Some(&request.ispb))?;
             let mut tables = db.tables.lock().unwrap();
-            if let Some(&previous) = tables.metrics.get(&request.ispb) {
-                if previous > request.seq {
-                    tables
-                        .reordered
-                        .push((request.ispb.clone(), previous, request.seq));
-                }
+            if let Some(&previous) = tables.metrics.get(&request.ispb)
+                && previous > request.seq
+            {
+                tables
+                    .reordered
+                    .push((request.ispb.clone(), previous, request.seq));
             }
             tables.metrics.insert(request.ispb, request.seq);
             Ok(())

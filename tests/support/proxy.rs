@@ -2,8 +2,8 @@
 //! through, delays them (a delay line), holds them (a black hole: connections stay open,
 //! nothing arrives until it ends), resets every connection, or refuses new ones.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

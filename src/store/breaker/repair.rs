@@ -3,8 +3,8 @@
 //! failed, each stamped with when it was owed, latest wins.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::key::{Key, Pattern, Tag};
 use crate::metrics::Observer;
@@ -98,12 +98,17 @@ impl Repairs {
                 book.by_stamp.remove(&old);
             }
             book.by_stamp.insert(stamp, key.clone());
-            if book.keys.len() > self.capacity {
-                if let Some((_, oldest)) = book.by_stamp.pop_first() {
-                    book.keys.remove(&oldest);
-                    book.dropped += 1;
-                    crate::log::warn_summarised!("repair_dropped", dropped = book.dropped, capacity = self.capacity, "too many keys owe a repair: the oldest is forgotten and may serve its old value until it expires");
-                }
+            if book.keys.len() > self.capacity
+                && let Some((_, oldest)) = book.by_stamp.pop_first()
+            {
+                book.keys.remove(&oldest);
+                book.dropped += 1;
+                crate::log::warn_summarised!(
+                    "repair_dropped",
+                    dropped = book.dropped,
+                    capacity = self.capacity,
+                    "too many keys owe a repair: the oldest is forgotten and may serve its old value until it expires"
+                );
             }
         }
         self.publish(&book);

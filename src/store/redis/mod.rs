@@ -7,7 +7,7 @@ mod config;
 
 use self::config::redact_url;
 pub use self::config::{ConfigError, RedisConfig};
-use super::commands::{set_command, tagged_set_command, Commands, GetFuture, SCAN_BATCH};
+use super::commands::{Commands, GetFuture, SCAN_BATCH, set_command, tagged_set_command};
 use super::{Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern, Tag};
 
@@ -69,7 +69,7 @@ impl RedisStore {
                 return Err(StoreError::Connect {
                     message: format!("redis at {} refused", redact_url(&config.url)),
                     source: Some(Box::new(e)),
-                })
+                });
             }
             Err(_) => {
                 return Err(StoreError::Connect {
@@ -79,7 +79,7 @@ impl RedisStore {
                         config.connect_timeout
                     ),
                     source: None,
-                })
+                });
             }
         };
         Ok(RedisStore {

@@ -1,12 +1,13 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use pin_project::pin_project;
 use tower_service::Service;
 
 use super::{Read, ReadMode};
+use crate::LoadError;
 use crate::cache::{Cache, Cacheable};
 use crate::codec::Codec;
 use crate::engine::{Admission, Load, Loaded, Outcome, ReadContext, ReadFuture, ReadPolicy};
@@ -15,7 +16,6 @@ use crate::layer::CacheLayer;
 use crate::store::Store;
 use crate::strategy::Predicate;
 use crate::ttl::TtlPolicy;
-use crate::LoadError;
 
 /// The response future of [`ReadService`](super::ReadService): the engine's read (look up,
 /// then on a miss join or start the key's one load), or the loader's own call when the
@@ -196,7 +196,7 @@ where
                 KindProj::Own { future } => {
                     return Poll::Ready(
                         ready!(future.poll(cx)).map_err(|error| LoadError::Failed(Arc::new(error))),
-                    )
+                    );
                 }
                 KindProj::Read { read } => ready!(read.poll(cx)),
             };

@@ -65,6 +65,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
+#[cfg(doc)]
+use crate::LoadError;
 use crate::cache::Cache;
 use crate::codec::Json;
 use crate::engine::{FailSafe, ReadPolicy};
@@ -72,8 +74,6 @@ use crate::layer::CacheLayer;
 use crate::metrics::Strategy;
 use crate::store::MemoryStore;
 use crate::strategy::{Always, Never};
-#[cfg(doc)]
-use crate::LoadError;
 
 mod future;
 mod service;

@@ -5,6 +5,7 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::{Read, ReadMode};
+use crate::LoadError;
 use crate::cache::Cacheable;
 use crate::codec::Codec;
 use crate::key::KeyExtractor;
@@ -12,7 +13,6 @@ use crate::layer::CacheLayer;
 use crate::store::Store;
 use crate::strategy::Predicate;
 use crate::ttl::TtlPolicy;
-use crate::LoadError;
 
 crate::macros::strategy_service!(
     /// The service of a read strategy ([`CacheAside`](super::CacheAside) or

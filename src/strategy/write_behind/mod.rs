@@ -78,12 +78,12 @@ use std::pin::Pin;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::BoxError;
 use crate::cache::{Cache, PendingWrites};
 use crate::codec::Json;
 use crate::key::Key;
 use crate::layer::CacheLayer;
 use crate::store::{MemoryStore, StoreValue};
-use crate::BoxError;
 
 mod queue;
 mod service;

@@ -13,13 +13,13 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::{
-    hand_dead_letter, write_once, DeadLetter, DeadLetterHook, Enqueue, Settings, WriteQueue,
+    DeadLetter, DeadLetterHook, Enqueue, Settings, WriteQueue, hand_dead_letter, write_once,
 };
+use crate::BoxError;
 use crate::cache::{CacheError, PendingWrites};
 use crate::key::Key;
 use crate::metrics::{KeyDigest, Observer, Operation};
 use crate::store::StoreValue;
-use crate::BoxError;
 
 /// The queued writes of one write-behind layer, shared by its services, its worker and the
 /// cache's registry.

@@ -4,11 +4,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use futures_util::future::{FutureExt, Shared};
 use pin_project::pin_project;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::PollSemaphore;
 use tower_layer::Layer;
@@ -20,6 +20,7 @@ use super::{
     Acknowledge, DeadLetterHook, Enqueue, InMemoryQueue, RequestToValue, Unqueued, WriteBehind,
     WriteQueue,
 };
+use crate::BoxError;
 use crate::cache::{Cacheable, PendingWrites};
 use crate::codec::Codec;
 use crate::key::Key;
@@ -27,9 +28,8 @@ use crate::key::KeyExtractor;
 use crate::layer::CacheLayer;
 use crate::metrics::{KeyDigest, Strategy};
 use crate::store::Store;
-use crate::task::{run_to_completion, Completion};
+use crate::task::{Completion, run_to_completion};
 use crate::ttl::TtlPolicy;
-use crate::BoxError;
 
 /// The service of [`WriteBehind`] around the writer `Svc`. Its clones share one queue,
 /// which belongs to them: its worker starts with the first request (or

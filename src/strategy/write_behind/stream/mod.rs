@@ -4,21 +4,21 @@ use std::fmt;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Serialize, de::DeserializeOwned};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::service::WriteBehindService;
 use super::{DeadLetterHook, WriteBehind};
+use crate::BoxError;
 use crate::cache::Cacheable;
 use crate::codec::Codec;
-use crate::key::builder::escape_part;
 use crate::key::Key;
+use crate::key::builder::escape_part;
 use crate::layer::CacheLayer;
 use crate::store::breaker::Gate;
 use crate::store::commands::Commands;
 use crate::store::{CircuitBreaker, RedisStore, Store};
-use crate::BoxError;
 
 /// The consumer group every instance reads a queue's stream with.
 const GROUP: &str = "writers";

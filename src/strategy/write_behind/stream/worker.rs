@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use redis::aio::ConnectionLike;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower_service::Service;
 
+use crate::BoxError;
 use crate::cache::{CacheError, PendingWrites};
 use crate::codec::Codec;
 use crate::frame::millis;
@@ -21,10 +22,9 @@ use crate::key::Key;
 use crate::metrics::{KeyDigest, Observer, Operation};
 use crate::store::{StoreError, StoreValue};
 use crate::strategy::write_behind::{DeadLetterHook, Enqueue, Settings, Unqueued, WriteQueue};
-use crate::BoxError;
 
 use super::direct::DirectWrites;
-use super::{StreamQueue, GROUP};
+use super::{GROUP, StreamQueue};
 
 /// How long a worker's liveness lasts without a refresh: past it, other instances take
 /// over what it holds.
@@ -403,10 +403,10 @@ where
             state.group_ready = true;
         }
         let result = self.take_and_write(state).await;
-        if let Err(error) = &result {
-            if has_code(error, "NOGROUP") {
-                state.group_ready = false;
-            }
+        if let Err(error) = &result
+            && has_code(error, "NOGROUP")
+        {
+            state.group_ready = false;
         }
         result
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::ConnectionLike;
 use redis::streams::StreamId;
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Serialize, de::DeserializeOwned};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -18,8 +18,8 @@ use crate::frame::millis;
 use crate::key::Key;
 use crate::metrics::{KeyDigest, Operation};
 
-use crate::strategy::write_behind::{hand_dead_letter, write_once, DeadLetter, DeadLetterHook};
 use crate::BoxError;
+use crate::strategy::write_behind::{DeadLetter, DeadLetterHook, hand_dead_letter, write_once};
 
 use super::direct::{DirectWrites, Verdict};
 use super::worker::{Delivered, EntryId, Retry, StreamWorker};
@@ -297,16 +297,17 @@ where
             let pending: Option<u64> =
                 field("pending").and_then(|v| redis::from_redis_value(v).ok());
             let idle: Option<u64> = field("idle").and_then(|v| redis::from_redis_value(v).ok());
-            if let (Some(name), Some(0), Some(idle)) = (name, pending, idle) {
-                if idle > limit && name != self.consumer {
-                    let mut forget = redis::cmd("XGROUP");
-                    forget
-                        .arg("DELCONSUMER")
-                        .arg(&self.stream)
-                        .arg(GROUP)
-                        .arg(name);
-                    let _ = self.run::<u64>("write_behind_consumers", &forget).await;
-                }
+            if let (Some(name), Some(0), Some(idle)) = (name, pending, idle)
+                && idle > limit
+                && name != self.consumer
+            {
+                let mut forget = redis::cmd("XGROUP");
+                forget
+                    .arg("DELCONSUMER")
+                    .arg(&self.stream)
+                    .arg(GROUP)
+                    .arg(name);
+                let _ = self.run::<u64>("write_behind_consumers", &forget).await;
             }
         }
     }
