@@ -241,11 +241,11 @@ async fn ttl_expiration<S: Store>(store: S, prefix: &str) {
     let cache: Cache<Entry, S> = Cache::new(store);
     let key = KeyBuilder::new().prefix(prefix).entry("ttl");
     cache
-        .set(&key, &entry("ttl"), Some(Duration::from_millis(150)))
+        .set(&key, &entry("ttl"), Some(Duration::from_millis(600)))
         .await
         .unwrap();
     assert!(cache.get(&key).await.unwrap().is_some());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(cache.get(&key).await.unwrap(), None);
     assert!(!cache.exists(&key).await.unwrap());
 }

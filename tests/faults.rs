@@ -174,7 +174,7 @@ async fn no_request_fails_and_no_write_is_lost_while_redis_is_killed_and_paused(
 
     // A request may wait for one command timeout before the cache gives up (the breaker
     // removes even that once it opens); the rest is the database and a busy machine.
-    let bound = COMMAND_TIMEOUT + Duration::from_millis(100);
+    let bound = COMMAND_TIMEOUT + Duration::from_millis(200);
     let figures = Arc::new(Figures::default());
     let acknowledged: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));

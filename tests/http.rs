@@ -241,7 +241,7 @@ async fn only_cacheable_statuses_and_negative_ttl() {
     let app = app_with(
         Cache::in_memory(),
         counting_route(missing.clone(), StatusCode::NOT_FOUND, &[]),
-        |l| l.negative_ttl(Duration::from_millis(200)),
+        |l| l.negative_ttl(Duration::from_millis(1000)),
     );
     call(&app, get_req("/r")).await;
     let (status, headers, _) = call(&app, get_req("/r")).await;
@@ -252,7 +252,7 @@ async fn only_cacheable_statuses_and_negative_ttl() {
             &"HIT".parse::<axum::http::HeaderValue>().unwrap()
         )
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     call(&app, get_req("/r")).await;
     assert_eq!(missing.load(Ordering::SeqCst), 2);
 }
@@ -729,33 +729,39 @@ async fn binary_bodies_round_trip_through_redis_and_garbage_is_a_miss() {
 #[tokio::test]
 async fn refresh_ahead_reloads_in_the_background() {
     let calls = Arc::new(AtomicU32::new(0));
-    let c = calls.clone();
+    // While true, the route does not answer: a hit that waited for the reload never would.
+    let held = Arc::new(tokio::sync::watch::Sender::new(false));
+    let (c, h) = (calls.clone(), held.clone());
     let route = get(move || {
-        let c = c.clone();
+        let (c, mut held) = (c.clone(), h.subscribe());
         async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = held.wait_for(|held| !*held).await;
             format!("body {}", c.fetch_add(1, Ordering::SeqCst) + 1)
         }
     });
+    // The window opens at 1 s and the entry expires at 2 s: 0.8 s from where it is read.
     let app = app_with(Cache::in_memory(), route, |l| {
-        l.ttl(tower_caching::ttl::FixedTtl(Duration::from_millis(600)))
+        l.ttl(tower_caching::ttl::FixedTtl(Duration::from_millis(2000)))
             .refresh_ahead(0.5)
     });
     assert_eq!(call(&app, get_req("/r")).await.2, "body 1");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    // In the window: served at once from the cache, reloaded once behind it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // In the window: served from the cache, reloaded once behind it.
+    held.send_replace(true);
     for _ in 0..5 {
-        let started = std::time::Instant::now();
-        let (_, headers, body) = call(&app, get_req("/r")).await;
+        let hit = tokio::time::timeout(Duration::from_secs(5), call(&app, get_req("/r")));
+        let (_, headers, body) = hit.await.expect("a hit waited for the reload");
         assert_eq!(
             (headers["x-cache"].to_str().unwrap(), body.as_str()),
             ("HIT", "body 1")
         );
-        assert!(started.elapsed() < Duration::from_millis(40));
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    held.send_replace(false);
+    support::within(Duration::from_secs(5), async || {
+        call(&app, get_req("/r")).await.2 == "body 2"
+    })
+    .await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    assert_eq!(call(&app, get_req("/r")).await.2, "body 2");
 }
 
 #[tokio::test]
@@ -776,7 +782,7 @@ async fn fail_safe_serves_stale_responses_when_the_route_fails() {
     });
     let app = app_with(Cache::in_memory(), route, |l| {
         l.ttl(tower_caching::ttl::FixedTtl(Duration::from_millis(200)))
-            .fail_safe(Duration::from_secs(30), Duration::from_millis(300))
+            .fail_safe(Duration::from_secs(30), Duration::from_millis(1500))
     });
     assert_eq!(call(&app, get_req("/r")).await.2, "body 1");
     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -792,7 +798,7 @@ async fn fail_safe_serves_stale_responses_when_the_route_fails() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     failing.store(false, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     let (_, headers, body) = call(&app, get_req("/r")).await;
     assert_eq!(
         (headers["x-cache"].to_str().unwrap(), body.as_str()),

@@ -144,17 +144,24 @@ async fn read_through_counts_refreshes_and_negative_hits() {
     db.insert(entry("cfg", "v"));
     let entries = cache::<Option<Entry>, _>(MemoryStore::new(), &metrics);
     let service = CacheLayer::read_through(entries.clone())
-        .ttl(Duration::from_millis(400))
+        .ttl(Duration::from_millis(2000))
         .refresh_ahead(0.5)
         .not_found(Option::is_none)
         .negative_ttl(Duration::from_secs(60))
         .layer(db.clone());
     service.clone().oneshot(get("cfg")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // In the refresh window (1-2 s), 0.8 s from its end.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     service.clone().oneshot(get("cfg")).await.unwrap(); // in the refresh window
     service.clone().oneshot(get("absent")).await.unwrap(); // cached as not found
     service.clone().oneshot(get("absent")).await.unwrap(); // negative hit
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refreshes = |registry| {
+        scrape(registry).value(
+            "conn_dict_cache_refreshes_total",
+            &[("strategy", "read_through")],
+        )
+    };
+    support::within(Duration::from_secs(5), async || refreshes(&registry) == 1.0).await;
 
     let m = scrape(&registry);
     let rt = [("strategy", "read_through")];

@@ -26,7 +26,8 @@ async fn dead_address_is_a_typed_connect_error_within_the_timeout() {
     let elapsed = started.elapsed();
     assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
     assert_eq!(error.kind(), "connect");
-    assert!(elapsed < Duration::from_millis(600), "took {elapsed:?}");
+    // Far above the timeout, for a loaded machine; without it the connect would hang.
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
 }
 
 #[tokio::test]
@@ -39,7 +40,7 @@ async fn black_holed_address_is_a_connect_error_within_the_timeout() {
     let started = Instant::now();
     let error = RedisStore::connect(config).await.unwrap_err();
     assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
-    assert!(started.elapsed() < Duration::from_millis(600));
+    assert!(started.elapsed() < Duration::from_secs(2));
 }
 
 #[tokio::test]
@@ -63,7 +64,7 @@ async fn lazy_store_on_a_dead_address_fails_each_command_within_the_command_time
             "{error:?}"
         );
         assert!(
-            started.elapsed() < Duration::from_millis(150),
+            started.elapsed() < Duration::from_secs(1),
             "{:?}",
             started.elapsed()
         );
@@ -88,7 +89,8 @@ async fn paused_server_times_out_commands_and_recovers() {
     let started = Instant::now();
     let error = store.get(&key).await.unwrap_err();
     assert!(matches!(error, StoreError::Timeout { .. }), "{error:?}");
-    assert!(started.elapsed() < Duration::from_millis(150));
+    // A paused server never answers: only the timeout ends the wait.
+    assert!(started.elapsed() < Duration::from_secs(1));
     server.pause(false);
 
     // The connection may have been torn down by the timeout: give it a moment to come back.

@@ -38,7 +38,7 @@ async fn ttl_expires<S: Store>(store: S, p: &str) {
     let long = key(p, "long");
     let forever = key(p, "forever");
     store
-        .set(&short, bytes(b"x"), Some(Duration::from_millis(100)))
+        .set(&short, bytes(b"x"), Some(Duration::from_millis(500)))
         .await
         .unwrap();
     store
@@ -47,7 +47,7 @@ async fn ttl_expires<S: Store>(store: S, p: &str) {
         .unwrap();
     store.set(&forever, bytes(b"z"), None).await.unwrap();
     assert!(store.exists(&short).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(get_bytes(&store, &short).await, None);
     assert!(!store.exists(&short).await.unwrap());
     assert!(store.exists(&long).await.unwrap());

@@ -194,10 +194,11 @@ async fn an_l2_hit_lands_in_l1_typed_and_no_longer_than_it_is_fresh() {
     a.set(
         &short,
         &"brief".to_string(),
-        Some(Duration::from_millis(300)),
+        Some(Duration::from_millis(1000)),
     )
     .await
     .unwrap();
+    let short_set = std::time::Instant::now();
 
     // B's first read is an L2 hit: decoded once, and L1 keeps the typed value.
     assert_eq!(b.get(&long).await.unwrap().as_deref(), Some("kept"));
@@ -213,7 +214,7 @@ async fn an_l2_hit_lands_in_l1_typed_and_no_longer_than_it_is_fresh() {
     // L1's TTL (60 s here) never outlasts the value's own.
     assert_eq!(b.get(&short).await.unwrap().as_deref(), Some("brief"));
     read_into_l1(&b, &b_l1, &short).await;
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(Duration::from_millis(1150).saturating_sub(short_set.elapsed())).await;
     assert!(
         b_l1.get(&short).await.unwrap().is_none(),
         "L1 served a value past its TTL"

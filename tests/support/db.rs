@@ -114,6 +114,9 @@ pub struct Db {
     pub poison_ispb: Arc<Mutex<Option<String>>>,
     /// Delay of every call, in milliseconds.
     pub latency_ms: Arc<AtomicU64>,
+    /// While true, every call waits (after its latency) until [`Db::release`]: a test that
+    /// must show something did not wait for a call holds it, rather than racing a delay.
+    held: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Db {
@@ -149,11 +152,23 @@ impl Db {
         self.writes.load(Ordering::SeqCst)
     }
 
+    /// Calls from now on wait until [`Db::release`].
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Lets held calls, and those to come, go on.
+    pub fn release(&self) {
+        self.held.send_replace(false);
+    }
+
     async fn delay(&self) {
         let ms = self.latency_ms.load(Ordering::Relaxed);
         if ms > 0 {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
+        let mut held = self.held.subscribe();
+        let _ = held.wait_for(|held| !*held).await;
     }
 
     fn check_up(&self) -> Result<(), DbError> {
