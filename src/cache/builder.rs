@@ -2,13 +2,13 @@ use std::marker::PhantomData;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use super::{Cache, Cacheable, DEFAULT_MAX_VALUE_SIZE, Shared};
+use super::{Cache, Cacheable, DEFAULT_COMPRESS_ABOVE, DEFAULT_MAX_VALUE_SIZE, Shared};
 use crate::codec::{Codec, Json};
 use crate::engine::flight::Flights;
 use crate::metrics::Observer;
 use crate::store::{MemoryStore, Store};
 
-/// Builds a [`Cache`]: choose the codec and the value size limit.
+/// Builds a [`Cache`]: choose the codec, the value size limit and when to compress.
 ///
 /// ```
 /// use tower_caching::{store::MemoryStore, Cache};
@@ -23,6 +23,7 @@ pub struct CacheBuilder<S, C = Json> {
     store: S,
     codec: C,
     max_value_size: usize,
+    compress_above: Option<usize>,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::Metrics>,
 }
@@ -43,6 +44,7 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
             store: self.store,
             codec,
             max_value_size: self.max_value_size,
+            compress_above: self.compress_above,
             #[cfg(feature = "metrics")]
             metrics: self.metrics,
         }
@@ -77,6 +79,43 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
         self
     }
 
+    /// Compresses (LZ4) a value whose encoding is longer than `bytes` — default
+    /// [`DEFAULT_COMPRESS_ABOVE`], 1 KiB — when that saves at least a tenth of it. Each
+    /// stored value says whether it is compressed, so values written with another
+    /// threshold, or none, still read. The size limit applies to the value uncompressed, and
+    /// a compressed value claiming to expand past it is refused unexpanded.
+    ///
+    /// ```
+    /// use tower_caching::{key::Key, store::{MemoryStore, Store}, Cache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let cache: Cache<String> = Cache::builder(store.clone()).compress_above(256).build();
+    /// let key = Key::new("page")?;
+    /// cache.set(&key, &"a line of text\n".repeat(100), None).await?;
+    /// let stored = store.get(&key).await?.unwrap();
+    /// assert!(stored.len() < 200, "{} bytes", stored.len()); // 1,600 bytes of JSON
+    /// assert_eq!(cache.get(&key).await?.unwrap().len(), 1_500);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn compress_above(mut self, bytes: usize) -> Self {
+        self.compress_above = Some(bytes);
+        self
+    }
+
+    /// Stores every value uncompressed (values stored compressed still read).
+    ///
+    /// ```
+    /// use tower_caching::{store::MemoryStore, Cache};
+    /// let cache: Cache<String> = Cache::builder(MemoryStore::new()).no_compression().build();
+    /// # let _ = cache;
+    /// ```
+    pub fn no_compression(mut self) -> Self {
+        self.compress_above = None;
+        self
+    }
+
     /// The cache. See [`CacheBuilder`] for an example.
     pub fn build<V: Cacheable>(self) -> Cache<V, S, C> {
         Cache {
@@ -84,6 +123,7 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
                 store: self.store,
                 codec: self.codec,
                 max_value_size: self.max_value_size,
+                compress_above: self.compress_above,
                 closed: AtomicBool::new(false),
                 flights: Flights::default(),
                 pending: Mutex::new(Vec::new()),
@@ -134,6 +174,7 @@ impl<S: Store> Cache<(), S> {
             store,
             codec: Json,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            compress_above: Some(DEFAULT_COMPRESS_ABOVE),
             #[cfg(feature = "metrics")]
             metrics: None,
         }

@@ -94,6 +94,7 @@ impl From<FrameError> for CacheError {
         match error {
             FrameError::Encode(error) => CacheError::Encode(error),
             FrameError::Corrupt(reason) => CacheError::Corrupt { reason },
+            FrameError::TooLarge { size, max } => CacheError::ValueTooLarge { size, max },
         }
     }
 }

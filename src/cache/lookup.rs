@@ -23,7 +23,8 @@ pub(crate) struct Hit<V> {
 }
 
 /// Decodes a framed value, from its attached decoded form when the store kept one. A value
-/// over `max` bytes (written by other software) is refused before decoding.
+/// over `max` bytes (written by other software), or compressed and claiming to expand past
+/// it, is refused before decoding or expanding.
 pub(crate) fn decode<V: Cacheable, C: Codec>(
     codec: &C,
     stored: &StoreValue,
@@ -49,8 +50,18 @@ pub(crate) fn decode<V: Cacheable, C: Codec>(
             header,
         });
     }
+    let expanded;
+    let payload = if header.compressed {
+        expanded = frame::expand(payload, max)?;
+        &expanded[..]
+    } else {
+        payload
+    };
     let value: V = codec.decode(payload).map_err(CacheError::Decode)?;
-    stored.decoded_by_cache(|| Arc::new(value.clone()));
+    stored.decoded_by_cache(
+        || Arc::new(value.clone()),
+        frame::HEADER_LEN + payload.len(),
+    );
     Ok(Hit { value, header })
 }
 

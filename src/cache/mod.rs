@@ -82,6 +82,14 @@ impl<V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Cacheable 
 /// ```
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
 
+/// Encoded values longer than this are compressed by default: 1 KiB. See
+/// [`CacheBuilder::compress_above`].
+///
+/// ```
+/// assert_eq!(tower_caching::cache::DEFAULT_COMPRESS_ABOVE, 1024);
+/// ```
+pub const DEFAULT_COMPRESS_ABOVE: usize = 1024;
+
 /// A typed handle on a store. See the [module docs](self).
 ///
 /// ```
@@ -110,6 +118,7 @@ pub(crate) struct Shared<S, C> {
     store: S,
     codec: C,
     max_value_size: usize,
+    compress_above: Option<usize>,
     closed: AtomicBool,
     pub(crate) flights: Flights,
     pending: Mutex<Vec<Weak<dyn PendingWrites>>>,
@@ -351,16 +360,23 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         mut header: Header,
     ) -> Result<StoreValue, CacheError> {
         header.kind = self.kind;
-        let bytes = frame::encode(&self.shared.codec, header, value)?;
-        if bytes.len() > self.shared.max_value_size {
+        let encoded = frame::encode(
+            &self.shared.codec,
+            header,
+            value,
+            self.shared.compress_above,
+        )?;
+        // The limit is on the value as readers expand it, so that none is refused on read.
+        if encoded.plain_len > self.shared.max_value_size {
             return Err(CacheError::ValueTooLarge {
-                size: bytes.len(),
+                size: encoded.plain_len,
                 max: self.shared.max_value_size,
             });
         }
-        let stored = StoreValue::new(bytes);
+        let stored = StoreValue::new(encoded.bytes);
         Ok(if self.shared.store.keeps_decoded() {
-            stored.with_decoded(Arc::new(value.clone()))
+            // The encoding's length, compressed or not, is the guide to the decoded size.
+            stored.with_decoded_of_size(Arc::new(value.clone()), encoded.plain_len)
         } else {
             stored
         })

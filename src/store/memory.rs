@@ -178,6 +178,7 @@ impl MemoryStore {
         key: &Key,
         bytes: &bytes::Bytes,
         decoded: Arc<dyn std::any::Any + Send + Sync>,
+        size: usize,
     ) {
         self.entries.entry(key.clone()).and_compute_with(|current| {
             let Some(entry) = current else {
@@ -189,7 +190,7 @@ impl MemoryStore {
                 && slot.value.decoded().is_none();
             if same {
                 Op::Put(Slot {
-                    value: slot.value.clone().with_decoded(decoded),
+                    value: slot.value.clone().with_decoded_of_size(decoded, size),
                     ttl: slot.ttl,
                     tags: slot.tags.clone(),
                 })
@@ -302,9 +303,10 @@ impl MemoryStoreBuilder {
             Bound::Bytes(bytes) => builder
                 .max_capacity(bytes)
                 .weigher(|key: &Key, slot: &Slot| {
-                    // The decoded form's size is unknown: about as large as its bytes.
-                    let decoded = slot.value.decoded().map_or(0, |_| slot.value.len());
-                    let weight = ENTRY_OVERHEAD + key.as_str().len() + slot.value.len() + decoded;
+                    let weight = ENTRY_OVERHEAD
+                        + key.as_str().len()
+                        + slot.value.len()
+                        + slot.value.decoded_size();
                     u32::try_from(weight).unwrap_or(u32::MAX)
                 })
                 .build(),

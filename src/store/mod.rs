@@ -75,12 +75,16 @@ pub use self::tiered::{DEFAULT_CHANNEL, TieredGet, TieredStore};
 pub struct StoreValue {
     bytes: Bytes,
     decoded: Option<Arc<dyn Any + Send + Sync>>,
+    /// About how many bytes the decoded form takes, when the bytes are not a guide to it
+    /// (they are compressed): what a byte-bounded store counts for it.
+    decoded_size: Option<usize>,
     /// Called with the decoded form once a cache decodes these bytes: how a two-tier store
     /// gets the typed value of an L2 hit into L1.
     on_decoded: Option<DecodedHook>,
 }
 
-type DecodedHook = Arc<dyn Fn(Arc<dyn Any + Send + Sync>) + Send + Sync>;
+/// Called with the decoded form and its size (see [`StoreValue::decoded_size`]).
+type DecodedHook = Arc<dyn Fn(Arc<dyn Any + Send + Sync>, usize) + Send + Sync>;
 
 impl StoreValue {
     /// A value of `bytes` only.
@@ -95,6 +99,7 @@ impl StoreValue {
         StoreValue {
             bytes,
             decoded: None,
+            decoded_size: None,
             on_decoded: None,
         }
     }
@@ -123,21 +128,47 @@ impl StoreValue {
         self
     }
 
+    /// Attaches the decoded form of bytes that are compressed, with `size`, the length of
+    /// their expansion: about what the decoded form takes.
+    pub(crate) fn with_decoded_of_size(
+        mut self,
+        decoded: Arc<dyn Any + Send + Sync>,
+        size: usize,
+    ) -> Self {
+        self.decoded = Some(decoded);
+        self.decoded_size = Some(size);
+        self
+    }
+
+    /// About how many bytes the decoded form takes, if there is one: the length of the
+    /// bytes, or of their expansion when they are compressed.
+    pub(crate) fn decoded_size(&self) -> usize {
+        match &self.decoded {
+            Some(_) => self.decoded_size.unwrap_or(self.bytes.len()),
+            None => 0,
+        }
+    }
+
     /// Asks whoever decodes these bytes to hand the decoded form to `hook`.
     #[cfg(feature = "redis")]
     pub(crate) fn on_decoded(
         mut self,
-        hook: impl Fn(Arc<dyn Any + Send + Sync>) + Send + Sync + 'static,
+        hook: impl Fn(Arc<dyn Any + Send + Sync>, usize) + Send + Sync + 'static,
     ) -> Self {
         self.on_decoded = Some(Arc::new(hook));
         self
     }
 
-    /// Hands the decoded form of the bytes to the hook, if there is one: the cache calls it
-    /// after decoding a value the store did not keep decoded.
-    pub(crate) fn decoded_by_cache(&self, decoded: impl FnOnce() -> Arc<dyn Any + Send + Sync>) {
+    /// Hands the decoded form of the bytes, and the length of the encoding it came from
+    /// (expanded, if the bytes are compressed), to the hook, if there is one: the cache calls
+    /// it after decoding a value the store did not keep decoded.
+    pub(crate) fn decoded_by_cache(
+        &self,
+        decoded: impl FnOnce() -> Arc<dyn Any + Send + Sync>,
+        size: usize,
+    ) {
         if let Some(hook) = &self.on_decoded {
-            hook(decoded());
+            hook(decoded(), size);
         }
     }
 

@@ -447,8 +447,8 @@ impl Store for TieredStore {
             }
             // Once a cache decodes it, L1 keeps the typed value: later L1 hits skip decoding.
             let bytes = value.bytes().clone();
-            Ok(Some(value.on_decoded(move |decoded| {
-                l1.attach_decoded(&key, &bytes, decoded);
+            Ok(Some(value.on_decoded(move |decoded, size| {
+                l1.attach_decoded(&key, &bytes, decoded, size);
                 // The same guard as the copy: an invalidation that ran while the typed value
                 // was written back may have been undone by it.
                 if shared.invalidations.seen(key.as_str()) != before {
