@@ -505,3 +505,31 @@ async fn a_store_on_the_applications_own_connection_shares_it() {
     assert!(matches!(error, StoreError::Connect { .. }), "{error}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// A store made from the application's `redis::Client` waits for Redis as long as its own
+/// command timeout says, not redis-rs's default 500 ms response timeout.
+#[tokio::test]
+async fn a_store_from_a_client_keeps_its_own_command_timeout() {
+    let server = RedisServer::spawn();
+    let client = redis::Client::open(server.url()).unwrap();
+    let store = RedisStore::from_client(client, Duration::from_secs(5), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let key = Key::new("slow").unwrap();
+    store
+        .set(&key, StoreValue::from_static(b"v"), None)
+        .await
+        .unwrap();
+    // Every client's commands wait 1.2 s.
+    let mut raw = support::raw_connection(&server.url()).await;
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1200)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let value = store.get(&key).await.expect("cut short of its timeout");
+    assert_eq!(value.unwrap().bytes().as_ref(), b"v");
+    assert!(started.elapsed() >= Duration::from_millis(600));
+}

@@ -258,11 +258,16 @@ pub async fn shared_redis_store() -> tower_caching::store::RedisStore {
         .expect("cannot connect to the test redis-server")
 }
 
-/// Sends one raw command to a server with redis-rs, for tests that need to plant bytes.
+/// A plain redis-rs connection to a server, for tests that plant or inspect bytes. Without
+/// redis-rs's default timeouts (500 ms per response): planting 50 MiB, or any command on a
+/// loaded machine, may take longer, and the test's own bounds are what it checks.
 pub async fn raw_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(10)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(30)));
     redis::Client::open(url)
         .expect("redis url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("raw redis connection")
 }

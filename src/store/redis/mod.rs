@@ -133,7 +133,12 @@ impl RedisStore {
         connect_timeout: Duration,
         command_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let connect = ConnectionManager::new(client);
+        // As `connect` does: no response timeout of redis-rs's own (500 ms by default), which
+        // would cut every command short of a longer `command_timeout`.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(None);
+        let connect = ConnectionManager::new_with_config(client, config);
         match tokio::time::timeout(connect_timeout, connect).await {
             Ok(Ok(connection)) => Ok(Self::with_connection(connection, command_timeout)),
             Ok(Err(e)) => Err(StoreError::Connect {
