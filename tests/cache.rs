@@ -314,6 +314,12 @@ async fn bulk_and_single_loads_coalesce<S: Store>(store: S, prefix: &str) {
     let keys = KeyBuilder::new().prefix(prefix);
     let single_calls = Arc::new(AtomicU32::new(0));
 
+    // Each load says when it has started, and finishes when the test lets it: the order of
+    // events below does not rest on sleeps.
+    let (single_started, single_running) = tokio::sync::oneshot::channel();
+    let (finish_single, single_may_finish) = tokio::sync::oneshot::channel::<()>();
+    let (batch_started, batch_running) = tokio::sync::oneshot::channel();
+    let (finish_batch, batch_may_finish) = tokio::sync::oneshot::channel::<()>();
     // A single-key load in flight: the batch waits for it instead of loading the key again.
     let slow_single = tokio::spawn({
         let (cache, key, calls) = (cache.clone(), keys.entry("a"), single_calls.clone());
@@ -321,13 +327,14 @@ async fn bulk_and_single_loads_coalesce<S: Store>(store: S, prefix: &str) {
             cache
                 .get_or_load(&key, None, move || async move {
                     calls.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let _ = single_started.send(());
+                    let _ = single_may_finish.await;
                     Ok::<_, String>(entry("a"))
                 })
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    single_running.await.unwrap();
     let batch_keys = Arc::new(Mutex::new(Vec::new()));
     let batch = tokio::spawn({
         let (cache, wanted, seen) = (
@@ -339,7 +346,8 @@ async fn bulk_and_single_loads_coalesce<S: Store>(store: S, prefix: &str) {
             cache
                 .get_many_or_load(&wanted, None, move |missing: Vec<Key>| async move {
                     seen.lock().unwrap().extend(missing.clone());
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let _ = batch_started.send(());
+                    let _ = batch_may_finish.await;
                     let found: HashMap<Key, Entry> = missing
                         .into_iter()
                         .filter(|k| k.as_str().ends_with(":b"))
@@ -350,14 +358,22 @@ async fn bulk_and_single_loads_coalesce<S: Store>(store: S, prefix: &str) {
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    batch_running.await.unwrap();
     // A single-key load of a key the batch is loading waits for the batch…
-    let from_batch = cache
-        .get_or_load(&keys.entry("b"), None, || async {
-            Err::<Entry, _>("must not load".to_string())
-        })
-        .await;
-    assert_eq!(from_batch, Ok(entry("b")));
+    let from_batch = tokio::spawn({
+        let (cache, key) = (cache.clone(), keys.entry("b"));
+        async move {
+            cache
+                .get_or_load(&key, None, || async {
+                    Err::<Entry, _>("must not load".to_string())
+                })
+                .await
+        }
+    });
+    tokio::task::yield_now().await;
+    let _ = finish_single.send(());
+    let _ = finish_batch.send(());
+    assert_eq!(from_batch.await.unwrap(), Ok(entry("b")));
     // …and loads itself when the batch did not find the key.
     let not_in_batch = cache
         .get_or_load(&keys.entry("c"), None, || async {
