@@ -770,6 +770,114 @@ async fn an_older_queued_write_never_overwrites_a_newer_direct_one() {
     assert_eq!(db.metrics(&ispb), Some(3));
 }
 
+/// An `XADD` that failed on the client may still run on Redis (it timed out, or its
+/// connection broke, after sending): its entry lands after writes of its key queued since.
+/// The worker never writes it — the direct write it fell back to was acknowledged, and
+/// newer writes were acknowledged after that. The late entry is planted as Redis would
+/// have stored it: the same producer, the same number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_enqueue_that_redis_ran_late_never_goes_over_newer_writes() {
+    let server = RedisServer::spawn();
+    let store = breaker_on(&server, Duration::from_millis(300)).await;
+    let queue = StreamQueue::new(&store, &support::unique_prefix("late"));
+    let stream = queue.stream_key();
+    let db = Db::default();
+    let (cache, service) = layered_every(&db, queue, Duration::from_secs(60));
+    let write = |seq| {
+        service.clone().oneshot(Write {
+            ispb: "a".into(),
+            seq,
+        })
+    };
+    write(1).await.unwrap();
+    cache.flush_pending_writes().await.unwrap();
+    assert_eq!(db.metrics("a"), Some(1));
+    // The worker's name, as its entries carry it.
+    let mut raw = support::raw_connection(&server.url()).await;
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&stream)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let group = field_of(&groups[0], "name");
+    let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&stream)
+        .arg(&group)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(consumers.len(), 1, "{consumers:?}");
+    let producer = field_of(&consumers[0], "name");
+
+    // Write 2 cannot be queued (the circuit is open): written directly, number 2.
+    server.pause(true);
+    let probe = Key::new("probe").unwrap();
+    assert!(
+        tower_caching::store::Store::get(&store, &probe)
+            .await
+            .is_err()
+    );
+    server.pause(false);
+    write(2).await.unwrap();
+    assert_eq!(db.metrics("a"), Some(2));
+    support::within(Duration::from_secs(10), async || !store.is_open()).await;
+    // Write 3 is queued and written.
+    write(3).await.unwrap();
+    cache.flush_pending_writes().await.unwrap();
+    assert_eq!(db.metrics("a"), Some(3));
+
+    // Now Redis runs write 2's `XADD`.
+    let late = serde_json::to_vec(&Write {
+        ispb: "a".into(),
+        seq: 2,
+    })
+    .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("k")
+        .arg(KeyBuilder::new().metrics("a").as_str())
+        .arg("r")
+        .arg(late)
+        .arg("p")
+        .arg(&producer)
+        .arg("n")
+        .arg(2)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    cache.flush_pending_writes().await.unwrap();
+    assert_eq!(db.metrics("a"), Some(3), "the late write 2 went over 3");
+    assert!(db.reordered().is_empty(), "{:?}", db.reordered());
+    // And the entry is acknowledged, not retried for ever.
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg(&group)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(pending.first(), Some(&redis::Value::Int(0)), "{pending:?}");
+}
+
+/// A field of an `XINFO` reply (a flat list of names and values).
+fn field_of(reply: &redis::Value, name: &str) -> String {
+    let redis::Value::Array(fields) = reply else {
+        panic!("not an XINFO entry: {reply:?}");
+    };
+    fields
+        .chunks(2)
+        .find(|pair| {
+            redis::from_redis_value_ref::<String>(&pair[0])
+                .ok()
+                .as_deref()
+                == Some(name)
+        })
+        .and_then(|pair| redis::from_redis_value_ref::<String>(&pair[1]).ok())
+        .unwrap_or_else(|| panic!("no `{name}` in {reply:?}"))
+}
+
 /// A direct write waits for the worker's write of its key in flight: the worker's older
 /// write, slower, would otherwise land after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -317,3 +317,48 @@ async fn owed_repairs_are_a_gauge_that_returns_to_zero() {
     }
     assert_eq!(gauge(&registry, "tower_caching_cache_repairs_owed"), 0.0);
 }
+
+/// The harness itself: a server restarted on a port that another redis-server took while it
+/// was down refuses to go on (two tests sharing one Redis read each other's keys and queues:
+/// `faults_under_load` once answered values that only a concurrent test had written), and
+/// restarts for real once the port is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_never_adopts_another_server_on_its_port() {
+    let mut server = RedisServer::spawn();
+    let port = server.port();
+    server.kill();
+    let mut squatter = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    support::within(Duration::from_secs(10), async || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+
+    let refused = server.try_restart(Duration::from_millis(500));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("taken by another")),
+        "{refused:?}"
+    );
+    squatter.kill().unwrap();
+    squatter.wait().unwrap();
+
+    server.try_restart(Duration::from_secs(10)).unwrap();
+    let mut raw = support::raw_connection(&server.url()).await;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let pid: u32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap();
+    assert_eq!(Some(pid), server.pid());
+}

@@ -113,6 +113,29 @@ impl Figures {
 struct Acknowledged {
     entries: Mutex<HashMap<String, String>>,
     metrics: Mutex<HashMap<String, u64>>,
+    /// Every write of each entry, with when it was sent and answered: printed for the
+    /// first keys that end up lost or stale, so that a failure says what happened to them.
+    history: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl Acknowledged {
+    fn note(&self, id: &str, event: String) {
+        self.history
+            .lock()
+            .unwrap()
+            .entry(id.to_owned())
+            .or_default()
+            .push(event);
+    }
+
+    fn history(&self, id: &str) -> Vec<String> {
+        self.history
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// The faults.
@@ -212,6 +235,7 @@ async fn run(scenario: Scenario, durable: bool) -> Outcome {
     let acknowledged = Arc::new(Acknowledged::default());
     let phase = Arc::new(AtomicU8::new(WARMING));
     let stop = Arc::new(AtomicBool::new(false));
+    let began = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..IN_FLIGHT {
         let (client, base) = (client.clone(), base.clone());
@@ -223,6 +247,7 @@ async fn run(scenario: Scenario, durable: bool) -> Outcome {
         );
         workers.push(tokio::spawn(async move {
             let mut seq = 0u64;
+            let began = began;
             let ispb = format!("{:08}", 10_000_000 + worker);
             while !stop.load(Ordering::Relaxed) {
                 seq += 1;
@@ -234,19 +259,32 @@ async fn run(scenario: Scenario, durable: bool) -> Outcome {
                         let id =
                             format!("e{}", (worker + IN_FLIGHT * (seq as usize / 5)) % ENTRIES);
                         let owner = format!("w{worker}#{seq}");
-                        match client
+                        let sent = began.elapsed();
+                        let outcome = match client
                             .post(format!("{base}/entries"))
                             .json(&entry(&id, &owner))
                             .send()
                             .await
                         {
                             Ok(r) if r.status().is_success() => {
-                                acknowledged.entries.lock().unwrap().insert(id, owner);
+                                acknowledged
+                                    .entries
+                                    .lock()
+                                    .unwrap()
+                                    .insert(id.clone(), owner.clone());
                                 Ok(())
                             }
                             Ok(r) => Err(format!("POST /entries: {}", r.status())),
                             Err(e) => Err(format!("POST /entries: {e}")),
-                        }
+                        };
+                        acknowledged.note(
+                            &id,
+                            format!(
+                                "{owner} sent at {sent:?} in phase {now}, answered at {:?}: {outcome:?}",
+                                began.elapsed()
+                            ),
+                        );
+                        outcome
                     }
                     // A write-behind update of the worker's own participant.
                     1 => {
@@ -293,6 +331,7 @@ async fn run(scenario: Scenario, durable: bool) -> Outcome {
     tokio::time::sleep(healthy_for).await;
     let healthy_requests = figures.count(HEALTHY);
     phase.store(FAULTY, Ordering::Relaxed);
+    let fault_began = began.elapsed();
     let mut raw = support::raw_connection(&server.url()).await;
     let fault_for = fault_duration();
     let millis = fault_for.as_millis() as u64;
@@ -388,6 +427,10 @@ async fn run(scenario: Scenario, durable: bool) -> Outcome {
         }
     }
     phase.store(RECOVERING, Ordering::Relaxed);
+    println!(
+        "{scenario:?}: fault from {fault_began:?} to {:?}",
+        began.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
@@ -399,12 +442,15 @@ async fn run(scenario: Scenario, durable: bool) -> Outcome {
     let acknowledged_entries = acknowledged.entries.lock().unwrap().clone();
     let acknowledged_metrics = acknowledged.metrics.lock().unwrap().clone();
     let deadline = Instant::now() + Duration::from_secs(15);
+    let mut lost_entries = Vec::new();
     let lost = loop {
         let mut lost = 0;
+        lost_entries.clear();
         for (id, owner) in &acknowledged_entries {
             let found = database.entry(id).await.unwrap();
-            if found.map(|e| e.owner_name) != Some(owner.clone()) {
+            if found.as_ref().map(|e| &e.owner_name) != Some(owner) {
                 lost += 1;
+                lost_entries.push((id.clone(), found.map(|e| e.owner_name)));
             }
         }
         for (ispb, lookups) in &acknowledged_metrics {
@@ -418,6 +464,14 @@ async fn run(scenario: Scenario, durable: bool) -> Outcome {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+
+    for (id, found) in lost_entries.iter().take(3) {
+        println!(
+            "{scenario:?} lost {id} at {:?}: database {found:?}, writes {:#?}",
+            began.elapsed(),
+            acknowledged.history(id)
+        );
+    }
 
     // More than 5 s after the heal: what the service answers is what the database holds.
     let mut stale = 0;
@@ -435,9 +489,11 @@ async fn run(scenario: Scenario, durable: bool) -> Outcome {
         if answered != stored {
             if stale < 3 {
                 println!(
-                    "{scenario:?} stale {id}: answered {:?}, database {:?}",
+                    "{scenario:?} stale {id} at {:?}: answered {:?}, database {:?}, writes {:#?}",
+                    began.elapsed(),
                     answered.map(|e| e.owner_name),
-                    stored.map(|e| e.owner_name)
+                    stored.map(|e| e.owner_name),
+                    acknowledged.history(&id)
                 );
             }
             stale += 1;

@@ -127,20 +127,44 @@ impl RedisServer {
             }
             e.to_string()
         })?;
+        let pid = child.id();
         self.child = Some(child);
+        let password = self.password();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if ping(self.port) {
-                return Ok(());
+            // Whoever answers on the port must be this child: a port freed by a killed
+            // server can be taken by another test's server (or relay) before the restart,
+            // and two tests sharing one Redis read each other's keys and queues.
+            match answering_pid(self.port, password.as_deref()) {
+                Some(answering) if answering == pid => return Ok(()),
+                Some(answering) => {
+                    self.kill();
+                    return Err(format!(
+                        "port {} is taken by another redis-server (pid {answering})",
+                        self.port
+                    ));
+                }
+                None => {}
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 self.child = None;
-                return Err(format!("redis-server exited at start: {status}"));
+                return Err(format!(
+                    "redis-server on port {} exited at start: {status}",
+                    self.port
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         self.kill();
         Err(format!("redis-server on port {} did not answer", self.port))
+    }
+
+    /// The `--requirepass` password, if the server has one.
+    fn password(&self) -> Option<String> {
+        self.extra_args
+            .iter()
+            .position(|arg| arg == "--requirepass")
+            .and_then(|at| self.extra_args.get(at + 1).cloned())
     }
 
     /// The port.
@@ -166,17 +190,31 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port, after [`RedisServer::kill`].
+    /// Starts the server again on the same port, after [`RedisServer::kill`]. Panics if
+    /// the port stays taken by another process for 10 s: a test must never go on against
+    /// someone else's server.
     pub fn restart(&mut self) {
+        if let Err(error) = self.try_restart(Duration::from_secs(10)) {
+            panic!("restart failed: {error}");
+        }
+    }
+
+    /// [`RedisServer::restart`], trying for at most `budget`.
+    pub fn try_restart(&mut self, budget: Duration) -> Result<(), String> {
         self.kill();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + budget;
         loop {
             match self.start() {
-                Ok(()) => return,
-                Err(error) if Instant::now() > deadline => panic!("restart failed: {error}"),
+                Ok(()) => return Ok(()),
+                Err(error) if Instant::now() > deadline => return Err(error),
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
+    }
+
+    /// The process id of the server, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Sends SIGSTOP (`true`) or SIGCONT (`false`): a server that stalls silently.
@@ -196,29 +234,71 @@ impl Drop for RedisServer {
         self.pause(false);
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+        reserved_ports().lock().unwrap().remove(&self.port);
     }
 }
 
+/// The ports of this process's servers, running or killed for a restart: never handed out
+/// again while their server lives.
+fn reserved_ports() -> &'static std::sync::Mutex<std::collections::HashSet<u16>> {
+    static PORTS: OnceLock<std::sync::Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
+    PORTS.get_or_init(Default::default)
+}
+
+/// A free loopback port, reserved for a server of this process until it is dropped.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("no free loopback port")
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .expect("no free loopback port");
+        if reserved_ports().lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
-fn ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"PING\r\n").is_err() {
-        return false;
+/// The process id of the redis-server answering on `port` (`INFO server`), after `AUTH`
+/// if it has a password; `None` if nothing answers (yet).
+fn answering_pid(port: u16, password: Option<&str>) -> Option<u32> {
+    fn command(parts: &[&str]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", parts.len()).into_bytes();
+        for part in parts {
+            out.extend(format!("${}\r\n", part.len()).bytes());
+            out.extend(part.bytes());
+            out.extend(b"\r\n");
+        }
+        out
     }
-    let mut reply = [0u8; 64];
-    match stream.read(&mut reply) {
-        // A server started with --requirepass answers -NOAUTH: it is up.
-        Ok(n) => reply[..n].starts_with(b"+PONG") || reply[..n].starts_with(b"-NOAUTH"),
-        Err(_) => false,
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    let mut request = Vec::new();
+    if let Some(password) = password {
+        request.extend(command(&["AUTH", password]));
+    }
+    request.extend(command(&["INFO", "server"]));
+    stream.write_all(&request).ok()?;
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // The pid line comes early in `INFO server`; read until it is complete.
+    loop {
+        let n = stream.read(&mut buffer).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(rest) = text.split("process_id:").nth(1)
+            && let Some(line) = rest.split("\r\n").next().filter(|_| rest.contains("\r\n"))
+        {
+            return line.trim().parse().ok();
+        }
+        if text.starts_with('-') && text.contains("\r\n") {
+            // -LOADING, -NOAUTH...: a server, but not one that can say who it is yet.
+            return None;
+        }
     }
 }
 

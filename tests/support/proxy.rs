@@ -129,7 +129,11 @@ async fn pipe(
                     _ = tokio::time::sleep(Duration::from_millis(5)) => {}
                 }
             }
-            if writer_fault.load(Ordering::SeqCst) == Fault::Reset as u8 {
+            // A reset while this task slept (its wake-up may have raced it) drops the
+            // bytes, as it would on a real connection.
+            if writer_fault.load(Ordering::SeqCst) == Fault::Reset as u8
+                || writer_resets.has_changed().unwrap_or(true)
+            {
                 return;
             }
             if to.write_all(&chunk).await.is_err() {

@@ -6,8 +6,13 @@
 //! the worker's writes of the key already running, and once it succeeded the older ones are
 //! skipped. If it fails, nothing is skipped: the older writes were acknowledged and must
 //! still reach the writer.
+//!
+//! An `XADD` that failed may still have run: a command that timed out, or whose connection
+//! broke, can reach Redis after the caller gave up, and its entry then comes after writes
+//! of its key queued since. Its number is disowned: whatever became of the direct write,
+//! the worker never writes that entry (it would go over what was acknowledged after it).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +40,8 @@ struct State {
     writing: HashMap<Key, u64>,
     /// How many writes of each key the worker runs now.
     busy: HashMap<Key, usize>,
+    /// The numbers whose `XADD` failed: if Redis ran it after all, its entry is skipped.
+    disowned: BTreeSet<u64>,
 }
 
 /// What the worker does with a write of a key.
@@ -58,6 +65,9 @@ impl DirectWrites {
     pub(super) fn verdict(&self, key: &Key, ours: Option<u64>) -> Verdict {
         let mut state = self.state();
         if let Some(ours) = ours {
+            if state.disowned.remove(&ours) {
+                return Verdict::Skip;
+            }
             if state.written.get(key).is_some_and(|newest| ours <= *newest) {
                 return Verdict::Skip;
             }
@@ -93,9 +103,14 @@ impl DirectWrites {
         }
     }
 
-    /// A direct write of `key` numbered `number` is about to run.
+    /// A direct write of `key` numbered `number` is about to run: its `XADD` failed.
     pub(super) fn ticket(self: &Arc<Self>, key: Key, number: u64) -> Ticket {
         let mut state = self.state();
+        state.disowned.insert(number);
+        if state.disowned.len() > KEPT {
+            // Most failed `XADD`s never reached Redis; the oldest are the least likely to.
+            state.disowned.pop_first();
+        }
         let newest = state.writing.entry(key.clone()).or_insert(number);
         *newest = (*newest).max(number);
         drop(state);
@@ -195,6 +210,28 @@ mod tests {
         let direct = Arc::new(DirectWrites::default());
         drop(direct.ticket(key(), 5));
         assert_eq!(direct.verdict(&key(), Some(3)), Verdict::Write);
+    }
+
+    #[test]
+    fn an_entry_whose_xadd_failed_is_never_written_even_if_redis_ran_it_late() {
+        let direct = Arc::new(DirectWrites::default());
+        // 2 could not be queued and was written directly; 3 was queued and written since.
+        Box::new(direct.ticket(key(), 2)).written();
+        assert_eq!(direct.verdict(&key(), Some(3)), Verdict::Write);
+        direct.done(&key());
+        direct.written_by_worker(&key(), Some(3));
+        // Redis ran 2's `XADD` after all, after 3's.
+        assert_eq!(direct.verdict(&key(), Some(2)), Verdict::Skip);
+        // The same when the direct write failed: its caller was told so.
+        drop(direct.ticket(key(), 4));
+        assert_eq!(direct.verdict(&key(), Some(5)), Verdict::Write);
+        direct.done(&key());
+        assert_eq!(direct.verdict(&key(), Some(4)), Verdict::Skip);
+        assert_eq!(
+            direct.verdict(&key(), None),
+            Verdict::Write,
+            "another instance's"
+        );
     }
 
     #[tokio::test]
