@@ -94,7 +94,7 @@ fn memory(c: &mut Criterion) {
     group.bench_function("store_get_then_json_decode", |b| {
         b.to_async(&rt).iter(|| async {
             let value = bytes_only.get(black_box(&key)).await.unwrap().unwrap();
-            black_box(Json.decode::<Entry>(value.bytes()).unwrap())
+            black_box(Codec::<Entry>::decode(&Json, value.bytes()).unwrap())
         })
     });
     group.finish();

@@ -1,8 +1,10 @@
 //! Codecs turn typed values into the bytes a [`Store`](crate::store::Store) keeps.
 //!
-//! [`Json`] (serde_json) is the default. [`MsgPack`] (feature `msgpack`) is a compact
-//! binary alternative. A value that does not decode is a [`CodecError`]; the read paths treat
-//! it as a miss, never as a panic.
+//! A codec is a [`Codec<V>`] for each value type `V` it can encode. [`Json`] (serde_json),
+//! the default, and [`MsgPack`] (feature `msgpack`, a compact binary alternative) encode any
+//! serde type; `Protobuf` (feature `protobuf`) encodes prost messages in their wire
+//! format, so a tonic service caches its own message types without serde. A value that does
+//! not decode is a [`CodecError`]; the read paths treat it as a miss, never as a panic.
 //!
 //! # Example
 //!
@@ -14,13 +16,13 @@
 //! assert_eq!(bytes, b"[1,2,3]");
 //! let back: Vec<u32> = Json.decode(&bytes)?;
 //! assert_eq!(back, [1, 2, 3]);
-//! assert!(Json.decode::<Vec<u32>>(b"\xff garbage").is_err());
+//! assert!(Codec::<Vec<u32>>::decode(&Json, b"\xff garbage").is_err());
 //! # Ok::<(), tower_caching::codec::CodecError>(())
 //! ```
 
 use serde::{Serialize, de::DeserializeOwned};
 
-/// Encodes and decodes values.
+/// Encodes and decodes values of type `V`.
 ///
 /// ```
 /// use serde::{de::DeserializeOwned, Serialize};
@@ -30,11 +32,11 @@ use serde::{Serialize, de::DeserializeOwned};
 /// #[derive(Clone)]
 /// struct Pretty;
 ///
-/// impl Codec for Pretty {
-///     fn encode_into<V: Serialize + ?Sized>(&self, value: &V, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+/// impl<V: Serialize + DeserializeOwned> Codec<V> for Pretty {
+///     fn encode_into(&self, value: &V, buf: &mut Vec<u8>) -> Result<(), CodecError> {
 ///         serde_json::to_writer_pretty(buf, value).map_err(|e| CodecError::new("pretty", e))
 ///     }
-///     fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, CodecError> {
+///     fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
 ///         Json.decode(bytes)
 ///     }
 /// }
@@ -42,16 +44,17 @@ use serde::{Serialize, de::DeserializeOwned};
 ///     tower_caching::Cache::builder(tower_caching::MemoryStore::new()).codec(Pretty).build();
 /// # let _ = cache;
 /// ```
-pub trait Codec: Clone + Send + Sync + 'static {
+#[diagnostic::on_unimplemented(
+    message = "the codec `{Self}` cannot encode `{V}`",
+    note = "`Json` and `MsgPack` encode serde types (derive `Serialize` and `Deserialize`); \
+            `Protobuf` encodes prost messages"
+)]
+pub trait Codec<V>: Clone + Send + Sync + 'static {
     /// Appends the encoding of `value` to `buf`.
-    fn encode_into<V: Serialize + ?Sized>(
-        &self,
-        value: &V,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), CodecError>;
+    fn encode_into(&self, value: &V, buf: &mut Vec<u8>) -> Result<(), CodecError>;
 
     /// Decodes a value from all of `bytes`.
-    fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, CodecError>;
+    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError>;
 }
 
 /// A value could not be encoded or decoded.
@@ -59,7 +62,7 @@ pub trait Codec: Clone + Send + Sync + 'static {
 /// ```
 /// use tower_caching::codec::{Codec, Json};
 ///
-/// let error = Json.decode::<u32>(b"not json").unwrap_err();
+/// let error = Codec::<u32>::decode(&Json, b"not json").unwrap_err();
 /// assert!(error.to_string().starts_with("json codec:"));
 /// ```
 #[derive(Debug, thiserror::Error)]
@@ -94,23 +97,19 @@ impl CodecError {
 /// ```
 /// use tower_caching::codec::{Codec, Json};
 /// let mut out = Vec::new();
-/// Json.encode_into(&"hi", &mut out)?;
-/// assert_eq!(Json.decode::<String>(&out)?, "hi");
+/// Json.encode_into(&"hi".to_string(), &mut out)?;
+/// assert_eq!(Codec::<String>::decode(&Json, &out)?, "hi");
 /// # Ok::<(), tower_caching::codec::CodecError>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Json;
 
-impl Codec for Json {
-    fn encode_into<V: Serialize + ?Sized>(
-        &self,
-        value: &V,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), CodecError> {
+impl<V: Serialize + DeserializeOwned> Codec<V> for Json {
+    fn encode_into(&self, value: &V, buf: &mut Vec<u8>) -> Result<(), CodecError> {
         serde_json::to_writer(buf, value).map_err(|e| CodecError::new("json", e))
     }
 
-    fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, CodecError> {
+    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
         serde_json::from_slice(bytes).map_err(|e| CodecError::new("json", e))
     }
 }
@@ -121,8 +120,9 @@ impl Codec for Json {
 /// ```
 /// use tower_caching::codec::{Codec, MsgPack};
 /// let mut out = Vec::new();
-/// MsgPack.encode_into(&(1u8, "x"), &mut out)?;
-/// assert_eq!(MsgPack.decode::<(u8, String)>(&out)?, (1, "x".to_string()));
+/// MsgPack.encode_into(&(1u8, "x".to_string()), &mut out)?;
+/// let back: (u8, String) = MsgPack.decode(&out)?;
+/// assert_eq!(back, (1, "x".to_string()));
 /// # Ok::<(), tower_caching::codec::CodecError>(())
 /// ```
 #[cfg(feature = "msgpack")]
@@ -131,16 +131,62 @@ impl Codec for Json {
 pub struct MsgPack;
 
 #[cfg(feature = "msgpack")]
-impl Codec for MsgPack {
-    fn encode_into<V: Serialize + ?Sized>(
-        &self,
-        value: &V,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), CodecError> {
+impl<V: Serialize + DeserializeOwned> Codec<V> for MsgPack {
+    fn encode_into(&self, value: &V, buf: &mut Vec<u8>) -> Result<(), CodecError> {
         rmp_serde::encode::write_named(buf, value).map_err(|e| CodecError::new("msgpack", e))
     }
 
-    fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, CodecError> {
+    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
         rmp_serde::from_slice(bytes).map_err(|e| CodecError::new("msgpack", e))
+    }
+}
+
+/// Protocol Buffers through prost: a message is stored in its wire format, so a tonic
+/// service caches its own generated types (no serde derive on them), and the bytes are what
+/// any protobuf reader of the same schema decodes. Adding a field stays compatible both
+/// ways, as protobuf promises.
+///
+/// It encodes any [`prost::Message`]. A read layer's "not found" is, in protobuf's terms, a
+/// message with an optional field (`message Found { Entry entry = 1; }`, whose prost type
+/// holds an `Option<Entry>`): an empty message and no message would otherwise be the same
+/// zero bytes. (`Option<M>` itself cannot have an impl beside the one for every message:
+/// prost could make `Option` a message one day.)
+///
+/// ```
+/// use tower_caching::codec::{Codec, Protobuf};
+///
+/// #[derive(Clone, PartialEq, prost::Message)]
+/// struct Entry {
+///     #[prost(string, tag = "1")]
+///     id: String,
+///     #[prost(uint64, tag = "2")]
+///     version: u64,
+/// }
+///
+/// let entry = Entry { id: "e1".into(), version: 7 };
+/// let mut bytes = Vec::new();
+/// Protobuf.encode_into(&entry, &mut bytes)?;
+/// assert_eq!(bytes, [0x0a, 2, b'e', b'1', 0x10, 7]);
+/// let back: Entry = Protobuf.decode(&bytes)?;
+/// assert_eq!(back, entry);
+/// assert!(Codec::<Entry>::decode(&Protobuf, b"\xff\xff").is_err());
+/// # Ok::<(), tower_caching::codec::CodecError>(())
+/// ```
+#[cfg(feature = "protobuf")]
+#[cfg_attr(docsrs, doc(cfg(feature = "protobuf")))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Protobuf;
+
+#[cfg(feature = "protobuf")]
+impl<M: prost::Message + Default> Codec<M> for Protobuf {
+    fn encode_into(&self, value: &M, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+        // A `Vec` grows: the only encode error, too little room, cannot happen.
+        value
+            .encode(buf)
+            .map_err(|e| CodecError::new("protobuf", e))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<M, CodecError> {
+        M::decode(bytes).map_err(|e| CodecError::new("protobuf", e))
     }
 }

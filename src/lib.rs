@@ -5,7 +5,8 @@
 //!   each strategy's guarantees).
 //! - [`store`]: where bytes live — [`MemoryStore`] (moka, the embedded
 //!   default) and `RedisStore` (feature `redis`).
-//! - [`codec`]: how values become bytes — JSON by default, MessagePack (feature `msgpack`).
+//! - [`codec`]: how values become bytes — JSON by default, MessagePack (feature `msgpack`),
+//!   Protocol Buffers for prost messages (feature `protobuf`).
 //! - [`key`]: validated keys, glob-safe patterns, the key builder, key extractors.
 //! - [`ttl`]: TTL policies, with jitter.
 //! - [`Cache`]: the typed handle over a store.
@@ -52,6 +53,7 @@
 //! | `cluster` | `store::RedisClusterStore` for Redis Cluster |
 //! | `tls` | `rediss://` URLs for the Redis store (rustls) |
 //! | `msgpack` | [`codec::MsgPack`] |
+//! | `protobuf` | `codec::Protobuf`: prost messages (tonic's types) without serde |
 //! | `metrics` (default) | Prometheus [`metrics::Metrics`] |
 //! | `http` | HTTP response caching and invalidation: `http::HttpCacheLayer` |
 //! | `grpc` | caching of unary gRPC calls for tonic: `grpc::GrpcCacheLayer` |

@@ -773,8 +773,10 @@ async fn an_older_queued_write_never_overwrites_a_newer_direct_one() {
 /// An `XADD` that failed on the client may still run on Redis (it timed out, or its
 /// connection broke, after sending): its entry lands after writes of its key queued since.
 /// The worker never writes it — the direct write it fell back to was acknowledged, and
-/// newer writes were acknowledged after that. The late entry is planted as Redis would
-/// have stored it: the same producer, the same number.
+/// newer writes were acknowledged after that — whether it arrives in the same round as a
+/// newer queued write of its key (it must not pass for the newest) or after that one was
+/// written. The late entry is planted as Redis would have stored it: the same producer,
+/// the same number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_enqueue_that_redis_ran_late_never_goes_over_newer_writes() {
     let server = RedisServer::spawn();
@@ -810,48 +812,61 @@ async fn a_failed_enqueue_that_redis_ran_late_never_goes_over_newer_writes() {
         .unwrap();
     assert_eq!(consumers.len(), 1, "{consumers:?}");
     let producer = field_of(&consumers[0], "name");
-
-    // Write 2 cannot be queued (the circuit is open): written directly, number 2.
-    server.pause(true);
-    let probe = Key::new("probe").unwrap();
-    assert!(
-        tower_caching::store::Store::get(&store, &probe)
-            .await
-            .is_err()
-    );
-    server.pause(false);
-    write(2).await.unwrap();
-    assert_eq!(db.metrics("a"), Some(2));
-    support::within(Duration::from_secs(10), async || !store.is_open()).await;
-    // Write 3 is queued and written.
-    write(3).await.unwrap();
-    cache.flush_pending_writes().await.unwrap();
-    assert_eq!(db.metrics("a"), Some(3));
-
-    // Now Redis runs write 2's `XADD`.
-    let late = serde_json::to_vec(&Write {
-        ispb: "a".into(),
-        seq: 2,
-    })
-    .unwrap();
-    let _: String = redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("k")
-        .arg(KeyBuilder::new().metrics("a").as_str())
-        .arg("r")
-        .arg(late)
-        .arg("p")
-        .arg(&producer)
-        .arg("n")
-        .arg(2)
-        .query_async(&mut raw)
-        .await
+    let plant_late = async |seq: u64| {
+        let mut raw = support::raw_connection(&server.url()).await;
+        let late = serde_json::to_vec(&Write {
+            ispb: "a".into(),
+            seq,
+        })
         .unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("k")
+            .arg(KeyBuilder::new().metrics("a").as_str())
+            .arg("r")
+            .arg(late)
+            .arg("p")
+            .arg(&producer)
+            .arg("n")
+            .arg(seq)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    };
+    // The number of a write is its place among this queue's writes: `seq` here.
+    let written_directly = async |seq: u64| {
+        server.pause(true);
+        let probe = Key::new("probe").unwrap();
+        assert!(
+            tower_caching::store::Store::get(&store, &probe)
+                .await
+                .is_err()
+        );
+        server.pause(false);
+        write(seq).await.unwrap(); // the circuit is open: not queued, written directly
+        assert_eq!(db.metrics("a"), Some(seq));
+        support::within(Duration::from_secs(10), async || !store.is_open()).await;
+    };
+
+    // In the same round as the newer write 3.
+    written_directly(2).await;
+    write(3).await.unwrap();
+    plant_late(2).await;
     cache.flush_pending_writes().await.unwrap();
     assert_eq!(db.metrics("a"), Some(3), "the late write 2 went over 3");
+
+    // After the newer write 5 was written.
+    written_directly(4).await;
+    write(5).await.unwrap();
+    cache.flush_pending_writes().await.unwrap();
+    assert_eq!(db.metrics("a"), Some(5));
+    plant_late(4).await;
+    cache.flush_pending_writes().await.unwrap();
+    assert_eq!(db.metrics("a"), Some(5), "the late write 4 went over 5");
     assert!(db.reordered().is_empty(), "{:?}", db.reordered());
-    // And the entry is acknowledged, not retried for ever.
+
+    // And the late entries are acknowledged, not retried for ever.
     let pending: Vec<redis::Value> = redis::cmd("XPENDING")
         .arg(&stream)
         .arg(&group)

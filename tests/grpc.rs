@@ -17,7 +17,7 @@ use tower_caching::store::Store;
 
 /// Serves the directory behind `layer` on a free loopback port; its call counter and a
 /// connected channel.
-async fn serve<St: Store, C: tower_caching::codec::Codec>(
+async fn serve<St: Store, C: tower_caching::codec::Codec<tower_caching::http::CachedResponse>>(
     layer: GrpcCacheLayer<St, C>,
 ) -> (
     std::sync::Arc<std::sync::atomic::AtomicU32>,

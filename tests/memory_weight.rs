@@ -25,7 +25,7 @@ fn resident_bytes() -> u64 {
 /// Fills a fresh store through a typed cache with `count` values made by `value`; what one
 /// entry costs in resident memory, and what the store counts for it.
 /// (The store is handed back, kept alive: the next measure must not reuse its memory.)
-async fn per_entry<V: tower_caching::Cacheable>(
+async fn per_entry<V: tower_caching::Cacheable + serde::Serialize + serde::de::DeserializeOwned>(
     count: usize,
     value: impl Fn(usize) -> V,
 ) -> (f64, f64, MemoryStore) {

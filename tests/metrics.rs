@@ -82,7 +82,10 @@ fn setup() -> (Registry, Metrics) {
     (registry, metrics)
 }
 
-fn cache<V: tower_caching::Cacheable, S: Store>(store: S, metrics: &Metrics) -> Cache<V, S> {
+fn cache<V: tower_caching::Cacheable + serde::Serialize + serde::de::DeserializeOwned, S: Store>(
+    store: S,
+    metrics: &Metrics,
+) -> Cache<V, S> {
     Cache::builder(store).metrics(metrics.clone()).build()
 }
 

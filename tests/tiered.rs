@@ -31,7 +31,9 @@ async fn instance(
 /// Reads `key` through `cache` until its L1 holds it: a read that raced an invalidation
 /// of the key (even the writer's own message, arriving late) leaves L1 alone, and a later
 /// read fills it.
-async fn read_into_l1<V: tower_caching::Cacheable>(
+async fn read_into_l1<
+    V: tower_caching::Cacheable + serde::Serialize + serde::de::DeserializeOwned,
+>(
     cache: &Cache<V, TieredStore>,
     l1: &MemoryStore,
     key: &tower_caching::Key,

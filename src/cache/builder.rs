@@ -28,7 +28,7 @@ pub struct CacheBuilder<S, C = Json> {
     metrics: Option<crate::metrics::Metrics>,
 }
 
-impl<S: Store, C: Codec> CacheBuilder<S, C> {
+impl<S: Store, C> CacheBuilder<S, C> {
     /// Encodes values with `codec` instead of JSON.
     ///
     /// ```
@@ -39,7 +39,7 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
     /// # let _ = cache;
     /// # }
     /// ```
-    pub fn codec<C2: Codec>(self, codec: C2) -> CacheBuilder<S, C2> {
+    pub fn codec<C2>(self, codec: C2) -> CacheBuilder<S, C2> {
         CacheBuilder {
             store: self.store,
             codec,
@@ -117,7 +117,10 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
     }
 
     /// The cache. See [`CacheBuilder`] for an example.
-    pub fn build<V: Cacheable>(self) -> Cache<V, S, C> {
+    pub fn build<V: Cacheable>(self) -> Cache<V, S, C>
+    where
+        C: Codec<V>,
+    {
         Cache {
             shared: Arc::new(Shared {
                 store: self.store,
@@ -139,7 +142,10 @@ impl<S: Store, C: Codec> CacheBuilder<S, C> {
     }
 }
 
-impl<V: Cacheable> Cache<V> {
+impl<V: Cacheable> Cache<V>
+where
+    Json: Codec<V>,
+{
     /// A cache on a new [`MemoryStore`] with the default bound, encoding with JSON.
     ///
     /// ```
@@ -152,7 +158,10 @@ impl<V: Cacheable> Cache<V> {
     }
 }
 
-impl<V: Cacheable, S: Store> Cache<V, S> {
+impl<V: Cacheable, S: Store> Cache<V, S>
+where
+    Json: Codec<V>,
+{
     /// A cache on `store`, encoding with JSON.
     ///
     /// ```

@@ -25,7 +25,7 @@ pub(crate) struct Hit<V> {
 /// Decodes a framed value, from its attached decoded form when the store kept one. A value
 /// over `max` bytes (written by other software), or compressed and claiming to expand past
 /// it, is refused before decoding or expanding.
-pub(crate) fn decode<V: Cacheable, C: Codec>(
+pub(crate) fn decode<V: Cacheable, C: Codec<V>>(
     codec: &C,
     stored: &StoreValue,
     max: usize,
@@ -94,7 +94,7 @@ impl<V, S: Store, C> Lookup<V, S, C> {
     }
 }
 
-impl<V: Cacheable, S: Store, C: Codec> Future for Lookup<V, S, C> {
+impl<V: Cacheable, S: Store, C: Codec<V>> Future for Lookup<V, S, C> {
     type Output = Result<Option<Hit<V>>, CacheError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -115,7 +115,7 @@ impl<V: Cacheable, S: Store, C: Codec> Future for Lookup<V, S, C> {
     }
 }
 
-impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
+impl<V: Cacheable, S: Store, C: Codec<V>> Cache<V, S, C> {
     /// Looks `key` up without allocating beyond the store's lookup: the layers' hit path.
     pub(crate) fn lookup(&self, key: &Key) -> Lookup<V, S, C> {
         let closed = self.shared.closed.load(Ordering::Acquire);

@@ -45,8 +45,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use serde::{Serialize, de::DeserializeOwned};
-
 use crate::codec::{Codec, Json};
 use crate::engine::flight::Flights;
 use crate::frame::{self, Header, Kind};
@@ -64,16 +62,17 @@ pub use self::error::CacheError;
 pub(crate) use self::lookup::{Hit, Lookup};
 pub(crate) use self::pending::PendingWrites;
 
-/// What a [`Cache`] can hold: serde round-trippable, cloneable, shareable across threads.
-/// Implemented for every such type.
+/// What a [`Cache`] can hold: cloneable and shareable across threads. Implemented for every
+/// such type; how a value becomes bytes is its cache's [`Codec`] (`Codec<V>`: serde for
+/// [`Json`], prost for `Protobuf`).
 ///
 /// ```
 /// fn cacheable<V: tower_caching::Cacheable>() {}
 /// cacheable::<Option<Vec<String>>>();
 /// ```
-pub trait Cacheable: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+pub trait Cacheable: Clone + Send + Sync + 'static {}
 
-impl<V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Cacheable for V {}
+impl<V: Clone + Send + Sync + 'static> Cacheable for V {}
 
 /// The default limit on an encoded value: 1 MiB.
 ///
@@ -163,7 +162,7 @@ impl<V, S, C> Cache<V, S, C> {
     }
 }
 
-impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
+impl<V: Cacheable, S: Store, C> Cache<V, S, C> {
     /// The store.
     ///
     /// ```
@@ -186,7 +185,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// let reads: Cache<Option<u64>> = counters.typed();
     /// # let _ = reads;
     /// ```
-    pub fn typed<V2: Cacheable>(&self) -> Cache<V2, S, C> {
+    pub fn typed<V2: Cacheable>(&self) -> Cache<V2, S, C>
+    where
+        C: Codec<V2>,
+    {
         Cache {
             shared: self.shared.clone(),
             tags: None,
@@ -346,11 +348,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     }
 
     /// Frames and encodes `value` for `key` and `ttl`.
-    pub(crate) fn encode(
-        &self,
-        value: &V,
-        ttl: Option<Duration>,
-    ) -> Result<StoreValue, CacheError> {
+    pub(crate) fn encode(&self, value: &V, ttl: Option<Duration>) -> Result<StoreValue, CacheError>
+    where
+        C: Codec<V>,
+    {
         self.encode_with(value, Header::new(ttl))
     }
 
@@ -358,7 +359,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         &self,
         value: &V,
         mut header: Header,
-    ) -> Result<StoreValue, CacheError> {
+    ) -> Result<StoreValue, CacheError>
+    where
+        C: Codec<V>,
+    {
         header.kind = self.kind;
         let encoded = frame::encode(
             &self.shared.codec,
@@ -394,7 +398,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn set(&self, key: &Key, value: &V, ttl: Option<Duration>) -> Result<(), CacheError> {
+    pub async fn set(&self, key: &Key, value: &V, ttl: Option<Duration>) -> Result<(), CacheError>
+    where
+        C: Codec<V>,
+    {
         self.set_as(Strategy::Direct, key, value, ttl).await
     }
 
@@ -404,7 +411,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         key: &Key,
         value: &V,
         ttl: Option<Duration>,
-    ) -> Result<(), CacheError> {
+    ) -> Result<(), CacheError>
+    where
+        C: Codec<V>,
+    {
         self.check_open()?;
         self.shared.flights.supersede(key);
         self.observed(Operation::Set, strategy, async {
@@ -432,7 +442,10 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         &self,
         entries: &[(Key, V)],
         ttl: Option<Duration>,
-    ) -> Result<(), CacheError> {
+    ) -> Result<(), CacheError>
+    where
+        C: Codec<V>,
+    {
         self.check_open()?;
         let entries = entries
             .iter()

@@ -24,11 +24,14 @@ pub(crate) trait PendingWrites: Send + Sync {
     fn pending_value(&self, key: &Key) -> Option<StoreValue>;
 }
 
-impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
+impl<V: Cacheable, S: Store, C> Cache<V, S, C> {
     /// The value of a write-behind write of `key` still queued on this cache (or a
     /// [`typed`](Cache::typed) view of it), newest first: what a read must see before the
     /// writer has run.
-    pub(crate) fn pending_value(&self, key: &Key) -> Option<V> {
+    pub(crate) fn pending_value(&self, key: &Key) -> Option<V>
+    where
+        C: Codec<V>,
+    {
         let stored = self
             .pending_queues()
             .iter()
@@ -49,7 +52,9 @@ impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
         key: &Key,
         value: Option<&V>,
         ttl: Option<Duration>,
-    ) {
+    ) where
+        C: Codec<V>,
+    {
         // A load of the key in flight may have read the row this write replaced.
         self.shared.flights.supersede(key);
         let encoded = value.map(|value| (self.encode(value, ttl), self.tags_of(key, value)));

@@ -370,7 +370,7 @@ impl CacheConfig {
     /// # let _ = layer;
     /// # Ok::<(), tower_caching::config::ConfigError>(())
     /// ```
-    pub fn layer<St: Store, C: Codec>(
+    pub fn layer<St: Store, C: Codec<CachedResponse>>(
         &self,
         cache: Cache<CachedResponse, St, C>,
     ) -> Result<ConfiguredCacheLayer<St, C>, ConfigError> {

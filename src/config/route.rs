@@ -281,7 +281,7 @@ impl RouteConfig {
 }
 
 impl CompiledRoute {
-    pub(super) fn into_action<St: Store, C: Codec>(
+    pub(super) fn into_action<St: Store, C: Codec<CachedResponse>>(
         self,
         cache: &Cache<CachedResponse, St, C>,
     ) -> (Method, PathKey, Action<St, C>) {

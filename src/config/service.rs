@@ -94,7 +94,7 @@ where
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
     St: Store,
-    C: Codec,
+    C: Codec<CachedResponse>,
 {
     type Response = Response<CacheBody<ResBody>>;
     type Error = Svc::Error;

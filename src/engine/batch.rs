@@ -13,7 +13,7 @@ use crate::key::Key;
 use crate::metrics::{KeyDigest, Operation, Strategy};
 use crate::store::Store;
 
-impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
+impl<V: Cacheable, S: Store, C: Codec<V>> Cache<V, S, C> {
     /// Bulk cache-aside: the values of `keys`, in order, with the hits fetched in one round
     /// trip and **all** the misses loaded by one call of `loader`, which returns the values
     /// it found by key (a key it leaves out is `None` here, and not cached). The loaded

@@ -118,7 +118,7 @@ pub trait ReadContext: Clone + Send + Sync + 'static {
     /// The store.
     type Store: Store;
     /// The codec.
-    type Codec: Codec;
+    type Codec: Codec<Self::Value>;
     /// The cache.
     fn cache(&self) -> &Cache<Self::Value, Self::Store, Self::Codec>;
     /// The policy.
@@ -158,7 +158,7 @@ pub trait Load<X: ReadContext>: Send + 'static {
     ) -> impl Future<Output = Result<Loaded<X::Value, Self::Private>, Self::Error>> + Send + 'static;
 }
 
-impl<V: Cacheable, S: Store, C: Codec> ReadContext for Cache<V, S, C> {
+impl<V: Cacheable, S: Store, C: Codec<V>> ReadContext for Cache<V, S, C> {
     type Value = V;
     type Store = S;
     type Codec = C;
@@ -183,7 +183,7 @@ impl<V, S, C, Fut, E> Load<Cache<V, S, C>> for FutureLoad<Fut>
 where
     V: Cacheable,
     S: Store,
-    C: Codec,
+    C: Codec<V>,
     Fut: Future<Output = Result<V, E>> + Send + 'static,
     E: Send + Sync + 'static,
 {
@@ -206,7 +206,7 @@ where
     }
 }
 
-impl<V: Cacheable, S: Store, C: Codec> Cache<V, S, C> {
+impl<V: Cacheable, S: Store, C: Codec<V>> Cache<V, S, C> {
     /// Cache-aside, imperatively: the cached value of `key`, or the value `loader` produces,
     /// which is then cached for `ttl`.
     ///

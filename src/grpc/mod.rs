@@ -284,7 +284,7 @@ where
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
     St: Store,
-    C: Codec,
+    C: Codec<CachedResponse>,
 {
     type Response = Response<CacheBody<ResBody>>;
     type Error = Svc::Error;
@@ -392,7 +392,7 @@ fn panicked<B>() -> Response<CacheBody<B>> {
     response
 }
 
-impl<St: Store, C: Codec> ReadContext for Arc<GrpcSettings<St, C>> {
+impl<St: Store, C: Codec<CachedResponse>> ReadContext for Arc<GrpcSettings<St, C>> {
     type Value = CachedResponse;
     type Store = St;
     type Codec = C;
@@ -424,7 +424,7 @@ where
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     St: Store,
-    C: Codec,
+    C: Codec<CachedResponse>,
 {
     type Private = Result<Response<CacheBody<ResBody>>, Svc::Error>;
     type Error = std::convert::Infallible;

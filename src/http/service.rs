@@ -95,7 +95,7 @@ where
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
     St: Store,
-    C: Codec,
+    C: Codec<CachedResponse>,
     K: RequestKey<ReqBody> + Send + Sync + 'static,
     T: TtlPolicy<CachedResponse> + Send + Sync + 'static,
 {
@@ -180,7 +180,7 @@ where
 impl<St, C, K, T> ReadContext for Arc<Settings<St, C, K, T>>
 where
     St: Store,
-    C: Codec,
+    C: Codec<CachedResponse>,
     K: Send + Sync + 'static,
     T: Send + Sync + 'static,
 {
@@ -224,7 +224,7 @@ where
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
     St: Store,
-    C: Codec,
+    C: Codec<CachedResponse>,
     K: RequestKey<ReqBody> + Send + Sync + 'static,
     T: TtlPolicy<CachedResponse> + Send + Sync + 'static,
 {
@@ -268,7 +268,7 @@ where
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
     St: Store,
-    C: Codec,
+    C: Codec<CachedResponse>,
     K: RequestKey<ReqBody> + Send + Sync + 'static,
     T: TtlPolicy<CachedResponse> + Send + Sync + 'static,
 {
@@ -310,7 +310,7 @@ async fn load<ResBody, E, St, C, K, T, ReqBody>(
 where
     ResBody: Body<Data = Bytes> + Unpin,
     St: Store,
-    C: Codec,
+    C: Codec<CachedResponse>,
     K: RequestKey<ReqBody>,
     T: TtlPolicy<CachedResponse>,
 {

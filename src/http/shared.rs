@@ -108,7 +108,7 @@ where
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
     St: Store,
-    C: Codec,
+    C: Codec<CachedResponse>,
     K: RequestKey<ReqBody> + Send + Sync + 'static,
     T: TtlPolicy<CachedResponse> + Send + Sync + 'static,
 {
@@ -293,7 +293,7 @@ where
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
     St: Store,
-    C: Codec,
+    C: Codec<CachedResponse>,
     K: RequestKey<ReqBody> + Send + Sync + 'static,
     T: TtlPolicy<CachedResponse> + Send + Sync + 'static,
 {
@@ -475,7 +475,7 @@ where
 
 /// The stored response a request may be served as it is, if any (its variant included),
 /// looked up without loading anything.
-async fn fresh_entry<St: Store, C: Codec, K, T>(
+async fn fresh_entry<St: Store, C: Codec<CachedResponse>, K, T>(
     settings: &Settings<St, C, K, T>,
     primary: &Key,
     request: &HeaderMap,
@@ -520,7 +520,10 @@ fn pragma_no_cache(headers: &HeaderMap) -> bool {
 }
 
 /// Deletes the target's entry and every variant of it.
-async fn invalidate<St: Store, C: Codec, K, T>(settings: &Settings<St, C, K, T>, key: &Key) {
+async fn invalidate<St: Store, C: Codec<CachedResponse>, K, T>(
+    settings: &Settings<St, C, K, T>,
+    key: &Key,
+) {
     // Variants are keyed `{key}#v{digest}`: one prefix pattern finds them all.
     let cache = &settings.cache;
     if let Err(error) = cache.delete(key).await {
@@ -546,7 +549,7 @@ fn revalidate_in_background<Svc, ReqBody, ResBody, St, C, K, T>(
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
     St: Store,
-    C: Codec,
+    C: Codec<CachedResponse>,
     K: RequestKey<ReqBody> + Send + Sync + 'static,
     T: TtlPolicy<CachedResponse> + Send + Sync + 'static,
 {

@@ -329,7 +329,7 @@ where
     Svc::Response: Send + 'static,
     V: Cacheable,
     St: Store,
-    C: Codec,
+    C: Codec<V>,
     I: InvalidationPolicy<Req, K>,
     O: Predicate<Svc::Response>,
 {
@@ -373,7 +373,7 @@ where
 
 type BoxedInvalidate = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-async fn invalidate<V: Cacheable, St: Store, C: Codec>(
+async fn invalidate<V: Cacheable, St: Store, C: Codec<V>>(
     cache: Cache<V, St, C>,
     invalidation: Invalidation,
 ) {

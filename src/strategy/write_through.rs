@@ -239,7 +239,7 @@ where
     Svc::Response: Send + 'static,
     V: Cacheable,
     St: Store,
-    C: Codec,
+    C: Codec<V>,
     F: WriteValue<Req, Svc::Response, V>,
     K: KeyExtractor<Req>,
     T: TtlPolicy<V> + Send + Sync + 'static,
@@ -314,7 +314,7 @@ where
     Fut: Future<Output = Result<Resp, E>>,
     V: Cacheable,
     St: Store,
-    C: Codec,
+    C: Codec<V>,
     F: WriteValue<Req, Resp, V>,
     T: TtlPolicy<V>,
 {

@@ -45,7 +45,7 @@ where
     M: ReadMode,
     V: Cacheable,
     St: Store,
-    C: Codec,
+    C: Codec<V>,
     P: Predicate<V> + Send + Sync + 'static,
     N: Predicate<V> + Send + Sync + 'static,
     K: KeyExtractor<Req> + Send + Sync + 'static,

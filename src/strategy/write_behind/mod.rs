@@ -527,8 +527,8 @@ impl<Req, V, St, C, F, A, D, Q, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A
 
     /// Queues writes in `queue` instead of in process: a [`StreamQueue`] keeps them in a
     /// Redis stream, so that they survive a crash of the process and any instance writes
-    /// them. Requests must then be `Serialize` and `DeserializeOwned` (they are stored with
-    /// the cache's codec).
+    /// them. Requests are stored with the cache's codec, which must then encode them too
+    /// (`Serialize` and `DeserializeOwned` requests for [`Json`](crate::codec::Json)).
     ///
     /// ```no_run
     /// use tower_caching::store::{RedisConfig, RedisStore};

@@ -103,7 +103,7 @@ struct Turn {
 impl Turn {
     /// Caches the write's value (or invalidates the key) once the key's previous write has
     /// been cached, then hands the turn on.
-    async fn cache<V: Cacheable, St: Store, C: Codec>(
+    async fn cache<V: Cacheable, St: Store, C: Codec<V>>(
         mut self,
         cache: &crate::cache::Cache<V, St, C>,
         key: &Key,
@@ -204,7 +204,7 @@ impl<Svc, Req, V, St, C, F, A, D, Q, K, T>
 where
     V: Cacheable,
     St: Store,
-    C: Codec,
+    C: Codec<V>,
     Req: 'static,
 {
     /// Starts the queue's worker now, and lets the cache's
@@ -273,7 +273,7 @@ where
     Req: Clone + Send + Sync + 'static,
     V: Cacheable,
     St: Store,
-    C: Codec,
+    C: Codec<V>,
     F: Clone,
     A: Clone,
     D: DeadLetterHook<Req>,
@@ -307,7 +307,7 @@ where
     Req: Clone + Send + Sync + 'static,
     V: Cacheable,
     St: Store,
-    C: Codec,
+    C: Codec<V>,
     F: RequestToValue<Req, V>,
     A: Acknowledge<Req, Svc::Response>,
     D: DeadLetterHook<Req>,

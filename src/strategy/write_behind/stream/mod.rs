@@ -4,7 +4,6 @@ use std::fmt;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
-use serde::{Serialize, de::DeserializeOwned};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -378,10 +377,10 @@ where
     Svc: Service<Req> + Clone + Send + Sync + 'static,
     Svc::Future: Send,
     Svc::Error: Into<BoxError>,
-    Req: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    Req: Clone + Send + Sync + 'static,
     V: Cacheable,
     St: Store,
-    C: Codec,
+    C: Codec<V> + Codec<Req>,
     F: Clone,
     A: Clone,
     D: DeadLetterHook<Req>,

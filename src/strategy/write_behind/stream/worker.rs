@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use redis::aio::ConnectionLike;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower_service::Service;
@@ -122,9 +121,9 @@ where
     Svc: Service<Req> + Clone + Send + Sync + 'static,
     Svc::Future: Send,
     Svc::Error: Into<BoxError>,
-    Req: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    Req: Clone + Send + Sync + 'static,
     Conn: ConnectionLike + Clone + Send + Sync + 'static,
-    Co: Codec,
+    Co: Codec<Req>,
     D: DeadLetterHook<Req>,
 {
     pub(super) fn new(
@@ -555,10 +554,7 @@ where
         };
         let key = String::from_utf8(field("k")?).map_err(|e| e.to_string())?;
         let key = Key::new(key).map_err(|e| e.to_string())?;
-        let request = self
-            .codec
-            .decode::<Req>(&field("r")?)
-            .map_err(|e| e.to_string())?;
+        let request: Req = self.codec.decode(&field("r")?).map_err(|e| e.to_string())?;
         // Written by this worker's process: its number, for writes made directly since.
         let ours = entry
             .map
@@ -605,9 +601,9 @@ where
     Svc: Service<Req> + Clone + Send + Sync + 'static,
     Svc::Future: Send,
     Svc::Error: Into<BoxError>,
-    Req: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    Req: Clone + Send + Sync + 'static,
     Conn: ConnectionLike + Clone + Send + Sync + 'static,
-    Co: Codec,
+    Co: Codec<Req>,
     D: DeadLetterHook<Req>,
 {
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<u64, CacheError>> + Send + '_>> {
@@ -633,9 +629,9 @@ where
     Svc: Service<Req> + Clone + Send + Sync + 'static,
     Svc::Future: Send,
     Svc::Error: Into<BoxError>,
-    Req: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    Req: Clone + Send + Sync + 'static,
     Conn: ConnectionLike + Clone + Send + Sync + 'static,
-    Co: Codec,
+    Co: Codec<Req>,
     D: DeadLetterHook<Req>,
 {
     fn room(&self) -> Arc<Semaphore> {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::ConnectionLike;
 use redis::streams::StreamId;
-use serde::{Serialize, de::DeserializeOwned};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -30,9 +29,9 @@ where
     Svc: Service<Req> + Clone + Send + Sync + 'static,
     Svc::Future: Send,
     Svc::Error: Into<BoxError>,
-    Req: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    Req: Clone + Send + Sync + 'static,
     Conn: ConnectionLike + Clone + Send + Sync + 'static,
-    Co: Codec,
+    Co: Codec<Req>,
     D: DeadLetterHook<Req>,
 {
     /// Writes the newest entry of each key that is newer than the key's recorded version;
@@ -45,6 +44,11 @@ where
         let mut newest: HashMap<Key, Delivered<Req>> = HashMap::new();
         let mut done: Vec<EntryId> = Vec::new();
         for (_, write) in batch {
+            // Before choosing each key's newest: a late entry comes last in the stream.
+            if self.direct.disowned(write.ours) {
+                done.push(write.id);
+                continue;
+            }
             if let Some(older) = newest.insert(write.key.clone(), write) {
                 done.push(older.id);
             }
