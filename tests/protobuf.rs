@@ -69,6 +69,22 @@ fn reply(id: &str) -> EntryReply {
     }
 }
 
+/// Asks `service` for entry `id` three times; each answer is the directory's reply.
+async fn asked_three_times<S>(service: &S, id: &str)
+where
+    S: Service<GetEntryRequest, Response = EntryReply> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    for _ in 0..3 {
+        let answer = service
+            .clone()
+            .oneshot(GetEntryRequest { id: id.into() })
+            .await
+            .unwrap();
+        assert_eq!(answer, reply(id));
+    }
+}
+
 /// `EntryReply` as a newer schema has it: one more field.
 #[derive(Clone, PartialEq, prost::Message)]
 struct EntryReplyV2 {
@@ -90,14 +106,7 @@ async fn a_read_layer_caches_prost_messages_in_their_wire_format() {
         .key(move |request: &GetEntryRequest| keys.entry(&request.id))
         .ttl(Duration::from_secs(60))
         .layer(directory(calls.clone()));
-    for _ in 0..3 {
-        let answer = service
-            .clone()
-            .oneshot(GetEntryRequest { id: "e1".into() })
-            .await
-            .unwrap();
-        assert_eq!(answer, reply("e1"));
-    }
+    asked_three_times(&service, "e1").await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // In Redis: the frame's header, then exactly the message's protobuf encoding.
@@ -146,14 +155,7 @@ async fn bytes_that_are_not_the_message_are_a_miss_and_one_load_replaces_them() 
         .key(|request: &GetEntryRequest| KeyBuilder::new().entry(&request.id))
         .ttl(Duration::from_secs(60))
         .layer(directory(calls.clone()));
-    for _ in 0..3 {
-        let answer = service
-            .clone()
-            .oneshot(GetEntryRequest { id: "e1".into() })
-            .await
-            .unwrap();
-        assert_eq!(answer, reply("e1"));
-    }
+    asked_three_times(&service, "e1").await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(cache.get(&key).await.unwrap(), Some(reply("e1")));
 }
