@@ -90,6 +90,8 @@ pub enum CacheBackend {
     /// Redis Cluster (feature `cluster`).
     #[cfg(feature = "cluster")]
     Cluster(tower_caching::store::RedisClusterConfig),
+    /// The primary that Redis Sentinels manage (`REDIS_SENTINELS`).
+    Sentinel(tower_caching::store::SentinelConfig),
 }
 
 /// Everything the service reads from its environment.
@@ -106,11 +108,16 @@ pub struct AppConfig {
 
 impl AppConfig {
     /// `DATABASE_URL`, `REDIS_URL` / `REDIS_ADDR` (+ `REDIS_PASSWORD`, `REDIS_DB`, …),
-    /// `REDIS_CLUSTER_NODES`, `REDIS_WRITE_BEHIND_BATCH`, `CACHE_PREFIX`.
+    /// `REDIS_CLUSTER_NODES`, `REDIS_SENTINELS` (+ `REDIS_SENTINEL_MASTER`),
+    /// `REDIS_WRITE_BEHIND_BATCH`, `CACHE_PREFIX`.
     pub fn from_env() -> Result<Self, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let sentinels =
+            tower_caching::store::SentinelConfig::from_env().map_err(|e| e.to_string())?;
         let cache = if let Some(cluster) = cluster_backend()? {
             cluster
+        } else if let Some(sentinels) = sentinels {
+            CacheBackend::Sentinel(sentinels)
         } else if var("REDIS_URL").is_some() || var("REDIS_ADDR").is_some() {
             CacheBackend::Redis(RedisConfig::from_env().map_err(|e| e.to_string())?)
         } else {
@@ -442,6 +449,22 @@ impl App {
                 };
                 let (s, c) = services(store, queue, &database, &config, metrics, registry);
                 (s, c, format!("redis cluster {nodes}"))
+            }
+            CacheBackend::Sentinel(sentinels) => {
+                let description = format!(
+                    "redis primary {:?} of sentinels {}",
+                    sentinels.master(),
+                    sentinels.sentinels().join(",")
+                );
+                let store = RedisStore::connect_sentinel(sentinels.clone()).await?;
+                let store = CircuitBreaker::builder(store).metrics(&metrics).build();
+                let queue = if config.durable_write_behind {
+                    WriteBehindQueue::Redis(StreamQueue::new(&store, &metrics_queue(&config)))
+                } else {
+                    WriteBehindQueue::Memory
+                };
+                let (s, c) = services(store, queue, &database, &config, metrics, registry);
+                (s, c, description)
             }
         };
         let router = Router::new()

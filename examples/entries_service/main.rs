@@ -21,7 +21,8 @@
 //! | `GET /metrics` | Prometheus text, namespace `conn_dict` | | |
 //!
 //! Environment: `DATABASE_URL` (default `sqlite://entries.db`), `REDIS_CLUSTER_NODES` (with
-//! `--features cluster`), `REDIS_URL` or `REDIS_ADDR`
+//! `--features cluster`), `REDIS_SENTINELS` (+ `REDIS_SENTINEL_MASTER`, default `mymaster`,
+//! and `REDIS_SENTINEL_PASSWORD`), `REDIS_URL` or `REDIS_ADDR`
 //! (+ `REDIS_PASSWORD`, `REDIS_DB`; otherwise the in-memory store), `REDIS_WRITE_BEHIND_BATCH`
 //! (default `10s`), `WRITE_BEHIND_QUEUE` (`redis`, the default when Redis is configured: the
 //! queue is a Redis stream and survives a crash; or `memory`), `CACHE_PREFIX`, `BIND_ADDR`

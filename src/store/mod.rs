@@ -55,7 +55,7 @@ pub use self::cluster::{RedisClusterConfig, RedisClusterStore};
 pub use self::memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis::{ConfigError, RedisConfig, RedisStore};
+pub use self::redis::{ConfigError, RedisConfig, RedisConnection, RedisStore, SentinelConfig};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::tiered::{DEFAULT_CHANNEL, TieredGet, TieredStore};

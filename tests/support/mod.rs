@@ -10,6 +10,7 @@
 pub mod db;
 pub mod faulty;
 pub mod proxy;
+pub mod sentinel;
 
 /// Defines, for each named `async fn test<S: Store>(store: S, prefix: &str)`, one
 /// `#[tokio::test]` per store: `memory::test`, `redis::test` (shared redis-server) and
@@ -65,6 +66,8 @@ pub struct RedisServer {
     /// Its own directory: a replica's sync writes `dump.rdb` there, and another server
     /// starting in the same directory would load it.
     dir: std::path::PathBuf,
+    /// For a sentinel, its configuration file (in `dir`; the sentinel rewrites it).
+    sentinel_conf: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -75,6 +78,15 @@ impl RedisServer {
 
     /// A fresh server with extra `redis-server` arguments (e.g. `["--requirepass", "pw"]`).
     pub fn spawn_with(extra_args: &[&str]) -> Self {
+        Self::spawn_inner(extra_args, None)
+    }
+
+    /// A `redis-server --sentinel` with `conf` as its configuration file.
+    pub fn spawn_sentinel(conf: &str) -> Self {
+        Self::spawn_inner(&[], Some(conf))
+    }
+
+    fn spawn_inner(extra_args: &[&str], sentinel_conf: Option<&str>) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let mut last_error = String::new();
         for _ in 0..5 {
@@ -85,11 +97,17 @@ impl RedisServer {
                 fastrand::u64(..)
             ));
             std::fs::create_dir_all(&dir).expect("cannot create a directory for redis-server");
+            let sentinel_conf = sentinel_conf.map(|conf| {
+                let path = dir.join("sentinel.conf");
+                std::fs::write(&path, conf).expect("cannot write sentinel.conf");
+                path
+            });
             let mut server = RedisServer {
                 child: None,
                 port,
                 extra_args: extra_args.clone(),
                 dir,
+                sentinel_conf,
             };
             match server.start() {
                 Ok(()) => return server,
@@ -101,6 +119,9 @@ impl RedisServer {
 
     fn start(&mut self) -> Result<(), String> {
         let mut command = Command::new("redis-server");
+        if let Some(conf) = &self.sentinel_conf {
+            command.arg(conf).arg("--sentinel");
+        }
         command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])

@@ -4,9 +4,14 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 mod config;
+mod connection;
+mod sentinel;
 
 use self::config::redact_url;
 pub use self::config::{ConfigError, RedisConfig};
+pub use self::connection::RedisConnection;
+pub use self::sentinel::SentinelConfig;
+use self::sentinel::SentinelConnection;
 use super::commands::{Commands, GetFuture, SCAN_BATCH, set_command, tagged_set_command};
 use super::{Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern, Tag};
@@ -33,12 +38,13 @@ use crate::key::{Key, Pattern, Tag};
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    commands: Commands<ConnectionManager>,
+    commands: Commands<RedisConnection>,
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
+            .field("connection", &self.commands.connection)
             .field("command_timeout", &self.commands.timeout)
             .finish_non_exhaustive()
     }
@@ -83,7 +89,54 @@ impl RedisStore {
             }
         };
         Ok(RedisStore {
-            commands: Commands::new(connection, config.command_timeout),
+            commands: Commands::new(RedisConnection::direct(connection), config.command_timeout),
+        })
+    }
+
+    /// A store on the primary that Redis Sentinels manage, following it through failovers:
+    /// asks the sentinels for the primary (the first that answers; the node must confirm
+    /// with `ROLE`), connects within the connect timeout, then keeps following it from a
+    /// background task that stops when the last clone of the store is dropped.
+    ///
+    /// The store moves to the new primary when a sentinel announces `+switch-master`, when
+    /// a command finds the connection gone or the node demoted (`READONLY`), and at each
+    /// [check interval](SentinelConfig::check_interval). Meanwhile commands fail at once
+    /// with [`StoreError::Backend`], which the layers answer from their loader (behind a
+    /// [`CircuitBreaker`](crate::store::CircuitBreaker), without even trying). Everything
+    /// else is as on a single node: one multiplexed connection, every command bounded by
+    /// the command timeout.
+    ///
+    /// ```no_run
+    /// use tower_caching::store::{RedisStore, SentinelConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = SentinelConfig::new(["10.0.0.1:26379", "10.0.0.2:26379"], "cache");
+    /// let store = RedisStore::connect_sentinel(config).await?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// No sentinel answering within the connect timeout is a [`StoreError::Connect`]:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::store::{RedisStore, SentinelConfig, StoreError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let config = SentinelConfig::new(["127.0.0.1:1"], "cache")
+    ///     .connect_timeout(Duration::from_millis(200));
+    /// let error = RedisStore::connect_sentinel(config).await.unwrap_err();
+    /// assert!(matches!(error, StoreError::Connect { .. }));
+    /// # }
+    /// ```
+    pub async fn connect_sentinel(config: SentinelConfig) -> Result<Self, StoreError> {
+        let command_timeout = config.command_timeout;
+        let connection = SentinelConnection::connect(config).await?;
+        Ok(RedisStore {
+            commands: Commands::new(RedisConnection::sentinel(connection), command_timeout),
         })
     }
 
@@ -107,7 +160,7 @@ impl RedisStore {
     /// ```
     pub fn with_connection(connection: ConnectionManager, command_timeout: Duration) -> Self {
         RedisStore {
-            commands: Commands::new(connection, command_timeout),
+            commands: Commands::new(RedisConnection::direct(connection), command_timeout),
         }
     }
 
@@ -177,14 +230,14 @@ impl RedisStore {
             source: Some(Box::new(e)),
         })?;
         Ok(RedisStore {
-            commands: Commands::new(connection, config.command_timeout),
+            commands: Commands::new(RedisConnection::direct(connection), config.command_timeout),
         })
     }
 }
 
 impl RedisStore {
     /// The connection and its command timeout, for the durable write-behind queue.
-    pub(crate) fn commands(&self) -> &Commands<ConnectionManager> {
+    pub(crate) fn commands(&self) -> &Commands<RedisConnection> {
         &self.commands
     }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -17,7 +17,7 @@ use crate::key::builder::escape_part;
 use crate::layer::CacheLayer;
 use crate::store::breaker::Gate;
 use crate::store::commands::Commands;
-use crate::store::{CircuitBreaker, RedisStore, Store};
+use crate::store::{CircuitBreaker, RedisConnection, RedisStore, Store};
 
 /// The consumer group every instance reads a queue's stream with.
 const GROUP: &str = "writers";
@@ -149,7 +149,7 @@ return #ARGV - 1
 /// # }
 /// ```
 #[derive(Clone)]
-pub struct StreamQueue<Conn = ConnectionManager> {
+pub struct StreamQueue<Conn = RedisConnection> {
     commands: Commands<Conn>,
     /// The circuit breaker of the store the queue was made from, if any.
     gate: Option<Gate>,
@@ -207,8 +207,8 @@ mod sealed {
     }
 
     impl Sealed for RedisStore {
-        type Connection = ConnectionManager;
-        fn queue_parts(&self) -> Parts<ConnectionManager> {
+        type Connection = RedisConnection;
+        fn queue_parts(&self) -> Parts<RedisConnection> {
             Parts {
                 commands: self.commands().clone(),
                 gate: None,
