@@ -497,10 +497,15 @@ impl Watcher {
         let mut check = tokio::time::interval(self.config.check_interval);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if announcements.is_none() {
+            let resubscribed = announcements.is_none() && {
                 announcements = self.subscribe().await;
-            }
-            let reason = tokio::select! {
+                announcements.is_some()
+            };
+            // What was announced while there was no subscription is lost: look once now.
+            let reason = if resubscribed {
+                Reason::Check
+            } else {
+                tokio::select! {
                 () = self.lost.notified() => Reason::Lost,
                 message = next_message(&mut announcements) => match message {
                     Some(payload) if payload.split(' ').next() == Some(&self.config.master) => {
@@ -513,6 +518,7 @@ impl Watcher {
                     }
                 },
                 _ = check.tick() => Reason::Check,
+                }
             };
             let Some(shared) = self.shared.upgrade() else {
                 return;
