@@ -471,8 +471,8 @@ impl ConnectionLike for SentinelConnection {
 enum Reason {
     /// A command found the connection gone.
     Lost,
-    /// A sentinel announced a failover of this master.
-    Switched,
+    /// A sentinel announced a failover of this master, to this address.
+    Switched(Option<Address>),
     /// The periodic check.
     Check,
 }
@@ -509,7 +509,7 @@ impl Watcher {
                 () = self.lost.notified() => Reason::Lost,
                 message = next_message(&mut announcements) => match message {
                     Some(payload) if payload.split(' ').next() == Some(&self.config.master) => {
-                        Reason::Switched
+                        Reason::Switched(announced(&payload))
                     }
                     Some(_) => continue,
                     None => {
@@ -526,20 +526,39 @@ impl Watcher {
             let known = shared.address();
             drop(shared);
             match reason {
-                Reason::Check if known.is_some() => match self.ask_sentinels().await {
-                    Ok(named) if Some(&named) != known.as_ref() => {
-                        self.follow(&mut announcements).await
+                // The sentinels' majority: one that lags behind a failover could name the
+                // demoted node, which says it is a primary until it is reconfigured.
+                Reason::Check if known.is_some() => match self.ask_every_sentinel().await {
+                    Some(named) if Some(&named) != known.as_ref() => {
+                        self.follow_to(named, &mut announcements).await
                     }
                     _ => {}
                 },
-                Reason::Switched => {
+                Reason::Switched(address) => {
                     tracing::info!(master = %self.config.master, "sentinels announced a failover");
-                    self.follow(&mut announcements).await;
+                    match address {
+                        Some(address) => self.follow_to(address, &mut announcements).await,
+                        None => self.follow(&mut announcements).await,
+                    }
                 }
                 // A wake-up left over from the last outage: the primary is found already.
                 Reason::Lost if known.is_some() => {}
                 Reason::Lost | Reason::Check => self.follow(&mut announcements).await,
             }
+        }
+    }
+
+    /// Moves to the primary at `address` if it confirms, else looks for it as
+    /// [`Watcher::follow`] does. An announcement names the new primary itself: asking a
+    /// sentinel instead could reach one that has not heard of the failover yet.
+    async fn follow_to(&mut self, address: Address, announcements: &mut Option<PubSubStream>) {
+        match self.confirm(&address).await {
+            Ok(connection) => {
+                if let Some(shared) = self.shared.upgrade() {
+                    self.install(&shared, address, connection);
+                }
+            }
+            Err(_) => self.follow(announcements).await,
         }
     }
 
@@ -604,7 +623,19 @@ impl Watcher {
     /// The primary the sentinels name, connected and confirmed by its `ROLE`.
     async fn discover(&mut self) -> Result<(Address, MultiplexedConnection), RedisError> {
         let address = self.ask_sentinels().await?;
-        let info = self.config.primary_info(&address)?;
+        match self.confirm(&address).await {
+            Ok(connection) => Ok((address, connection)),
+            Err(error) => {
+                // Perhaps this sentinel is behind: ask the next one first next time.
+                self.preferred = (self.preferred + 1) % self.sentinels.len();
+                Err(error)
+            }
+        }
+    }
+
+    /// A connection to the node at `address`, if it says it is a primary.
+    async fn confirm(&self, address: &Address) -> Result<MultiplexedConnection, RedisError> {
+        let info = self.config.primary_info(address)?;
         let timeout = self.config.connect_timeout;
         let confirm = async {
             let mut connection = Client::open(info)?
@@ -622,14 +653,26 @@ impl Watcher {
             }
         };
         match tokio::time::timeout(timeout, confirm).await {
-            Ok(Ok(connection)) => Ok((address, connection)),
-            Ok(Err(error)) => {
-                // Perhaps this sentinel is behind: ask the next one first next time.
-                self.preferred = (self.preferred + 1) % self.sentinels.len();
-                Err(error)
-            }
+            Ok(result) => result,
             Err(_) => Err(timed_out("connect to the primary")),
         }
+    }
+
+    /// The primary most of the sentinels that answer name.
+    async fn ask_every_sentinel(&mut self) -> Option<Address> {
+        let mut named: Vec<(Address, usize)> = Vec::new();
+        for at in 0..self.sentinels.len() {
+            if let Ok(address) = self.ask_sentinel(at).await {
+                match named.iter_mut().find(|(known, _)| *known == address) {
+                    Some((_, votes)) => *votes += 1,
+                    None => named.push((address, 1)),
+                }
+            }
+        }
+        named
+            .into_iter()
+            .max_by_key(|(_, votes)| *votes)
+            .map(|(address, _)| address)
     }
 
     /// `SENTINEL get-master-addr-by-name` on the first sentinel that answers.
@@ -638,41 +681,40 @@ impl Watcher {
         let count = self.sentinels.len();
         for turn in 0..count {
             let at = (self.preferred + turn) % count;
-            let mut ask = redis::cmd("SENTINEL");
-            ask.arg("get-master-addr-by-name").arg(&self.config.master);
-            let answer = match self.sentinel(at).await {
-                Ok(mut connection) => {
-                    match tokio::time::timeout(
-                        self.config.connect_timeout,
-                        ask.query_async::<Option<Address>>(&mut connection),
-                    )
-                    .await
-                    {
-                        Ok(answer) => answer,
-                        Err(_) => Err(timed_out("ask a sentinel")),
-                    }
-                }
-                Err(error) => Err(error),
-            };
-            match answer {
-                Ok(Some(address)) => {
+            match self.ask_sentinel(at).await {
+                Ok(address) => {
                     self.preferred = at;
                     return Ok(address);
                 }
-                Ok(None) => {
-                    last = RedisError::from((
-                        redis::ErrorKind::MasterNameNotFoundBySentinel,
-                        "a sentinel does not monitor this master",
-                        self.config.master.clone(),
-                    ))
-                }
-                Err(error) => {
-                    self.sentinels[at] = None;
-                    last = error;
-                }
+                Err(error) => last = error,
             }
         }
         Err(last)
+    }
+
+    /// `SENTINEL get-master-addr-by-name` on sentinel `at`.
+    async fn ask_sentinel(&mut self, at: usize) -> Result<Address, RedisError> {
+        let mut ask = redis::cmd("SENTINEL");
+        ask.arg("get-master-addr-by-name").arg(&self.config.master);
+        let mut connection = self.sentinel(at).await?;
+        let answer = tokio::time::timeout(
+            self.config.connect_timeout,
+            ask.query_async::<Option<Address>>(&mut connection),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timed_out("ask a sentinel")));
+        match answer {
+            Ok(Some(address)) => Ok(address),
+            Ok(None) => Err(RedisError::from((
+                redis::ErrorKind::MasterNameNotFoundBySentinel,
+                "a sentinel does not monitor this master",
+                self.config.master.clone(),
+            ))),
+            Err(error) => {
+                self.sentinels[at] = None;
+                Err(error)
+            }
+        }
     }
 
     async fn sentinel(&mut self, at: usize) -> Result<MultiplexedConnection, RedisError> {
@@ -714,6 +756,16 @@ impl Watcher {
     }
 }
 
+/// The new primary a `+switch-master` payload names:
+/// `<master> <old ip> <old port> <new ip> <new port>`.
+fn announced(payload: &str) -> Option<Address> {
+    let parts: Vec<&str> = payload.split_whitespace().collect();
+    match parts.as_slice() {
+        [_, _, _, ip, port] => Some(((*ip).to_owned(), port.parse().ok()?)),
+        _ => None,
+    }
+}
+
 /// The next announcement's payload; pending forever without a subscription, `None` when
 /// the subscription ended.
 async fn next_message(announcements: &mut Option<PubSubStream>) -> Option<String> {
@@ -728,4 +780,19 @@ async fn next_message(announcements: &mut Option<PubSubStream>) -> Option<String
 
 fn timed_out(what: &'static str) -> RedisError {
     RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_announcement_names_the_new_primary() {
+        assert_eq!(
+            announced("cache 127.0.0.1 6379 127.0.0.1 6380"),
+            Some(("127.0.0.1".to_owned(), 6380))
+        );
+        assert_eq!(announced("cache 127.0.0.1 6379"), None);
+        assert_eq!(announced("cache a b c not-a-port"), None);
+    }
 }
