@@ -89,6 +89,7 @@ pub mod store;
 pub mod strategy;
 mod task;
 pub mod ttl;
+pub mod warm;
 
 pub use crate::cache::{Cache, CacheBuilder, CacheError, Cacheable};
 pub use crate::engine::LoadError;

@@ -184,6 +184,7 @@ struct Handles {
     circuit_state: prometheus::IntGauge,
     circuit_opened: prometheus::IntCounter,
     repairs_owed: prometheus::IntGauge,
+    warmed: prometheus::IntCounterVec,
 }
 
 /// Configures and registers [`Metrics`].
@@ -356,6 +357,16 @@ impl MetricsBuilder {
             "cache_repairs_owed",
             "Keys, pattern deletes and tag invalidations the store missed, owed a repair.",
         ))?;
+        let warmed = IntCounterVec::new(
+            opts(
+                "cache_warmed_keys_total",
+                "Keys warmed at start-up, by outcome (cached, loaded, failed).",
+            ),
+            &["outcome"],
+        )?;
+        for outcome in ["cached", "loaded", "failed"] {
+            warmed.with_label_values(&[outcome]);
+        }
         let collectors = || -> Vec<Box<dyn prometheus::core::Collector>> {
             vec![
                 Box::new(hits.clone()),
@@ -373,6 +384,7 @@ impl MetricsBuilder {
                 Box::new(circuit_state.clone()),
                 Box::new(circuit_opened.clone()),
                 Box::new(repairs_owed.clone()),
+                Box::new(warmed.clone()),
             ]
         };
         for (index, collector) in collectors().into_iter().enumerate() {
@@ -410,6 +422,7 @@ impl MetricsBuilder {
                 circuit_state,
                 circuit_opened,
                 repairs_owed,
+                warmed,
             }),
         })
     }
@@ -551,6 +564,14 @@ impl Observer {
         #[cfg(feature = "metrics")]
         if let Some(metrics) = &self.metrics {
             metrics.inner.circuit_opened.inc();
+        }
+    }
+
+    /// Counts a key warmed with `outcome` (`cached`, `loaded` or `failed`).
+    pub(crate) fn warmed(&self, _outcome: &'static str) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.inner.warmed.with_label_values(&[_outcome]).inc();
         }
     }
 

@@ -31,7 +31,7 @@ impl TempDb {
 
 impl Drop for TempDb {
     fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
+        for suffix in ["", "-wal", "-shm", ".hot.json"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
         }
     }
@@ -52,6 +52,9 @@ async fn start(
     prefix: &str,
 ) -> Running {
     let app = App::build(AppConfig {
+        // The hot-entry snapshot beside the database (with the in-memory store).
+        hot_keys_file: format!("{}.hot.json", database_url.trim_start_matches("sqlite://")).into(),
+        warm_budget: Duration::from_secs(5),
         database_url,
         // On Redis, write-behind queues in a Redis stream, as the example does by default.
         durable_write_behind: !matches!(cache, CacheBackend::Memory),
@@ -236,6 +239,49 @@ async fn every_route_in_memory() {
     every_route(&running).await;
     running.app.shutdown().await;
     running.server.abort();
+}
+
+/// The flagship's warm start, on the embedded default: the entries read most are saved on
+/// shutdown, warmed at the next start before it answers, and its first reads of them are
+/// cache hits, not database reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_service_answers_its_hot_entries_from_cache() {
+    let db = TempDb::new("warm-restart");
+    let running = start(db.url(), CacheBackend::Memory, Duration::from_secs(10), "").await;
+    for i in 0..5 {
+        let (status, _) = running
+            .send(
+                reqwest::Method::POST,
+                "/entries",
+                json!(entry(&format!("e{i}"), "Ana")),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        for _ in 0..3 {
+            assert_eq!(
+                running.get(&format!("/entries/e{i}")).await.0,
+                StatusCode::OK
+            );
+        }
+    }
+    running.app.shutdown().await;
+    running.server.abort();
+
+    let restarted = start(db.url(), CacheBackend::Memory, Duration::from_secs(10), "").await;
+    let warmed = r#"conn_dict_cache_warmed_keys_total{outcome="loaded"}"#;
+    assert_eq!(restarted.metric(warmed).await, 5.0);
+    let hits = r#"conn_dict_cache_hits_total{strategy="cache_aside"}"#;
+    let misses = r#"conn_dict_cache_misses_total{strategy="cache_aside"}"#;
+    let (hits_before, misses_before) =
+        (restarted.metric(hits).await, restarted.metric(misses).await);
+    for i in 0..5 {
+        let (status, body) = restarted.get(&format!("/entries/e{i}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(restarted.metric(hits).await, hits_before + 5.0);
+    assert_eq!(restarted.metric(misses).await, misses_before);
+    restarted.app.shutdown().await;
+    restarted.server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,7 +41,7 @@ struct TempDb(PathBuf);
 
 impl Drop for TempDb {
     fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
+        for suffix in ["", "-wal", "-shm", ".hot.json"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
         }
     }
@@ -204,6 +204,8 @@ async fn run(scenario: Scenario, durable: bool) -> Outcome {
             ),
             write_behind_interval: Duration::from_millis(200),
             key_prefix: String::new(),
+            hot_keys_file: format!("{}.hot.json", db_file.0.display()).into(),
+            warm_budget: Duration::from_secs(1),
         })
         .await
         .expect("the example builds"),

@@ -89,6 +89,17 @@ proptest! {
     }
 
     #[test]
+    fn a_built_key_gives_back_its_part(part in any::<String>(), prefix in "[a-z]{0,8}") {
+        let keys = KeyBuilder::new().prefix(&prefix);
+        let key = keys.build("entry", &part);
+        match keys.part_of("entry", &key) {
+            Some(back) => prop_assert_eq!(back, part),
+            // Only a part too long to be kept whole is given up (its key holds a digest).
+            None => prop_assert!(key.as_str().contains('#')),
+        }
+    }
+
+    #[test]
     fn distinct_parts_make_distinct_keys(a in any::<String>(), b in any::<String>()) {
         prop_assume!(a != b);
         let keys = KeyBuilder::new();

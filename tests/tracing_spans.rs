@@ -134,3 +134,33 @@ async fn a_failing_store_is_logged_once_per_period_not_once_per_request() {
     assert_eq!(lines, 1, "{output}");
     assert!(output.contains("suppressed=0"), "{output}");
 }
+
+/// A warm-up logs a progress line every `progress_every`, and one when it ends. (Here, where
+/// every test captures its log: tracing caches which call sites are of interest, and a test
+/// running beside one without a subscriber could see this one's lines dropped.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_warm_up_logs_its_progress_and_its_end() {
+    let (captured, _guard) = capture(tracing::Level::INFO, false);
+    let cache: Cache<String> = Cache::in_memory();
+    let keys = (0..20).map(|i| tower_caching::Key::new(format!("row:{i}")).unwrap());
+    let report = cache
+        .warm(keys, None, |key: tower_caching::Key| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            Ok::<_, std::io::Error>(key.as_str().to_owned())
+        })
+        .concurrency(2)
+        .progress_every(std::time::Duration::from_millis(50))
+        .await;
+    assert_eq!(report.loaded, 20);
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let progress = log
+        .lines()
+        .filter(|l| l.contains("warming the cache"))
+        .count();
+    assert!(progress >= 2, "{log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("cache warmed") && last.contains("done=20") && last.contains("total=20"),
+        "{last}"
+    );
+}

@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,6 +27,7 @@ use tower_caching::metrics::Metrics;
 use tower_caching::store::{CircuitBreaker, RedisConfig, RedisStore, Store};
 use tower_caching::strategy::{Invalidation, StreamQueue};
 use tower_caching::ttl::{self, Jitter};
+use tower_caching::warm::HotKeys;
 use tower_caching::{Cache, CacheLayer, Cacheable, LoadError, MemoryStore};
 use tower_layer::Layer;
 
@@ -104,12 +105,17 @@ pub struct AppConfig {
     /// on Redis; `WRITE_BEHIND_QUEUE=memory` keeps them in process).
     pub durable_write_behind: bool,
     pub key_prefix: String,
+    /// Where the hot entries are saved on shutdown, for the next start to warm, with the
+    /// in-memory store (on Redis they are saved in Redis).
+    pub hot_keys_file: std::path::PathBuf,
+    /// How long start-up waits at most for the hot entries to warm.
+    pub warm_budget: Duration,
 }
 
 impl AppConfig {
     /// `DATABASE_URL`, `REDIS_URL` / `REDIS_ADDR` (+ `REDIS_PASSWORD`, `REDIS_DB`, …),
     /// `REDIS_CLUSTER_NODES`, `REDIS_SENTINELS` (+ `REDIS_SENTINEL_MASTER`),
-    /// `REDIS_WRITE_BEHIND_BATCH`, `CACHE_PREFIX`.
+    /// `REDIS_WRITE_BEHIND_BATCH`, `CACHE_PREFIX`, `HOT_KEYS_FILE`, `WARM_BUDGET`.
     pub fn from_env() -> Result<Self, String> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let sentinels =
@@ -138,12 +144,21 @@ impl AppConfig {
                 ));
             }
         };
+        let warm_budget = match var("WARM_BUDGET") {
+            Some(text) => tower_caching::parse_duration(&text)
+                .ok_or_else(|| format!("WARM_BUDGET has an invalid duration {text:?}"))?,
+            None => Duration::from_secs(5),
+        };
         Ok(AppConfig {
             database_url: var("DATABASE_URL").unwrap_or_else(|| "sqlite://entries.db".into()),
             cache,
             write_behind_interval,
             durable_write_behind,
             key_prefix: var("CACHE_PREFIX").unwrap_or_default(),
+            hot_keys_file: var("HOT_KEYS_FILE")
+                .unwrap_or_else(|| "entries.hot.json".into())
+                .into(),
+            warm_budget,
         })
     }
 }
@@ -401,9 +416,9 @@ impl App {
         let metrics = Metrics::builder()
             .namespace("conn_dict")
             .register(&registry)?;
-        let (services, closers, cache) = match &config.cache {
+        let (services, closers, warm_up, cache) = match &config.cache {
             CacheBackend::Memory => {
-                let (s, c) = services(
+                let (s, c, w) = services(
                     MemoryStore::new(),
                     WriteBehindQueue::Memory,
                     &database,
@@ -411,7 +426,7 @@ impl App {
                     metrics,
                     registry,
                 );
-                (s, c, "memory".to_string())
+                (s, c, w, "memory".to_string())
             }
             CacheBackend::Redis(redis) => {
                 // Lazy: the service starts, and answers from the database, while Redis is down;
@@ -426,10 +441,11 @@ impl App {
                 } else {
                     WriteBehindQueue::Memory
                 };
-                let (s, c) = services(store, queue, &database, &config, metrics, registry);
+                let (s, c, w) = services(store, queue, &database, &config, metrics, registry);
                 (
                     s,
                     c,
+                    w,
                     format!(
                         "redis {}",
                         redis.url().rsplit('@').next().unwrap_or_default()
@@ -447,8 +463,8 @@ impl App {
                 } else {
                     WriteBehindQueue::Memory
                 };
-                let (s, c) = services(store, queue, &database, &config, metrics, registry);
-                (s, c, format!("redis cluster {nodes}"))
+                let (s, c, w) = services(store, queue, &database, &config, metrics, registry);
+                (s, c, w, format!("redis cluster {nodes}"))
             }
             CacheBackend::Sentinel(sentinels) => {
                 let description = format!(
@@ -463,10 +479,19 @@ impl App {
                 } else {
                     WriteBehindQueue::Memory
                 };
-                let (s, c) = services(store, queue, &database, &config, metrics, registry);
-                (s, c, description)
+                let (s, c, w) = services(store, queue, &database, &config, metrics, registry);
+                (s, c, w, description)
             }
         };
+        // Ready once the hot entries are warm, or the budget is spent.
+        let warmed = warm_up.await;
+        tracing::info!(
+            cached = warmed.cached,
+            loaded = warmed.loaded,
+            failed = warmed.failed,
+            stopped_at_budget = warmed.stopped_at_budget,
+            "hot entries warmed"
+        );
         let router = Router::new()
             .route("/entries", post(create_entry))
             .route("/entries/{id}", get(get_entry))
@@ -558,9 +583,17 @@ fn services<S: Store>(
     config: &AppConfig,
     metrics: Metrics,
     registry: prometheus::Registry,
-) -> (Services, Vec<Closer>) {
+) -> (Services, Vec<Closer>, WarmUp) {
     let cache = |metrics: &Metrics| Cache::builder(store.clone()).metrics(metrics.clone());
-    let entries: Cache<Option<Entry>, S> = cache(&metrics).build();
+    // The entries read most are saved on shutdown (and every minute), and warmed at the
+    // next start: in the store when it outlives the process, else in a file.
+    let hot = HotKeys::new(&format!("{}entries", config.key_prefix));
+    let hot = if matches!(config.cache, CacheBackend::Memory) {
+        hot.file(&config.hot_keys_file)
+    } else {
+        hot
+    };
+    let entries: Cache<Option<Entry>, S> = cache(&metrics).hot_keys(hot).build();
     // A view of the same cache, not a second one: a write then voids the reads' loads in
     // flight of its key, which would otherwise store the row it replaced after it.
     let created: Cache<Entry, S> = entries.typed();
@@ -650,6 +683,19 @@ fn services<S: Store>(
         vsync: BoxCloneSyncService::new(vsync),
         registry,
     };
+    let warm_up: WarmUp = {
+        let (database, budget) = (database.clone(), config.warm_budget);
+        let warm = entries.warm_hot_keys(Some(ttl::ENTRY), move |key: Key| {
+            let (database, id) = (database.clone(), keys.part_of("entry", &key));
+            async move {
+                match id {
+                    Some(id) => database.entry(&id).await.map_err(|e| e.to_string()),
+                    None => Err(format!("{key} is not an entry key")),
+                }
+            }
+        });
+        Box::pin(warm.budget(budget).into_future())
+    };
     // The write-behind cache first: its close flushes the queue to the database.
     let closers = vec![
         closer(&participant_metrics),
@@ -657,8 +703,11 @@ fn services<S: Store>(
         closer(&created),
         closer(&configs),
     ];
-    (services, closers)
+    (services, closers, warm_up)
 }
+
+/// The warm-up of the hot entries, awaited before the service answers.
+type WarmUp = Pin<Box<dyn Future<Output = tower_caching::warm::WarmReport> + Send>>;
 
 /// Maps a database failure (or a panicked load) to a 500 with a JSON body.
 fn internal(error: impl fmt::Display) -> Response {

@@ -28,6 +28,11 @@
 //! queue is a Redis stream and survives a crash; or `memory`), `CACHE_PREFIX`, `BIND_ADDR`
 //! (default `127.0.0.1:3000`).
 //!
+//! The entries read most are tracked, saved on shutdown (and every minute) — in Redis, or
+//! with the in-memory store in `HOT_KEYS_FILE` (default `entries.hot.json`) — and warmed at
+//! the next start before it answers, for at most `WARM_BUDGET` (default `5s`): a restarted
+//! instance answers its hot entries from cache from its first requests.
+//!
 //! SIGINT or SIGTERM stops accepting requests, flushes the write-behind queue to the
 //! database and exits 0. With the Redis queue, even `kill -9` loses no acknowledged write:
 //! the next instance to start writes what was queued.

@@ -7,6 +7,7 @@ use crate::codec::{Codec, Json};
 use crate::engine::flight::Flights;
 use crate::metrics::Observer;
 use crate::store::{MemoryStore, Store};
+use crate::warm::{Hot, HotKeys};
 
 /// Builds a [`Cache`]: choose the codec, the value size limit and when to compress.
 ///
@@ -24,6 +25,7 @@ pub struct CacheBuilder<S, C = Json> {
     codec: C,
     max_value_size: usize,
     compress_above: Option<usize>,
+    hot_keys: Option<HotKeys>,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::Metrics>,
 }
@@ -45,6 +47,7 @@ impl<S: Store, C> CacheBuilder<S, C> {
             codec,
             max_value_size: self.max_value_size,
             compress_above: self.compress_above,
+            hot_keys: self.hot_keys,
             #[cfg(feature = "metrics")]
             metrics: self.metrics,
         }
@@ -116,25 +119,48 @@ impl<S: Store, C> CacheBuilder<S, C> {
         self
     }
 
+    /// Tracks the keys this cache reads most and snapshots them to the store, for a
+    /// starting instance to [warm](Cache::warm_hot_keys) (see [`HotKeys`]). With a
+    /// snapshot interval, `build` must run within a Tokio runtime to start the task that
+    /// saves it.
+    ///
+    /// ```
+    /// use tower_caching::{warm::HotKeys, Cache, MemoryStore};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: Cache<String> = Cache::builder(MemoryStore::new())
+    ///     .hot_keys(HotKeys::new("entries").top(500))
+    ///     .build();
+    /// assert!(cache.hot_keys().is_empty());
+    /// # }
+    /// ```
+    pub fn hot_keys(mut self, hot_keys: HotKeys) -> Self {
+        self.hot_keys = Some(hot_keys);
+        self
+    }
+
     /// The cache. See [`CacheBuilder`] for an example.
     pub fn build<V: Cacheable>(self) -> Cache<V, S, C>
     where
         C: Codec<V>,
     {
+        let shared = Arc::new(Shared {
+            store: self.store,
+            codec: self.codec,
+            max_value_size: self.max_value_size,
+            compress_above: self.compress_above,
+            closed: AtomicBool::new(false),
+            flights: Flights::default(),
+            pending: Mutex::new(Vec::new()),
+            #[cfg(feature = "metrics")]
+            observer: Observer::new(self.metrics),
+            #[cfg(not(feature = "metrics"))]
+            observer: Observer::default(),
+            hot: self.hot_keys.map(Hot::new),
+        });
+        crate::warm::spawn_snapshots(&shared);
         Cache {
-            shared: Arc::new(Shared {
-                store: self.store,
-                codec: self.codec,
-                max_value_size: self.max_value_size,
-                compress_above: self.compress_above,
-                closed: AtomicBool::new(false),
-                flights: Flights::default(),
-                pending: Mutex::new(Vec::new()),
-                #[cfg(feature = "metrics")]
-                observer: Observer::new(self.metrics),
-                #[cfg(not(feature = "metrics"))]
-                observer: Observer::default(),
-            }),
+            shared,
             tags: None,
             kind: crate::frame::Kind::Value,
             _value: PhantomData,
@@ -184,6 +210,7 @@ impl<S: Store> Cache<(), S> {
             codec: Json,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             compress_above: Some(DEFAULT_COMPRESS_ABOVE),
+            hot_keys: None,
             #[cfg(feature = "metrics")]
             metrics: None,
         }

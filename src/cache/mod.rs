@@ -122,6 +122,17 @@ pub(crate) struct Shared<S, C> {
     pub(crate) flights: Flights,
     pending: Mutex<Vec<Weak<dyn PendingWrites>>>,
     observer: Observer,
+    pub(crate) hot: Option<crate::warm::Hot>,
+}
+
+impl<S, C> Shared<S, C> {
+    pub(crate) fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
 }
 
 impl<V, S, C> Clone for Cache<V, S, C> {
@@ -320,6 +331,11 @@ impl<V: Cacheable, S: Store, C> Cache<V, S, C> {
 
     pub(crate) fn observer(&self) -> &Observer {
         &self.shared.observer
+    }
+
+    /// The hot-key tracking, if the cache has it.
+    pub(crate) fn hot(&self) -> Option<&crate::warm::Hot> {
+        self.shared.hot.as_ref()
     }
 
     /// Runs a store operation, timing it and counting its error.

@@ -150,6 +150,12 @@ impl<V: Cacheable, S: Store, C> Cache<V, S, C> {
     /// # }
     /// ```
     pub async fn close(&self) -> Result<u64, CacheError> {
+        if !self.is_closed()
+            && let Err(error) = self.save_hot_keys().await
+        {
+            // The snapshot only speeds up the next start: closing goes on without it.
+            tracing::warn!(%error, "cannot save the hot-key snapshot");
+        }
         let mut written = 0;
         for queue in self.pending_queues() {
             written += queue.close().await?;

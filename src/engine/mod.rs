@@ -174,9 +174,15 @@ impl<V: Cacheable, S: Store, C: Codec<V>> ReadContext for Cache<V, S, C> {
 }
 
 /// [`Cache::get_or_load`]'s loader: a future, cached for one TTL.
-struct FutureLoad<Fut> {
+pub(crate) struct FutureLoad<Fut> {
     load: Fut,
     ttl: Option<Duration>,
+}
+
+impl<Fut> FutureLoad<Fut> {
+    pub(crate) fn new(load: Fut, ttl: Option<Duration>) -> Self {
+        FutureLoad { load, ttl }
+    }
 }
 
 impl<V, S, C, Fut, E> Load<Cache<V, S, C>> for FutureLoad<Fut>

@@ -85,6 +85,15 @@ enum State<X: ReadContext, L: Load<X>> {
 impl<X: ReadContext, L: Load<X>> ReadFuture<X, L> {
     /// Reads `key` in `context`, loading it with `loader` on a miss.
     pub(crate) fn new(context: X, key: Key, loader: L) -> Self {
+        if let Some(hot) = context.cache().hot() {
+            hot.tracker.record(&key);
+        }
+        Self::start(context, key, loader, true)
+    }
+
+    /// [`ReadFuture::new`] for a warm-up: not counted as a read of a hot key (it would
+    /// keep the last snapshot's keys hot forever).
+    pub(crate) fn warming(context: X, key: Key, loader: L) -> Self {
         Self::start(context, key, loader, true)
     }
 

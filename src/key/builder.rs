@@ -102,6 +102,45 @@ impl KeyBuilder {
         Key::new(key).unwrap_or_else(|_| self.build_hashed(kind, &part))
     }
 
+    /// The part a key of `kind` was [built](KeyBuilder::build) from, for a key this builder
+    /// made: what a warm-up's loader needs to load a key of a
+    /// [hot-key snapshot](crate::warm). `None` for a key of another kind or builder, and for
+    /// a part too long to be kept whole (its key holds a digest of it).
+    ///
+    /// ```
+    /// # use tower_caching::key::KeyBuilder;
+    /// let keys = KeyBuilder::new().prefix("app");
+    /// let key = keys.entry("a b:c");
+    /// assert_eq!(keys.part_of("entry", &key).as_deref(), Some("a b:c"));
+    /// assert_eq!(keys.part_of("metrics", &key), None);
+    /// assert_eq!(KeyBuilder::new().part_of("entry", &key), None);
+    /// assert_eq!(keys.part_of("entry", &keys.entry(&"x".repeat(2000))), None);
+    /// ```
+    pub fn part_of(&self, kind: &str, key: &Key) -> Option<String> {
+        let mut rest = key.as_str();
+        if let Some(prefix) = &self.prefix {
+            rest = rest.strip_prefix(prefix.as_str())?.strip_prefix(':')?;
+        }
+        let escaped = rest.strip_prefix(kind)?.strip_prefix(':')?;
+        if escaped.contains('#') {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(escaped.len());
+        let mut input = escaped.bytes();
+        while let Some(byte) = input.next() {
+            if byte == b'%' {
+                let high = char::from(input.next()?).to_digit(16)?;
+                let low = char::from(input.next()?).to_digit(16)?;
+                bytes.push((high * 16 + low) as u8);
+            } else {
+                bytes.push(byte);
+            }
+        }
+        let part = String::from_utf8(bytes).ok()?;
+        // Only what `build` would have made: no other spelling of the same part.
+        (escape_part(&part) == escaped).then_some(part)
+    }
+
     fn build_hashed(&self, kind: &str, escaped_part: &str) -> Key {
         let digest = digest(escaped_part.as_bytes());
         let room = Key::MAX_LEN
