@@ -18,6 +18,7 @@
 //! | `{ns}_cache_circuit_state` | gauge: 0 closed, 1 open, 2 half-open | |
 //! | `{ns}_cache_circuit_opened_total` | counter | |
 //! | `{ns}_cache_repairs_owed` | gauge: keys, pattern deletes and tag invalidations the store missed, waiting for it to answer ([auto-recovery](crate::store::CircuitBreaker#auto-recovery)) | |
+//! | `{ns}_cache_warmed_keys_total` | keys a [warm-up](crate::warm) found cached, loaded or failed to load | `outcome` |
 //!
 //! `strategy` is one of `cache_aside`, `read_through`, `write_through`, `write_behind`,
 //! `write_around`, or `direct` for calls on the [`Cache`](crate::Cache) handle itself
