@@ -9,6 +9,9 @@
 //!
 //! Each iteration starts cold (a new memory store, `FLUSHDB` on Redis, not timed).
 //!
+//! - `hot_keys/{untracked,tracked}`: what counting reads for `HotKeys` adds to an in-memory
+//!   `get_or_load` hit, over 1,000 keys read in turn (the hottest 100 kept).
+//!
 //! Run: `cargo bench --bench warm` (see BENCHMARKS.md).
 
 #[path = "../tests/support/mod.rs"]
@@ -132,6 +135,41 @@ fn bench(c: &mut Criterion) {
                     spent += started.elapsed();
                 }
                 spent
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("hot_keys");
+    let untracked: Cache<Entry, MemoryStore> = Cache::new(MemoryStore::new());
+    let tracked: Cache<Entry, MemoryStore> = Cache::builder(MemoryStore::new())
+        .hot_keys(
+            tower_caching::warm::HotKeys::new("bench")
+                .top(100)
+                .snapshot_every(None),
+        )
+        .build();
+    let keys: Vec<Key> = keys().into_iter().take(1000).collect();
+    for (name, cache) in [("untracked", &untracked), ("tracked", &tracked)] {
+        runtime.block_on(async {
+            for key in &keys {
+                cache
+                    .set(key, &load(key.clone()).await.unwrap(), None)
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut next = 0;
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| {
+                next = (next + 1) % keys.len();
+                let key = &keys[next];
+                async move {
+                    cache
+                        .get_or_load(key, None, || load(key.clone()))
+                        .await
+                        .unwrap()
+                }
             })
         });
     }
