@@ -17,20 +17,6 @@ use tower_caching::store::{CircuitBreaker, RedisClusterConfig, RedisClusterStore
 use tower_caching::{Cache, CacheLayer};
 use tower_layer::Layer;
 
-fn hits(registry: &prometheus::Registry) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == "tower_caching_cache_hits_total")
-        .flat_map(|f| {
-            f.get_metric()
-                .iter()
-                .map(|m| m.get_counter().get_value())
-                .collect::<Vec<_>>()
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_fails_over_under_load_and_caching_resumes() {
     let mut cluster = RedisCluster::spawn(3, 1);
@@ -95,9 +81,9 @@ async fn a_primary_fails_over_under_load_and_caching_resumes() {
     .unwrap();
     let failed_over = killed.elapsed();
     // Caching resumes once the client has the new slot map.
-    let hits_before = hits(&registry);
+    let hits_before = support::hits(&registry);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while hits(&registry) < hits_before + 200.0 {
+    while support::hits(&registry) < hits_before + 200.0 {
         assert!(
             Instant::now() < deadline,
             "caching did not resume after the failover"
@@ -139,7 +125,7 @@ async fn a_primary_fails_over_under_load_and_caching_resumes() {
          caching resumed after {resumed:?}, cache hits {}",
         sent.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
-        hits(&registry),
+        support::hits(&registry),
     );
     assert_eq!(failed.load(Ordering::Relaxed), 0);
     drop(cluster);

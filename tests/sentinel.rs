@@ -20,20 +20,6 @@ use tower_caching::store::{CircuitBreaker, RedisStore, SentinelConfig, Store, St
 use tower_caching::{Cache, CacheLayer, Key};
 use tower_layer::Layer;
 
-fn hits(registry: &prometheus::Registry) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == "tower_caching_cache_hits_total")
-        .flat_map(|f| {
-            f.get_metric()
-                .iter()
-                .map(|m| m.get_counter().get_value())
-                .collect::<Vec<_>>()
-        })
-        .sum()
-}
-
 fn value(text: &str) -> StoreValue {
     StoreValue::from(Bytes::copy_from_slice(text.as_bytes()))
 }
@@ -154,9 +140,9 @@ async fn fail_over_under_load(outage: Outage) {
         "the acknowledged write is not on the promoted replica"
     );
 
-    let hits_before = hits(&registry);
+    let hits_before = support::hits(&registry);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while hits(&registry) < hits_before + 200.0 {
+    while support::hits(&registry) < hits_before + 200.0 {
         assert!(
             Instant::now() < deadline,
             "caching did not resume after the failover"
@@ -310,4 +296,38 @@ async fn an_unknown_master_name_is_a_connect_error() {
         "{error}"
     );
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// A lazily connected store starts while no sentinel answers, fails each command at once
+/// meanwhile, and follows the primary as soon as the sentinels are up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_store_starts_before_the_sentinels_and_finds_the_primary_later() {
+    let mut set = Sentinels::spawn(None);
+    for sentinel in &mut set.sentinels {
+        sentinel.kill();
+    }
+    let store = RedisStore::connect_sentinel_lazy(
+        SentinelConfig::new(set.addrs(), MASTER).command_timeout(Duration::from_millis(200)),
+    )
+    .unwrap();
+    let key = Key::new("sentinel:lazy").unwrap();
+    let started = Instant::now();
+    assert!(store.set(&key, value("v"), None).await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    for sentinel in &mut set.sentinels {
+        sentinel.restart();
+    }
+    support::within(Duration::from_secs(10), async || {
+        store.set(&key, value("v"), None).await.is_ok()
+    })
+    .await;
+    assert_eq!(
+        set.cli(set.primary.port(), &["get", "sentinel:lazy"])
+            .trim(),
+        "v"
+    );
 }

@@ -472,7 +472,8 @@ impl App {
                     sentinels.master(),
                     sentinels.sentinels().join(",")
                 );
-                let store = RedisStore::connect_sentinel(sentinels.clone()).await?;
+                // Lazy, as on a single node: the service starts while the sentinels are down.
+                let store = RedisStore::connect_sentinel_lazy(sentinels.clone())?;
                 let store = CircuitBreaker::builder(store).metrics(&metrics).build();
                 let queue = if config.durable_write_behind {
                     WriteBehindQueue::Redis(StreamQueue::new(&store, &metrics_queue(&config)))

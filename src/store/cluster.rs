@@ -6,7 +6,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use super::commands::{Commands, GetFuture, SCAN_BATCH, bounded, set_command};
-use super::redis::ConfigError;
+use super::redis::{ConfigError, Variables, as_url};
 use super::{Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern, Tag};
 
@@ -99,17 +99,7 @@ impl RedisClusterConfig {
     /// ```
     pub fn new<I: IntoIterator<Item = N>, N: Into<String>>(nodes: I) -> Self {
         RedisClusterConfig {
-            nodes: nodes
-                .into_iter()
-                .map(Into::into)
-                .map(|node: String| {
-                    if node.contains("://") {
-                        node
-                    } else {
-                        format!("redis://{node}")
-                    }
-                })
-                .collect(),
+            nodes: nodes.into_iter().map(|node| as_url(node.into())).collect(),
             username: None,
             password: None,
             connect_timeout: Duration::from_secs(1),
@@ -139,33 +129,17 @@ impl RedisClusterConfig {
     pub fn from_lookup(
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, ConfigError> {
-        let var = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty());
-        let Some(nodes) = var("REDIS_CLUSTER_NODES") else {
+        let env = Variables(lookup);
+        let Some(nodes) = env.addresses("REDIS_CLUSTER_NODES") else {
             return Ok(None);
         };
-        let mut config = RedisClusterConfig::new(
-            nodes
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned),
-        );
-        config.username = var("REDIS_USERNAME");
-        config.password = var("REDIS_PASSWORD");
-        let duration = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
-            var(name)
-                .map(|text| {
-                    crate::parse_duration(&text).ok_or(ConfigError {
-                        variable: name,
-                        value: text,
-                    })
-                })
-                .transpose()
-        };
-        if let Some(timeout) = duration("REDIS_CONNECT_TIMEOUT")? {
+        let mut config = RedisClusterConfig::new(nodes);
+        config.username = env.text("REDIS_USERNAME");
+        config.password = env.text("REDIS_PASSWORD");
+        if let Some(timeout) = env.duration("REDIS_CONNECT_TIMEOUT")? {
             config.connect_timeout = timeout;
         }
-        if let Some(timeout) = duration("REDIS_COMMAND_TIMEOUT")? {
+        if let Some(timeout) = env.duration("REDIS_COMMAND_TIMEOUT")? {
             config.command_timeout = timeout;
         }
         Ok(Some(config))

@@ -549,3 +549,19 @@ pub async fn within(limit: std::time::Duration, check: impl AsyncFn() -> bool) {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// The cache hits a registry has counted, over every strategy.
+#[cfg(feature = "metrics")]
+pub fn hits(registry: &prometheus::Registry) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "tower_caching_cache_hits_total")
+        .flat_map(|f| {
+            f.get_metric()
+                .iter()
+                .map(|m| m.get_counter().get_value())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}

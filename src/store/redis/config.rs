@@ -75,14 +75,8 @@ impl RedisConfig {
     /// assert_eq!(RedisConfig::new("redis://cache:6379/2").url(), "redis://cache:6379/2");
     /// ```
     pub fn new(address: impl Into<String>) -> Self {
-        let address = address.into();
-        let url = if address.contains("://") {
-            address
-        } else {
-            format!("redis://{address}")
-        };
         RedisConfig {
-            url,
+            url: as_url(address.into()),
             username: None,
             password: None,
             db: None,
@@ -289,6 +283,53 @@ impl RedisConfig {
             .set_response_timeout(None)
             .set_number_of_retries(self.retries)
             .set_max_delay(Duration::from_secs(2))
+    }
+}
+
+/// `address` as a URL: `host:port` becomes `redis://host:port`; a URL stays as it is.
+pub(in crate::store) fn as_url(address: String) -> String {
+    if address.contains("://") {
+        address
+    } else {
+        format!("redis://{address}")
+    }
+}
+
+/// Variables read the way every `from_lookup` reads them: one set to blanks is unset, and
+/// one that does not parse is a [`ConfigError`] naming it.
+pub(in crate::store) struct Variables<F>(pub(in crate::store) F);
+
+impl<F: Fn(&str) -> Option<String>> Variables<F> {
+    pub(in crate::store) fn text(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|value| !value.trim().is_empty())
+    }
+
+    pub(in crate::store) fn parsed<T>(
+        &self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        self.text(name)
+            .map(|value| parse_var(name, &value, parse))
+            .transpose()
+    }
+
+    pub(in crate::store) fn duration(
+        &self,
+        name: &'static str,
+    ) -> Result<Option<Duration>, ConfigError> {
+        self.parsed(name, crate::parse_duration)
+    }
+
+    /// A comma-separated list of addresses, as URLs.
+    pub(in crate::store) fn addresses(&self, name: &str) -> Option<Vec<String>> {
+        self.text(name).map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|address| !address.is_empty())
+                .map(|address| as_url(address.to_owned()))
+                .collect()
+        })
     }
 }
 

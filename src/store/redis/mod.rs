@@ -9,6 +9,7 @@ mod sentinel;
 
 use self::config::redact_url;
 pub use self::config::{ConfigError, RedisConfig};
+pub(super) use self::config::{Variables, as_url};
 pub use self::connection::RedisConnection;
 pub use self::sentinel::SentinelConfig;
 use self::sentinel::SentinelConnection;
@@ -135,6 +136,32 @@ impl RedisStore {
     pub async fn connect_sentinel(config: SentinelConfig) -> Result<Self, StoreError> {
         let command_timeout = config.command_timeout;
         let connection = SentinelConnection::connect(config).await?;
+        Ok(RedisStore {
+            commands: Commands::new(RedisConnection::sentinel(connection), command_timeout),
+        })
+    }
+
+    /// [`RedisStore::connect_sentinel`] without waiting, so a service can start while the
+    /// sentinels or the primary are down: the store looks for the primary in the
+    /// background, and until it has one every command fails at once. Only an empty list of
+    /// sentinels is an error here. Must be called within a Tokio runtime.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::store::{RedisStore, SentinelConfig, Store};
+    /// use tower_caching::Key;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Nothing listens on port 1: the store starts anyway.
+    /// let store = RedisStore::connect_sentinel_lazy(SentinelConfig::new(["127.0.0.1:1"], "cache"))?;
+    /// assert!(store.get(&Key::new("k")?).await.is_err()); // a typed error, at once
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn connect_sentinel_lazy(config: SentinelConfig) -> Result<Self, StoreError> {
+        let command_timeout = config.command_timeout;
+        let connection = SentinelConnection::connect_lazy(config)?;
         Ok(RedisStore {
             commands: Commands::new(RedisConnection::sentinel(connection), command_timeout),
         })

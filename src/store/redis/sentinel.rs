@@ -13,7 +13,7 @@ use redis::{
 use tokio::sync::Notify;
 
 use super::ConfigError;
-use super::config::redact_url;
+use super::config::{Variables, as_url, redact_url};
 use crate::store::StoreError;
 
 /// How to reach a Redis primary that Sentinels manage: the sentinels' addresses, the name
@@ -91,14 +91,7 @@ impl SentinelConfig {
         SentinelConfig {
             sentinels: sentinels
                 .into_iter()
-                .map(Into::into)
-                .map(|node: String| {
-                    if node.contains("://") {
-                        node
-                    } else {
-                        format!("redis://{node}")
-                    }
-                })
+                .map(|node| as_url(node.into()))
                 .collect(),
             master: master.into(),
             username: None,
@@ -146,33 +139,23 @@ impl SentinelConfig {
     pub fn from_lookup(
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, ConfigError> {
-        let var = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty());
-        let Some(sentinels) = var("REDIS_SENTINELS") else {
+        let env = Variables(lookup);
+        let Some(sentinels) = env.addresses("REDIS_SENTINELS") else {
             return Ok(None);
         };
-        let master = var("REDIS_SENTINEL_MASTER").unwrap_or_else(|| "mymaster".into());
-        let mut config = SentinelConfig::new(
-            sentinels
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned),
-            master.trim(),
-        );
-        config.username = var("REDIS_USERNAME");
-        config.password = var("REDIS_PASSWORD");
-        config.sentinel_password = var("REDIS_SENTINEL_PASSWORD");
-        let invalid = |variable: &'static str, value: String| ConfigError { variable, value };
-        if let Some(db) = var("REDIS_DB") {
-            config.db = Some(db.trim().parse().map_err(|_| invalid("REDIS_DB", db))?);
+        let master = env
+            .text("REDIS_SENTINEL_MASTER")
+            .unwrap_or_else(|| "mymaster".into());
+        let mut config = SentinelConfig::new(sentinels, master.trim());
+        config.username = env.text("REDIS_USERNAME");
+        config.password = env.text("REDIS_PASSWORD");
+        config.sentinel_password = env.text("REDIS_SENTINEL_PASSWORD");
+        config.db = env.parsed("REDIS_DB", |db| db.parse().ok())?;
+        if let Some(timeout) = env.duration("REDIS_CONNECT_TIMEOUT")? {
+            config.connect_timeout = timeout;
         }
-        for (name, slot) in [
-            ("REDIS_CONNECT_TIMEOUT", &mut config.connect_timeout),
-            ("REDIS_COMMAND_TIMEOUT", &mut config.command_timeout),
-        ] {
-            if let Some(text) = var(name) {
-                *slot = crate::parse_duration(&text).ok_or_else(|| invalid(name, text))?;
-            }
+        if let Some(timeout) = env.duration("REDIS_COMMAND_TIMEOUT")? {
+            config.command_timeout = timeout;
         }
         Ok(Some(config))
     }
@@ -381,27 +364,7 @@ impl SentinelConnection {
     /// Asks the sentinels for the primary and connects to it, within the connect timeout;
     /// then keeps following it from a background task.
     pub(super) async fn connect(config: SentinelConfig) -> Result<Self, StoreError> {
-        if config.sentinels.is_empty() {
-            return Err(StoreError::Connect {
-                message: "no sentinel addresses given".into(),
-                source: None,
-            });
-        }
-        let shared = Arc::new(Shared {
-            primary: RwLock::new(None),
-            lost: Arc::new(Notify::new()),
-            watcher: OnceLock::new(),
-            master: config.master.clone(),
-        });
-        let mut watcher = Watcher {
-            db: config.db.unwrap_or(0),
-            sentinels: vec![None; config.sentinels.len()],
-            preferred: 0,
-            generation: 0,
-            shared: Arc::downgrade(&shared),
-            lost: shared.lost.clone(),
-            config,
-        };
+        let (shared, mut watcher) = Watcher::new(config)?;
         let connect_timeout = watcher.config.connect_timeout;
         match tokio::time::timeout(connect_timeout, watcher.discover()).await {
             Ok(Ok((address, connection))) => watcher.install(&shared, address, connection),
@@ -421,10 +384,21 @@ impl SentinelConnection {
                 });
             }
         }
+        Ok(Self::watched(shared, watcher))
+    }
+
+    /// [`SentinelConnection::connect`] without waiting: the watcher looks for the primary
+    /// in the background, and until it finds one every command fails at once.
+    pub(super) fn connect_lazy(config: SentinelConfig) -> Result<Self, StoreError> {
+        let (shared, watcher) = Watcher::new(config)?;
+        Ok(Self::watched(shared, watcher))
+    }
+
+    fn watched(shared: Arc<Shared>, watcher: Watcher) -> Self {
         let db = watcher.db;
         let task = tokio::spawn(watcher.watch());
         let _ = shared.watcher.set(task.abort_handle());
-        Ok(SentinelConnection { shared, db })
+        SentinelConnection { shared, db }
     }
 }
 
@@ -492,6 +466,31 @@ struct Watcher {
 }
 
 impl Watcher {
+    fn new(config: SentinelConfig) -> Result<(Arc<Shared>, Watcher), StoreError> {
+        if config.sentinels.is_empty() {
+            return Err(StoreError::Connect {
+                message: "no sentinel addresses given".into(),
+                source: None,
+            });
+        }
+        let shared = Arc::new(Shared {
+            primary: RwLock::new(None),
+            lost: Arc::new(Notify::new()),
+            watcher: OnceLock::new(),
+            master: config.master.clone(),
+        });
+        let watcher = Watcher {
+            db: config.db.unwrap_or(0),
+            sentinels: vec![None; config.sentinels.len()],
+            preferred: 0,
+            generation: 0,
+            shared: Arc::downgrade(&shared),
+            lost: shared.lost.clone(),
+            config,
+        };
+        Ok((shared, watcher))
+    }
+
     async fn watch(mut self) {
         let mut announcements: Option<PubSubStream> = None;
         let mut check = tokio::time::interval(self.config.check_interval);
