@@ -9,6 +9,7 @@ mod sentinel;
 
 use self::config::redact_url;
 pub use self::config::{ConfigError, RedisConfig};
+#[cfg(feature = "cluster")]
 pub(super) use self::config::{Variables, as_url};
 pub use self::connection::RedisConnection;
 pub use self::sentinel::SentinelConfig;
