@@ -331,3 +331,68 @@ async fn a_lazy_store_starts_before_the_sentinels_and_finds_the_primary_later() 
         "v"
     );
 }
+
+/// Two instances on two tiers over a Sentinel-managed L2: one's write drops the other's L1
+/// copy, before a failover and after it (the backplane moves to the promoted primary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tiered_backplane_follows_the_primary_through_a_failover() {
+    use tower_caching::store::TieredStore;
+
+    let mut set = Sentinels::spawn(None);
+    let tiered = async || {
+        let l2 = RedisStore::connect_sentinel(
+            SentinelConfig::new(set.addrs(), MASTER).command_timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+        let store = TieredStore::over_sentinels(
+            tower_caching::MemoryStore::new(),
+            l2,
+            Duration::from_secs(60),
+            "sentinel-test",
+        )
+        .unwrap();
+        support::within(Duration::from_secs(5), async || store.is_coherent()).await;
+        store
+    };
+    let (a, b) = (tiered().await, tiered().await);
+    let key = Key::new("sentinel:tiered").unwrap();
+    // Written by A, then copied into B's L1 by a read; A's rewrite must reach B's L1.
+    let rewrite_seen_by_b = async |text: &str| {
+        a.set(&key, value("first"), None).await.unwrap();
+        support::within(Duration::from_secs(5), async || {
+            b.get(&key)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.bytes().as_ref() == b"first")
+        })
+        .await;
+        a.set(&key, value(text), None).await.unwrap();
+        support::within(Duration::from_secs(5), async || {
+            b.get(&key)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.bytes().as_ref() == text.as_bytes())
+        })
+        .await;
+    };
+    rewrite_seen_by_b("before").await;
+
+    let promoted = set.replica.port();
+    set.primary.kill();
+    let set = tokio::task::spawn_blocking(move || {
+        set.wait_for_primary(promoted);
+        set
+    })
+    .await
+    .unwrap();
+    // Both backplanes subscribed again, on the promoted primary (the only node left).
+    support::within(Duration::from_secs(15), async || {
+        a.set(&key, value("probe"), None).await.is_ok() && a.is_coherent() && b.is_coherent()
+    })
+    .await;
+    rewrite_seen_by_b("after").await;
+    drop(set);
+}

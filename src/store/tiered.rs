@@ -190,7 +190,75 @@ impl TieredStore {
         l1_ttl: Duration,
         channel: &str,
     ) -> Result<Self, StoreError> {
-        let client = config.client()?;
+        Ok(Self::start(
+            l1,
+            l2,
+            l1_ttl,
+            channel,
+            Subscription::Fixed(Box::new(config.client()?)),
+        ))
+    }
+
+    /// [`TieredStore::with_channel`] over a store that follows Redis Sentinels
+    /// ([`RedisStore::connect_sentinel`]): the backplane subscribes on the primary the store
+    /// is on, and moves with it after a failover (L1 is cleared meanwhile, as after any
+    /// disconnection). Must be called within a Tokio runtime.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tower_caching::store::{MemoryStore, RedisStore, SentinelConfig, TieredStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let l2 = RedisStore::connect_sentinel(SentinelConfig::new(["10.0.0.1:26379"], "cache")).await?;
+    /// let store = TieredStore::over_sentinels(
+    ///     MemoryStore::new(),
+    ///     l2,
+    ///     Duration::from_secs(30),
+    ///     tower_caching::store::DEFAULT_CHANNEL,
+    /// )?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// A store on a single node is refused (use [`TieredStore::new`]):
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::store::{MemoryStore, RedisConfig, RedisStore, TieredStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let l2 = RedisStore::connect_lazy(RedisConfig::new("127.0.0.1:6379"))?;
+    /// let refused = TieredStore::over_sentinels(MemoryStore::new(), l2, Duration::from_secs(30), "c");
+    /// assert!(refused.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn over_sentinels(
+        l1: MemoryStore,
+        l2: RedisStore,
+        l1_ttl: Duration,
+        channel: &str,
+    ) -> Result<Self, StoreError> {
+        if !l2.follows_sentinels() {
+            return Err(StoreError::Connect {
+                message: "the L2 store does not follow Redis Sentinels: use TieredStore::new"
+                    .into(),
+                source: None,
+            });
+        }
+        Ok(Self::start(l1, l2, l1_ttl, channel, Subscription::Primary))
+    }
+
+    fn start(
+        l1: MemoryStore,
+        l2: RedisStore,
+        l1_ttl: Duration,
+        channel: &str,
+        subscription: Subscription,
+    ) -> Self {
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             id: format!("{:016x}", fastrand::u64(..)),
@@ -201,7 +269,7 @@ impl TieredStore {
             stop: stop.clone(),
         });
         let subscriber = Subscriber {
-            client,
+            subscription,
             l1: l1.clone(),
             l2: l2.clone(),
             shared: Arc::downgrade(&shared),
@@ -212,7 +280,7 @@ impl TieredStore {
                 _ = subscriber.run() => {}
             }
         });
-        Ok(TieredStore { l1, l2, shared })
+        TieredStore { l1, l2, shared }
     }
 
     /// Counts invalidations of `keys`, before they are applied to L1.
@@ -249,11 +317,19 @@ impl TieredStore {
     }
 }
 
+/// Where the backplane subscribes.
+enum Subscription {
+    /// The address of the configuration.
+    Fixed(Box<redis::Client>),
+    /// The primary the L2 store follows now.
+    Primary,
+}
+
 /// The backplane's subscriber: applies other instances' invalidations to L1 for as long as
 /// the store lives, reconnecting with backoff and clearing L1 whenever it was disconnected
 /// or went silent.
 struct Subscriber {
-    client: redis::Client,
+    subscription: Subscription,
     l1: MemoryStore,
     l2: RedisStore,
     shared: std::sync::Weak<Shared>,
@@ -266,8 +342,18 @@ impl Subscriber {
             let Some(channel) = self.shared.upgrade().map(|s| s.channel.clone()) else {
                 return;
             };
+            let client = match &self.subscription {
+                Subscription::Fixed(client) => Some(client.as_ref().clone()),
+                Subscription::Primary => self.l2.primary_client(),
+            };
             let connected = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
+                let Some(client) = client else {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "no Redis primary known yet",
+                    )));
+                };
+                let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };

@@ -42,6 +42,20 @@ impl RedisConnection {
     }
 }
 
+impl RedisConnection {
+    /// A client of the Sentinel-followed primary of now; `None` on a direct connection.
+    pub(super) fn primary_client(&self) -> Option<redis::Client> {
+        match &self.0 {
+            Route::Direct(_) => None,
+            Route::Sentinel(connection) => connection.primary_client(),
+        }
+    }
+
+    pub(super) fn follows_sentinels(&self) -> bool {
+        matches!(self.0, Route::Sentinel(_))
+    }
+}
+
 impl std::fmt::Debug for RedisConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {

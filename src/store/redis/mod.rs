@@ -278,6 +278,16 @@ impl RedisStore {
         self.commands.invalidate_tag(tag).await
     }
 
+    /// A client of the primary a Sentinel-following store is on now (the tiered store's
+    /// subscriber follows it too); `None` on a single node.
+    pub(super) fn primary_client(&self) -> Option<redis::Client> {
+        self.commands.connection.primary_client()
+    }
+
+    pub(super) fn follows_sentinels(&self) -> bool {
+        self.commands.connection.follows_sentinels()
+    }
+
     /// Publishes `message` on `channel` (the tiered store's backplane).
     pub(super) async fn publish(&self, channel: &str, message: &str) -> Result<(), StoreError> {
         let mut command = redis::cmd("PUBLISH");

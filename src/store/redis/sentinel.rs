@@ -279,6 +279,8 @@ struct Shared {
     /// The watcher task, stopped when the last clone of the connection goes.
     watcher: OnceLock<tokio::task::AbortHandle>,
     master: String,
+    /// How to reach the nodes (for a client of the primary's own, e.g. a subscriber).
+    config: SentinelConfig,
 }
 
 impl Drop for Shared {
@@ -402,6 +404,15 @@ impl SentinelConnection {
     }
 }
 
+impl SentinelConnection {
+    /// A client of the primary followed now, if there is one.
+    pub(super) fn primary_client(&self) -> Option<Client> {
+        let address = self.shared.address()?;
+        let info = self.shared.config.primary_info(&address).ok()?;
+        Client::open(info).ok()
+    }
+}
+
 impl ConnectionLike for SentinelConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let current = self.shared.current();
@@ -478,6 +489,7 @@ impl Watcher {
             lost: Arc::new(Notify::new()),
             watcher: OnceLock::new(),
             master: config.master.clone(),
+            config: config.clone(),
         });
         let watcher = Watcher {
             db: config.db.unwrap_or(0),
