@@ -594,6 +594,6 @@ impl<V: Cacheable, S: Store, C> Cache<V, S, C> {
 
     /// Whether [`Cache::close`] was called. See [`Cache::close`] for an example.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        self.shared.is_closed()
     }
 }

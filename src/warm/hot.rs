@@ -21,9 +21,9 @@ const SHARDS: usize = 16;
 /// Memory is bounded: every read is counted in a count-min sketch of fixed size (4 rows of
 /// 64 × [`top`](HotKeys::top) counters, rounded up to a power of two, at least 4,096 and at
 /// most 65,536 a row: 1 MiB for the default 1,000 keys), and only about 1.3 × `top` keys
-/// are kept, those whose estimate is highest. A read of a cold key takes no lock. All
-/// counts are halved every `10 ×` row-width reads (655,360 by default), so that the set
-/// follows what is hot now rather than what was hot yesterday.
+/// are kept, those whose estimate is highest; once that many are, a read of a colder key
+/// takes no lock. All counts are halved every `10 ×` row-width reads (655,360 by default),
+/// so that the set follows what is hot now rather than what was hot yesterday.
 ///
 /// Instances of one service that use the same name share one snapshot (the last
 /// one saved).
