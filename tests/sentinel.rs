@@ -336,8 +336,20 @@ async fn a_lazy_store_starts_before_the_sentinels_and_finds_the_primary_later() 
 /// copy, before a failover and after it (the backplane moves to the promoted primary).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tiered_backplane_follows_the_primary_through_a_failover() {
-    use tower_caching::store::TieredStore;
+    tiered_coherence_through_a_failover("sentinel-test".into()).await;
+}
 
+/// The same with `CLIENT TRACKING` coherence: the tracking connection moves to the promoted
+/// primary, and a foreign write there (by `redis-cli`) still drops the L1 copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_tracking_follows_the_primary_through_a_failover() {
+    tiered_coherence_through_a_failover(tower_caching::store::Tracking::all_keys().into()).await;
+}
+
+async fn tiered_coherence_through_a_failover(coherence: tower_caching::store::Coherence) {
+    use tower_caching::store::{Coherence, TieredStore};
+
+    let tracking = matches!(coherence, Coherence::Tracking(_));
     let mut set = Sentinels::spawn(None);
     let tiered = async || {
         let l2 = RedisStore::connect_sentinel(
@@ -345,17 +357,14 @@ async fn the_tiered_backplane_follows_the_primary_through_a_failover() {
         )
         .await
         .unwrap();
-        let store = TieredStore::over_sentinels(
-            tower_caching::MemoryStore::new(),
-            l2,
-            Duration::from_secs(60),
-            "sentinel-test",
-        )
-        .unwrap();
+        let l1 = tower_caching::MemoryStore::new();
+        let store =
+            TieredStore::over_sentinels(l1.clone(), l2, Duration::from_secs(60), coherence.clone())
+                .unwrap();
         support::within(Duration::from_secs(5), async || store.is_coherent()).await;
-        store
+        (store, l1)
     };
-    let (a, b) = (tiered().await, tiered().await);
+    let ((a, _), (b, b_l1)) = (tiered().await, tiered().await);
     let key = Key::new("sentinel:tiered").unwrap();
     // Written by A, then copied into B's L1 by a read; A's rewrite must reach B's L1.
     let rewrite_seen_by_b = async |text: &str| {
@@ -394,5 +403,21 @@ async fn the_tiered_backplane_follows_the_primary_through_a_failover() {
     })
     .await;
     rewrite_seen_by_b("after").await;
+    if tracking {
+        // B's L1 holds the key (it is read until it does), then another client rewrites it.
+        support::within(Duration::from_secs(5), async || {
+            b.get(&key).await.is_ok() && b_l1.get(&key).await.ok().flatten().is_some()
+        })
+        .await;
+        set.cli(promoted, &["set", "sentinel:tiered", "foreign"]);
+        support::within(Duration::from_secs(2), async || {
+            b.get(&key)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.bytes().as_ref() == b"foreign")
+        })
+        .await;
+    }
     drop(set);
 }

@@ -58,7 +58,7 @@ pub use self::memory::{MemoryStore, MemoryStoreBuilder};
 pub use self::redis::{ConfigError, RedisConfig, RedisConnection, RedisStore, SentinelConfig};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::tiered::{DEFAULT_CHANNEL, TieredGet, TieredStore};
+pub use self::tiered::{Coherence, DEFAULT_CHANNEL, TieredGet, TieredStore, Tracking};
 
 /// A value as a store keeps it: bytes, plus an optional decoded form that only in-process
 /// stores keep.

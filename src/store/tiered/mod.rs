@@ -1,3 +1,7 @@
+//! Two tiers: an in-process L1 in front of a shared Redis L2, kept coherent by a pub/sub
+//! backplane ([`backplane`]) or by Redis's own client-side-caching invalidations
+//! ([`tracking`]).
+
 use std::fmt;
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
@@ -6,13 +10,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use pin_project::pin_project;
 use tokio_util::sync::CancellationToken;
 
 use super::commands::GetFuture;
 use super::{MemoryStore, RedisConfig, RedisStore, Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern, Tag};
+
+mod backplane;
+mod tracking;
+
+pub use self::tracking::Tracking;
 
 /// The default Redis channel of invalidations between instances.
 ///
@@ -21,23 +29,74 @@ use crate::key::{Key, Pattern, Tag};
 /// ```
 pub const DEFAULT_CHANNEL: &str = "tower-caching:invalidations";
 
+/// How a [`TieredStore`] learns that a key changed elsewhere, so that its L1 drops it.
+///
+/// - [`Coherence::Backplane`]: every write made through this crate publishes the keys it
+///   changed on a Redis pub/sub channel, and every instance drops them. Works on every
+///   Redis; a write by another client (another service, `redis-cli`) is **not** seen, and
+///   stays in L1 until `l1_ttl`.
+/// - [`Coherence::Tracking`]: Redis itself tells this instance about every change to a
+///   key under the tracked prefixes (RESP3 client-side caching, `CLIENT TRACKING ON
+///   BCAST`, Redis 6 or later), whoever made it: writes, deletes, expiries, evictions,
+///   `FLUSHALL`. No `PUBLISH` per write. Keys outside the prefixes never enter L1.
+///
+/// A `&str` is a backplane channel:
+///
+/// ```
+/// use tower_caching::store::{Coherence, Tracking};
+///
+/// assert_eq!(Coherence::from("payments:invalidations"), Coherence::Backplane("payments:invalidations".into()));
+/// let tracked = Coherence::from(Tracking::prefix("entries:"));
+/// assert!(matches!(tracked, Coherence::Tracking(_)));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Coherence {
+    /// A pub/sub channel that writes through this crate publish their invalidations on.
+    Backplane(String),
+    /// Redis's invalidation messages for the keys under some prefixes.
+    Tracking(Tracking),
+}
+
+impl From<&str> for Coherence {
+    fn from(channel: &str) -> Self {
+        Coherence::Backplane(channel.to_owned())
+    }
+}
+
+impl From<String> for Coherence {
+    fn from(channel: String) -> Self {
+        Coherence::Backplane(channel)
+    }
+}
+
+impl From<Tracking> for Coherence {
+    fn from(tracking: Tracking) -> Self {
+        Coherence::Tracking(tracking)
+    }
+}
+
 /// Two tiers: an in-process [`MemoryStore`] (L1, typed values, no decode on a hit) in front
 /// of a shared [`RedisStore`] (L2), kept coherent across app instances by a Redis pub/sub
-/// **backplane**.
+/// **backplane** or by Redis's own invalidation messages ([`Coherence`]).
 ///
 /// - A read tries L1, then L2; an L2 hit is copied into L1 for at most `l1_ttl` (less when
 ///   the value is fresh for less), typed once a cache has decoded it. A read that overlapped
 ///   an invalidation of its key leaves L1 alone: it may have fetched the old value.
-/// - A write or delete goes to L2, then L1, then is **published**: every other instance on
-///   the channel drops the key (or pattern) from its L1.
-/// - When the backplane's connection drops, L1 is **cleared** — it may have missed
-///   invalidations — and refilled from L2 as reads come.
+/// - A write or delete goes to L2, then L1. On a backplane it is then **published**: every
+///   other instance on the channel drops the key (or pattern) from its L1. With tracking,
+///   Redis sends the invalidation itself, to every instance, this one included.
+/// - When the coherence connection drops or goes silent, L1 is **cleared** — it may have
+///   missed invalidations — bypassed until the connection is back, then refilled from L2
+///   as reads come.
 ///
-/// Why pub/sub and not RESP3 client-side caching (`CLIENT TRACKING`): it works on every
-/// Redis (and Redis Cluster) version, carries pattern invalidations (tracking only knows
-/// keys the client read), and keeps L1 typed — redis-rs's client cache holds raw replies, so
-/// every hit would decode again. The cost is one `PUBLISH` per write; the guarantee is the
-/// same (an instance that misses messages clears its L1).
+/// Backplane or tracking? The backplane works on every Redis version and carries a pattern
+/// delete as one message; tracking also sees writes this crate did not make (a foreign
+/// writer's change is otherwise served from L1 until `l1_ttl`), costs no `PUBLISH` per
+/// write, and keeps L1 typed like the backplane does (unlike redis-rs's own client cache,
+/// which holds raw replies and decodes every hit). Its cost: Redis sends an invalidation for
+/// every change under the tracked prefixes, including keys this instance never read, and a
+/// write made through this instance drops its own L1 copy too (the next read refills it).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -62,13 +121,13 @@ pub struct TieredStore {
 struct Shared {
     /// This instance, so that it ignores its own messages.
     id: String,
-    channel: String,
+    coherence: Coherence,
     l1_ttl: Duration,
     connected: AtomicBool,
-    /// Counts invalidations (local, or received from the backplane), each counted after it
-    /// was applied to L2 and before it touches L1, so that an L2 value read before one does
-    /// not land in L1 after it: per key (hashed into a few slots) for key invalidations, and
-    /// all at once for patterns and clears.
+    /// Counts invalidations (local, or received from Redis), each counted after it was
+    /// applied to L2 and before it touches L1, so that an L2 value read before one does not
+    /// land in L1 after it: per key (hashed into a few slots) for key invalidations, and all
+    /// at once for patterns and clears.
     invalidations: Invalidations,
     /// Ends the subscriber (and closes its connection) when the last store clone is dropped.
     stop: CancellationToken,
@@ -80,14 +139,36 @@ impl Drop for Shared {
     }
 }
 
-/// How often the subscriber sends itself a heartbeat through Redis; a subscription that
-/// hears none of its own for [`SILENCE`] is taken as dead (a half-open connection delivers
-/// nothing and reports no error): L1 is cleared and the subscription renewed.
-const HEARTBEAT: Duration = Duration::from_millis(500);
+impl Shared {
+    /// Whether L1 may hold `key` now: coherence is up, and covers the key.
+    fn serves_l1(&self, key: &Key) -> bool {
+        self.connected.load(Ordering::Acquire)
+            && match &self.coherence {
+                Coherence::Backplane(_) => true,
+                Coherence::Tracking(tracking) => tracking.covers(key.as_str()),
+            }
+    }
 
-/// How long a subscription may hear none of its own heartbeats: eight of them, so that a
-/// busy machine's scheduling delays never pass for a dead connection.
-const SILENCE: Duration = Duration::from_secs(4);
+    /// Whether a write fills L1 with its value: not with tracking, where Redis echoes the
+    /// write's own invalidation back to this instance, which would drop the copy again.
+    fn fills_on_write(&self) -> bool {
+        matches!(self.coherence, Coherence::Backplane(_))
+    }
+
+    /// Marks L1 as possibly incoherent: bypassed until [`Shared::coherent_again`].
+    fn lost(&self, l1: &MemoryStore) {
+        self.connected.store(false, Ordering::Release);
+        self.invalidations.everything();
+        l1.clear();
+    }
+
+    /// Marks L1 as coherent from now on, emptied of what it may have kept from before.
+    fn coherent_again(&self, l1: &MemoryStore) {
+        self.invalidations.everything();
+        l1.clear();
+        self.connected.store(true, Ordering::Release);
+    }
+}
 
 /// How many counters key invalidations are spread over: a read is held back only by an
 /// invalidation of its own slot.
@@ -136,16 +217,10 @@ impl fmt::Debug for TieredStore {
         f.debug_struct("TieredStore")
             .field("l1", &self.l1)
             .field("l2", &self.l2)
-            .field("channel", &self.shared.channel)
+            .field("coherence", &self.shared.coherence)
             .field("l1_ttl", &self.shared.l1_ttl)
             .finish()
     }
-}
-
-/// An invalidation on the backplane: `{instance} k {key}`, `{instance} K {key}\n{key}…`
-/// (keys hold no control characters) or `{instance} p {pattern}`.
-fn message(id: &str, kind: char, target: &str) -> String {
-    format!("{id} {kind} {target}")
 }
 
 impl TieredStore {
@@ -158,7 +233,7 @@ impl TieredStore {
         config: &RedisConfig,
         l1_ttl: Duration,
     ) -> Result<Self, StoreError> {
-        Self::with_channel(l1, l2, config, l1_ttl, DEFAULT_CHANNEL)
+        Self::with_coherence(l1, l2, config, l1_ttl, DEFAULT_CHANNEL)
     }
 
     /// [`TieredStore::new`] on another channel (one per application sharing a Redis).
@@ -190,19 +265,72 @@ impl TieredStore {
         l1_ttl: Duration,
         channel: &str,
     ) -> Result<Self, StoreError> {
-        Ok(Self::start(
+        Self::with_coherence(l1, l2, config, l1_ttl, channel)
+    }
+
+    /// L1 `l1` in front of L2 `l2`, kept coherent as `coherence` says: a backplane channel,
+    /// or Redis's own invalidations of the keys under some prefixes ([`Tracking`]), which
+    /// also drop an L1 copy that another client changed. `config` tells where Redis is.
+    /// Must be called within a Tokio runtime.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tower_caching::store::{MemoryStore, RedisConfig, RedisStore, TieredStore, Tracking};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = RedisConfig::from_env()?;
+    /// let l2 = RedisStore::connect(config.clone()).await?;
+    /// let store = TieredStore::with_coherence(
+    ///     MemoryStore::new(),
+    ///     l2,
+    ///     &config,
+    ///     Duration::from_secs(30),
+    ///     // Every change to a key under `entry:`, by anyone, drops it from L1.
+    ///     Tracking::prefix("entry:"),
+    /// )?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Overlapping prefixes are refused, as Redis would refuse them:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::store::{MemoryStore, RedisConfig, RedisStore, TieredStore, Tracking};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let config = RedisConfig::new("127.0.0.1:6379");
+    /// let l2 = RedisStore::connect_lazy(config.clone()).unwrap();
+    /// let overlapping = Tracking::prefix("entry:").and_prefix("entry:1");
+    /// let refused = TieredStore::with_coherence(MemoryStore::new(), l2, &config, Duration::from_secs(30), overlapping);
+    /// assert!(refused.unwrap_err().to_string().contains("overlap"));
+    /// # }
+    /// ```
+    pub fn with_coherence(
+        l1: MemoryStore,
+        l2: RedisStore,
+        config: &RedisConfig,
+        l1_ttl: Duration,
+        coherence: impl Into<Coherence>,
+    ) -> Result<Self, StoreError> {
+        let client = config.client()?;
+        Self::start(
             l1,
             l2,
             l1_ttl,
-            channel,
-            Subscription::Fixed(Box::new(config.client()?)),
-        ))
+            coherence.into(),
+            Subscription::Fixed(Box::new(client)),
+        )
     }
 
-    /// [`TieredStore::with_channel`] over a store that follows Redis Sentinels
-    /// ([`RedisStore::connect_sentinel`]): the backplane subscribes on the primary the store
-    /// is on, and moves with it after a failover (L1 is cleared meanwhile, as after any
-    /// disconnection). Must be called within a Tokio runtime.
+    /// [`TieredStore::with_coherence`] over a store that follows Redis Sentinels
+    /// ([`RedisStore::connect_sentinel`]): the backplane (or tracking) connection is on the
+    /// primary the store is on, and moves with it after a failover (L1 is cleared meanwhile,
+    /// as after any disconnection). `coherence` is a backplane channel or a [`Tracking`].
+    /// Must be called within a Tokio runtime.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -240,7 +368,7 @@ impl TieredStore {
         l1: MemoryStore,
         l2: RedisStore,
         l1_ttl: Duration,
-        channel: &str,
+        coherence: impl Into<Coherence>,
     ) -> Result<Self, StoreError> {
         if !l2.follows_sentinels() {
             return Err(StoreError::Connect {
@@ -249,20 +377,23 @@ impl TieredStore {
                 source: None,
             });
         }
-        Ok(Self::start(l1, l2, l1_ttl, channel, Subscription::Primary))
+        Self::start(l1, l2, l1_ttl, coherence.into(), Subscription::Primary)
     }
 
     fn start(
         l1: MemoryStore,
         l2: RedisStore,
         l1_ttl: Duration,
-        channel: &str,
+        coherence: Coherence,
         subscription: Subscription,
-    ) -> Self {
+    ) -> Result<Self, StoreError> {
+        if let Coherence::Tracking(tracking) = &coherence {
+            tracking.check()?;
+        }
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             id: format!("{:016x}", fastrand::u64(..)),
-            channel: channel.to_owned(),
+            coherence,
             l1_ttl,
             connected: AtomicBool::new(false),
             invalidations: Invalidations::new(),
@@ -280,7 +411,7 @@ impl TieredStore {
                 _ = subscriber.run() => {}
             }
         });
-        TieredStore { l1, l2, shared }
+        Ok(TieredStore { l1, l2, shared })
     }
 
     /// Counts invalidations of `keys`, before they are applied to L1.
@@ -290,15 +421,46 @@ impl TieredStore {
         }
     }
 
-    /// Whether the backplane is subscribed now (L1 is only used while it is). See
-    /// [`with_channel`](TieredStore::with_channel) for an example.
+    /// Whether L1 is kept coherent now (the backplane is subscribed, or tracking is on): L1
+    /// is only used while it is. See [`with_channel`](TieredStore::with_channel) for an
+    /// example.
     pub fn is_coherent(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
     }
 
+    /// Writes `value` under `key` into L1 after its L2 write, unless an invalidation of the
+    /// key ran since `before` or runs while the copy is made (it may have been a newer
+    /// write, which L1 must not hide), or L1 must not hold the key; then drops L1's copy.
+    async fn after_write(
+        &self,
+        key: &Key,
+        value: StoreValue,
+        ttl: Option<Duration>,
+        before: (u64, u64),
+    ) {
+        let invalidations = &self.shared.invalidations;
+        let unchanged = invalidations.seen(key.as_str()) == before;
+        self.invalidating([key]);
+        let own = invalidations.seen(key.as_str());
+        let fill = unchanged && self.shared.fills_on_write() && self.shared.serves_l1(key);
+        if fill {
+            let l1_ttl = ttl.map_or(self.shared.l1_ttl, |ttl| ttl.min(self.shared.l1_ttl));
+            let _ = self.l1.set(key, value, Some(l1_ttl)).await;
+        }
+        // Checked after the copy: an invalidation counted since may have deleted before it.
+        if !fill || invalidations.seen(key.as_str()) != own {
+            let _ = self.l1.delete(key).await;
+        }
+        self.publish('k', key.as_str()).await;
+    }
+
     async fn publish(&self, kind: char, target: &str) {
-        let text = message(&self.shared.id, kind, target);
-        if let Err(error) = self.l2.publish(&self.shared.channel, &text).await {
+        let Coherence::Backplane(channel) = &self.shared.coherence else {
+            // Redis sends tracking invalidations itself.
+            return;
+        };
+        let text = backplane::message(&self.shared.id, kind, target);
+        if let Err(error) = self.l2.publish(channel, &text).await {
             // Other instances may keep a stale L1 entry until its TTL: log it loudly.
             tracing::error!(%error, "cache invalidation not published to other instances");
         }
@@ -317,7 +479,7 @@ impl TieredStore {
     }
 }
 
-/// Where the backplane subscribes.
+/// Where the coherence connection goes.
 enum Subscription {
     /// The address of the configuration.
     Fixed(Box<redis::Client>),
@@ -325,9 +487,9 @@ enum Subscription {
     Primary,
 }
 
-/// The backplane's subscriber: applies other instances' invalidations to L1 for as long as
-/// the store lives, reconnecting with backoff and clearing L1 whenever it was disconnected
-/// or went silent.
+/// Keeps L1 coherent for as long as the store lives: holds the backplane subscription or
+/// the tracking connection, reconnecting with backoff, and clears L1 whenever it was
+/// disconnected or went silent.
 struct Subscriber {
     subscription: Subscription,
     l1: MemoryStore,
@@ -335,122 +497,58 @@ struct Subscriber {
     shared: std::sync::Weak<Shared>,
 }
 
+/// How often the coherence connection proves it is alive (a heartbeat through the
+/// backplane, a `PING` on the tracking connection); one that shows no sign of life for
+/// [`SILENCE`] is taken as dead (a half-open connection delivers nothing and reports no
+/// error): L1 is cleared and the connection renewed.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// How long a coherence connection may show no sign of life: eight heartbeats, so that a
+/// busy machine's scheduling delays never pass for a dead connection.
+const SILENCE: Duration = Duration::from_secs(4);
+
 impl Subscriber {
     async fn run(self) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let Some(channel) = self.shared.upgrade().map(|s| s.channel.clone()) else {
+            let Some(coherence) = self.shared.upgrade().map(|s| s.coherence.clone()) else {
                 return;
             };
             let client = match &self.subscription {
                 Subscription::Fixed(client) => Some(client.as_ref().clone()),
                 Subscription::Primary => self.l2.primary_client(),
             };
-            let connected = async {
-                let Some(client) = client else {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "no Redis primary known yet",
-                    )));
-                };
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok::<_, redis::RedisError>(pubsub)
+            let listened = match (client, coherence) {
+                (None, _) => false,
+                (Some(client), Coherence::Backplane(channel)) => {
+                    self.backplane(client, &channel).await
+                }
+                (Some(client), Coherence::Tracking(tracking)) => {
+                    self.tracking(client, &tracking).await
+                }
             };
-            match tokio::time::timeout(Duration::from_secs(2), connected).await {
-                Ok(Ok(pubsub)) => {
-                    backoff = Duration::from_millis(50);
-                    self.listen(pubsub).await;
-                    if let Some(shared) = self.shared.upgrade() {
-                        shared.connected.store(false, Ordering::Release);
-                        shared.invalidations.everything();
-                    }
-                    self.l1.clear();
-                    tracing::warn!("cache backplane disconnected: L1 cleared");
-                }
-                _ => {
-                    self.l1.clear();
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
+            if let Some(shared) = self.shared.upgrade() {
+                shared.lost(&self.l1);
+            }
+            if listened {
+                backoff = Duration::from_millis(50);
+                tracing::warn!("cache coherence connection lost: L1 cleared");
+            } else {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }
 
-    /// Applies invalidations until the subscription ends or goes silent.
-    async fn listen(&self, pubsub: redis::aio::PubSub) {
-        // Whatever L1 holds may have missed invalidations while disconnected.
-        if let Some(shared) = self.shared.upgrade() {
-            shared.invalidations.everything();
-        }
-        self.l1.clear();
-        if let Some(shared) = self.shared.upgrade() {
-            shared.connected.store(true, Ordering::Release);
-        }
-        let mut messages = pubsub.into_on_message();
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        let mut heard = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                message = messages.next() => {
-                    let Some(message) = message else { return };
-                    let Some(shared) = self.shared.upgrade() else { return };
-                    let Ok(text) = message.get_payload::<String>() else {
-                        continue;
-                    };
-                    if self.apply(&shared, &text).await {
-                        heard = tokio::time::Instant::now();
-                    }
-                }
-                _ = heartbeat.tick() => {
-                    if heard.elapsed() > SILENCE {
-                        tracing::warn!("cache backplane silent: renewing the subscription");
-                        return;
-                    }
-                    let Some(shared) = self.shared.upgrade() else { return };
-                    let beat = message(&shared.id, 'h', "");
-                    // A failure shows as silence.
-                    let _ = self.l2.publish(&shared.channel, &beat).await;
-                }
+    /// Marks L1 coherent once the connection is up; `false` if the store is gone.
+    fn coherent(&self) -> bool {
+        match self.shared.upgrade() {
+            Some(shared) => {
+                shared.coherent_again(&self.l1);
+                true
             }
+            None => false,
         }
-    }
-
-    /// Applies one message; whether it was this instance's own heartbeat.
-    async fn apply(&self, shared: &Shared, text: &str) -> bool {
-        let mut parts = text.splitn(3, ' ');
-        let (Some(from), Some(kind), Some(target)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return false;
-        };
-        if from == shared.id {
-            return kind == "h";
-        }
-        let l1 = &self.l1;
-        match kind {
-            "k" => {
-                shared.invalidations.key(target);
-                if let Ok(key) = Key::new(target) {
-                    let _ = l1.delete(&key).await;
-                }
-            }
-            "K" => {
-                target
-                    .split('\n')
-                    .for_each(|key| shared.invalidations.key(key));
-                let keys: Vec<Key> = target
-                    .split('\n')
-                    .filter_map(|key| Key::new(key).ok())
-                    .collect();
-                let _ = l1.delete_many(&keys).await;
-            }
-            "p" => {
-                shared.invalidations.everything();
-                let _ = l1.delete_pattern(&Pattern::glob(target)).await;
-            }
-            _ => {}
-        }
-        false
     }
 }
 
@@ -511,7 +609,9 @@ impl Store for TieredStore {
         let (l1, l2, key) = (self.l1.clone(), self.l2.clone(), key.clone());
         let shared = self.shared.clone();
         let l1_ttl = shared.l1_ttl;
-        let coherent = self.is_coherent();
+        // Keys outside what L1 may hold never enter it, so the hit path above needs no
+        // prefix check.
+        let coherent = shared.serves_l1(&key);
         let before = shared.invalidations.seen(key.as_str());
         TieredGet::L2(Box::pin(async move {
             let found = l2.get(&key).await?;
@@ -554,11 +654,9 @@ impl Store for TieredStore {
         value: StoreValue,
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
+        let before = self.shared.invalidations.seen(key.as_str());
         self.l2.set(key, value.clone(), ttl).await?;
-        let l1_ttl = Some(ttl.map_or(self.shared.l1_ttl, |ttl| ttl.min(self.shared.l1_ttl)));
-        self.invalidating([key]);
-        let _ = self.l1.set(key, value, l1_ttl).await;
-        self.publish('k', key.as_str()).await;
+        self.after_write(key, value, ttl, before).await;
         Ok(())
     }
 
@@ -612,11 +710,9 @@ impl Store for TieredStore {
         tags: &[Tag],
     ) -> Result<(), StoreError> {
         // L1 needs no filing: a tag's invalidation names its keys to every instance.
+        let before = self.shared.invalidations.seen(key.as_str());
         self.l2.set_tagged(key, value.clone(), ttl, tags).await?;
-        let l1_ttl = Some(ttl.map_or(self.shared.l1_ttl, |ttl| ttl.min(self.shared.l1_ttl)));
-        self.invalidating([key]);
-        let _ = self.l1.set(key, value, l1_ttl).await;
-        self.publish('k', key.as_str()).await;
+        self.after_write(key, value, ttl, before).await;
         Ok(())
     }
 
