@@ -533,3 +533,133 @@ async fn a_store_from_a_client_keeps_its_own_command_timeout() {
     assert_eq!(value.unwrap().bytes().as_ref(), b"v");
     assert!(started.elapsed() >= Duration::from_millis(600));
 }
+
+/// A tag's invalidation reads, deletes and unfiles up to 1,000 keys in one script: one round
+/// trip for a small tag, one per thousand keys for a big one (it took four, then three per
+/// thousand).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_is_invalidated_in_one_round_trip_per_thousand_keys() {
+    use tower_caching::key::Tag;
+    let server = RedisServer::spawn();
+    let store =
+        RedisStore::connect(RedisConfig::new(server.url()).command_timeout(Duration::from_secs(5)))
+            .await
+            .unwrap();
+    let monitor = support::monitor::Monitor::start(&server);
+    let value = || StoreValue::new(bytes::Bytes::from_static(b"x"));
+    for (size, round_trips) in [(0, 1), (10, 1), (1000, 1), (2500, 3)] {
+        let tag = Tag::new(format!("size-{size}")).unwrap();
+        let filed: Vec<Key> = (0..size)
+            .map(|i| Key::new(format!("tagged:{size}:{i}")).unwrap())
+            .collect();
+        for key in &filed {
+            store
+                .set_tagged(key, value(), None, std::slice::from_ref(&tag))
+                .await
+                .unwrap();
+        }
+        let (deleted, commands) = monitor.during(store.invalidate_tag(&tag)).await;
+        assert_eq!(deleted.unwrap(), size as u64);
+        assert_eq!(
+            commands.len(),
+            round_trips,
+            "a tag of {size} keys: {:?}",
+            commands
+                .iter()
+                .map(|c| &c[..c.len().min(40)])
+                .collect::<Vec<_>>()
+        );
+        for key in filed.iter().step_by(97) {
+            assert!(!store.exists(key).await.unwrap(), "{key} survived its tag");
+        }
+        let mut raw = support::raw_connection(&server.url()).await;
+        let left: u64 = redis::cmd("EXISTS")
+            .arg(format!("tower-caching:tag:size-{size}"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "the index of a tag of {size} keys was left");
+    }
+}
+
+/// A pattern delete unlinks what each `SCAN` step found in the same script: one round trip
+/// per step (it took one more: the first step's keys were unlinked with the second step, and
+/// the last step's alone), so a keyspace one step covers costs one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_delete_takes_one_round_trip_per_scan_step() {
+    let server = RedisServer::spawn();
+    let store =
+        RedisStore::connect(RedisConfig::new(server.url()).command_timeout(Duration::from_secs(5)))
+            .await
+            .unwrap();
+    let mut raw = support::raw_connection(&server.url()).await;
+    let monitor = support::monitor::Monitor::start(&server);
+    let keys = tower_caching::key::KeyBuilder::new();
+    let value = || StoreValue::new(bytes::Bytes::from_static(b"x"));
+    // Untouched by the deletes: another kind's keys.
+    for i in 0..50 {
+        store
+            .set(&keys.build("other", &i.to_string()), value(), None)
+            .await
+            .unwrap();
+    }
+    for (kind, size) in [("none", 0), ("few", 10), ("many", 6000)] {
+        let mut pipe = redis::pipe();
+        for i in 0..size {
+            pipe.cmd("SET")
+                .arg(keys.build(kind, &i.to_string()).as_str())
+                .arg("x")
+                .ignore();
+        }
+        if size > 0 {
+            let _: () = pipe.query_async(&mut raw).await.unwrap();
+        }
+        // How many SCAN steps a plain client needs over this keyspace, with the same count.
+        let mut steps = 0;
+        let mut cursor = 0u64;
+        loop {
+            let (next, _): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(keys.pattern(kind).as_str())
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            steps += 1;
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let (deleted, commands) = monitor
+            .during(store.delete_pattern(&keys.pattern(kind)))
+            .await;
+        assert_eq!(deleted.unwrap(), size, "{kind}");
+        assert!(
+            !commands.is_empty() && commands.len() <= steps,
+            "{kind}: {} round trips for {steps} SCAN steps",
+            commands.len()
+        );
+        if steps == 1 {
+            assert_eq!(commands.len(), 1, "{kind}");
+        }
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg(keys.pattern(kind).as_str())
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "{kind}: {} keys left", left.len());
+    }
+    let others: Vec<String> = redis::cmd("KEYS")
+        .arg(keys.pattern("other").as_str())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        others.len(),
+        50,
+        "a pattern delete reached another kind's keys"
+    );
+}

@@ -183,6 +183,7 @@ end
 /// Removes the given members from a tag's index, each only if its score (expiry) is still
 /// the one read: a key filed again meanwhile stays filed. `KEYS[1]` index, `ARGV` pairs of
 /// member and score.
+#[cfg(feature = "cluster")]
 const TAG_UNFILE: &str = r#"
 for i = 1, #ARGV, 2 do
   local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
@@ -190,6 +191,22 @@ for i = 1, #ARGV, 2 do
     redis.call('ZREM', KEYS[1], ARGV[i])
   end
 end
+"#;
+
+/// Removes one batch of the keys filed under a tag, on a single node: reads the first
+/// `ARGV[1]` members of the index, deletes their keys and unfiles them, at once — so a
+/// failure leaves the batch both stored and filed, and nothing can be filed in between.
+/// `KEYS[1]` index. Replies `{deleted, left, members}`. The keys it deletes are not
+/// declared (they are only known inside the script): a single node allows that; a cluster,
+/// where they may live on other nodes, does not, and uses [`Commands::invalidate_tag`].
+const TAG_INVALIDATE: &str = r#"
+local batch = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #batch == 0 then
+  return {0, 0, {}}
+end
+local deleted = redis.call('UNLINK', unpack(batch))
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #batch - 1)
+return {deleted, redis.call('ZCARD', KEYS[1]), batch}
 "#;
 
 /// A TTL in milliseconds as Redis takes it: at least one (`PX 0` is an error).
@@ -405,9 +422,48 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
             .await
     }
 
-    /// Removes the keys filed under `tag`, a batch per round trip: each batch is read,
-    /// deleted, then unfiled — so a failure leaves the rest filed, for the next call. Returns
-    /// the keys deleted (even when a later batch failed) and how many existed.
+    /// Removes the keys filed under `tag` on a single node: one script per batch of
+    /// [`SCAN_BATCH`] keys, each batch read, deleted and unfiled at once, so a tag of up to
+    /// that many keys takes one round trip. A failure leaves the rest filed, for the next
+    /// call. Returns the keys deleted (even when a later batch failed) and how many existed.
+    pub(super) async fn invalidate_tag_on_one_node(
+        &self,
+        tag: &Tag,
+    ) -> (Vec<Key>, Result<u64, StoreError>) {
+        let index = tag.index_key();
+        let mut removed = Vec::new();
+        let mut deleted = 0;
+        let mut batch = redis::cmd("EVAL");
+        batch
+            .arg(TAG_INVALIDATE)
+            .arg(1)
+            .arg(index.as_str())
+            .arg(SCAN_BATCH);
+        // Bounded, in case writers file keys faster than this removes them.
+        for _ in 0..10_000 {
+            let (gone, left, members): (u64, u64, Vec<String>) =
+                match self.run("invalidate_tag", &batch).await {
+                    Ok(reply) => reply,
+                    Err(error) => return (removed, Err(error)),
+                };
+            deleted += gone;
+            removed.extend(
+                members
+                    .iter()
+                    .filter_map(|member| Key::new(member.as_str()).ok()),
+            );
+            if left == 0 {
+                break;
+            }
+        }
+        (removed, Ok(deleted))
+    }
+
+    /// Removes the keys filed under `tag`, where its keys may lie on other nodes than its
+    /// index (a cluster): each batch is read, deleted, then unfiled — so a failure leaves the
+    /// rest filed, for the next call. A batch shorter than [`SCAN_BATCH`] was the last.
+    /// Returns the keys deleted (even when a later batch failed) and how many existed.
+    #[cfg(feature = "cluster")]
     pub(super) async fn invalidate_tag(&self, tag: &Tag) -> (Vec<Key>, Result<u64, StoreError>) {
         let index = tag.index_key();
         let mut removed = Vec::new();
@@ -448,6 +504,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
             }
             if let Err(error) = self.run::<()>("invalidate_tag", &unfile).await {
                 return (removed, Err(error));
+            }
+            if batch.len() < SCAN_BATCH {
+                break;
             }
         }
         (removed, Ok(deleted))

@@ -9,6 +9,7 @@
 
 pub mod db;
 pub mod faulty;
+pub mod monitor;
 pub mod proxy;
 pub mod sentinel;
 

@@ -275,7 +275,7 @@ impl RedisStore {
         &self,
         tag: &Tag,
     ) -> (Vec<Key>, Result<u64, StoreError>) {
-        self.commands.invalidate_tag(tag).await
+        self.commands.invalidate_tag_on_one_node(tag).await
     }
 
     /// A client of the primary a Sentinel-following store is on now (the tiered store's
@@ -298,6 +298,19 @@ impl RedisStore {
             .map(|_| ())
     }
 }
+
+/// One `SCAN` step that unlinks what it found, on a single node (the keys are found inside
+/// the script; a cluster scans each node itself). `ARGV[1]` cursor, `ARGV[2]` pattern,
+/// `ARGV[3]` count. Replies `{next cursor, unlinked}`. `UNLINK`s in chunks, as Lua's
+/// `unpack` takes a bounded number of values and a step may find more than its count.
+const SCAN_UNLINK: &str = r#"
+local step = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+local found, unlinked = step[2], 0
+for i = 1, #found, 1000 do
+  unlinked = unlinked + redis.call('UNLINK', unpack(found, i, math.min(i + 999, #found)))
+end
+return {step[1], unlinked}
+"#;
 
 impl Store for RedisStore {
     type GetFuture = GetFuture;
@@ -344,51 +357,30 @@ impl Store for RedisStore {
     }
 
     async fn delete_pattern(&self, pattern: &Pattern) -> Result<u64, StoreError> {
-        // Each round trip unlinks the keys the previous SCAN step found and asks for the
-        // next step: one pipeline per batch.
-        let scan = |cursor: u64| {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern.as_str())
-                .arg("COUNT")
-                .arg(SCAN_BATCH);
-            scan
-        };
-        let unlink = |keys: &[Vec<u8>]| {
-            let mut unlink = redis::cmd("UNLINK");
-            for key in keys {
-                unlink.arg(key.as_slice());
-            }
-            unlink
-        };
-        let (mut cursor, mut found): (u64, Vec<Vec<u8>>) =
-            self.commands.run("delete_pattern", &scan(0)).await?;
+        // One round trip per SCAN step, which unlinks what the step found: a keyspace that
+        // one step covers costs one round trip.
+        let mut step = redis::cmd("EVAL");
+        step.arg(SCAN_UNLINK)
+            .arg(0)
+            .arg(0)
+            .arg(pattern.as_str())
+            .arg(SCAN_BATCH);
         let mut deleted = 0;
-        while cursor != 0 {
-            let mut pipeline = redis::pipe();
-            pipeline.add_command(scan(cursor));
-            if found.is_empty() {
-                let ((next, keys),): ((u64, Vec<Vec<u8>>),) = self
-                    .commands
-                    .run_pipeline("delete_pattern", &pipeline)
-                    .await?;
-                (cursor, found) = (next, keys);
-            } else {
-                pipeline.add_command(unlink(&found));
-                let ((next, keys), unlinked): ((u64, Vec<Vec<u8>>), u64) = self
-                    .commands
-                    .run_pipeline("delete_pattern", &pipeline)
-                    .await?;
-                deleted += unlinked;
-                (cursor, found) = (next, keys);
+        // Bounded, like every loop over the keyspace; SCAN ends in as many steps as it has
+        // buckets to visit, far fewer than this.
+        for _ in 0..10_000_000u64 {
+            let (cursor, unlinked): (String, u64) =
+                self.commands.run("delete_pattern", &step).await?;
+            deleted += unlinked;
+            if cursor == "0" {
+                break;
             }
-        }
-        if !found.is_empty() {
-            deleted += self
-                .commands
-                .run::<u64>("delete_pattern", &unlink(&found))
-                .await?;
+            step = redis::cmd("EVAL");
+            step.arg(SCAN_UNLINK)
+                .arg(0)
+                .arg(cursor)
+                .arg(pattern.as_str())
+                .arg(SCAN_BATCH);
         }
         Ok(deleted)
     }
@@ -411,7 +403,7 @@ impl Store for RedisStore {
     }
 
     async fn invalidate_tag(&self, tag: &Tag) -> Result<u64, StoreError> {
-        self.commands.invalidate_tag(tag).await.1
+        self.commands.invalidate_tag_on_one_node(tag).await.1
     }
 }
 
