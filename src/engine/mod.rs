@@ -62,6 +62,7 @@ use crate::key::Key;
 use crate::metrics::Strategy;
 use crate::store::Store;
 
+mod across;
 mod batch;
 mod error;
 pub(crate) mod flight;
@@ -86,6 +87,9 @@ pub struct ReadPolicy {
     pub(crate) soft_timeout: Option<Duration>,
     pub(crate) refresh_ahead: Option<f64>,
     pub(crate) early_expiration: Option<f64>,
+    /// Cold misses load once across the instances sharing the store, under a lease of
+    /// this TTL.
+    pub(crate) shared_lease: Option<Duration>,
 }
 
 impl ReadPolicy {
@@ -97,6 +101,7 @@ impl ReadPolicy {
             soft_timeout: None,
             refresh_ahead: None,
             early_expiration: None,
+            shared_lease: None,
         }
     }
 

@@ -10,6 +10,7 @@ use pin_project::pin_project;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+use super::across;
 use super::flight::{Joined, Landed, Landing, Lease, SharedLoad};
 use super::{Load, Loaded, ReadContext, ReadPolicy};
 use crate::cache::{CacheError, Hit, Lookup};
@@ -166,6 +167,9 @@ struct Looked {
     store_healthy: bool,
     /// The lookup failed: the key's value is unknown.
     failed: bool,
+    /// The store answered that the key holds nothing (no stale value either): the load may
+    /// be shared with other instances.
+    cold: bool,
 }
 
 impl Looked {
@@ -173,6 +177,7 @@ impl Looked {
     const FRESH: Looked = Looked {
         store_healthy: true,
         failed: false,
+        cold: false,
     };
 }
 
@@ -208,6 +213,7 @@ fn begin<X: ReadContext, L: Load<X>>(
                     _landing: landing,
                     stale,
                     store_healthy: lookup.store_healthy,
+                    cold: lookup.cold,
                 };
                 flight.run(loader, private).instrument(span.clone())
             },
@@ -227,6 +233,8 @@ struct Flight<X: ReadContext> {
     stale: Option<X::Value>,
     /// The lookup met a failing store: no second timeout for the write.
     store_healthy: bool,
+    /// The lookup found nothing at all: the load may be shared across instances.
+    cold: bool,
 }
 
 impl<X: ReadContext> Flight<X> {
@@ -236,13 +244,33 @@ impl<X: ReadContext> Flight<X> {
         private: oneshot::Sender<L::Private>,
     ) -> Landed<X::Value, L::Error> {
         let began = Instant::now();
-        let result = loader.load(self.context.clone(), self.key.clone()).await;
         let policy = *self.context.policy();
+        let mut held = None;
+        if let (Some(ttl), true) = (policy.shared_lease, self.cold && self.store_healthy)
+            && let Some(leases) = self.context.cache().store().shared_leases()
+        {
+            match across::take_or_wait(&self.context, leases, &self.key, ttl).await {
+                across::Shared::Holder(lease) => held = Some(lease),
+                across::Shared::Landed(value) => return Landed::Value(value),
+                across::Shared::Alone => {}
+            }
+        }
+        let load = loader.load(self.context.clone(), self.key.clone());
+        let result = match &held {
+            Some(lease) => {
+                tokio::select! {
+                    result = load => result,
+                    () = lease.keep() => unreachable!("a lease is kept until the load ends"),
+                }
+            }
+            None => load.await,
+        };
         let landed = match result {
             Ok(Loaded::Shared { value, admission }) => {
                 if let Some(fresh) = admission {
                     if self.store_healthy {
-                        self.store(&policy, &value, fresh, began.elapsed()).await;
+                        self.store(&policy, &value, fresh, began.elapsed(), held)
+                            .await;
                     } else if self.lease.is_current() {
                         self.lease.not_kept(fresh);
                     }
@@ -266,21 +294,30 @@ impl<X: ReadContext> Flight<X> {
         if let (Some(stale), Some(fail_safe), true) =
             (self.stale.take(), policy.fail_safe, self.store_healthy)
         {
-            self.store(&policy, &stale, Some(fail_safe.throttle), Duration::ZERO)
-                .await;
+            self.store(
+                &policy,
+                &stale,
+                Some(fail_safe.throttle),
+                Duration::ZERO,
+                None,
+            )
+            .await;
         }
         landed
     }
 
     /// Caches `value` fresh for `fresh`, kept the policy's grace longer for fail-safe,
     /// recording how long its load took (for XFetch) — unless the lease is void: the key was
-    /// written or invalidated since the load began. Logs instead of failing.
+    /// written or invalidated since the load began. Under a lease `held` across instances,
+    /// stores only if this instance still holds it and the key is still absent. Logs
+    /// instead of failing.
     async fn store(
         &self,
         policy: &ReadPolicy,
         value: &X::Value,
         fresh: Option<Duration>,
         took: Duration,
+        held: Option<across::Held>,
     ) {
         let cache = self.context.cache();
         let key = &self.key;
@@ -293,9 +330,13 @@ impl<X: ReadContext> Flight<X> {
         let stored = cache
             .observed(Operation::Set, policy.strategy, async {
                 let stored = cache.encode_with(value, header)?;
-                Ok(cache
-                    .put(key, stored, keep, &cache.tags_of(key, value))
-                    .await?)
+                let tags = cache.tags_of(key, value);
+                match held {
+                    // Not stored: the lease was taken over, or the key written meanwhile.
+                    Some(lease) => lease.put(stored, keep, &tags).await.map(|_| ())?,
+                    None => cache.put(key, stored, keep, &tags).await?,
+                }
+                Ok(())
             })
             .await;
         if let Err(error) = stored {
@@ -338,6 +379,7 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                     // keep answers such misses); only a failing store skips storing the load.
                     let lookup_failed = result.is_err();
                     let store_healthy = !result.as_ref().is_err_and(CacheError::is_store_failure);
+                    let cold = matches!(result, Ok(None));
                     let found = match result {
                         Ok(found) => found,
                         Err(error) => {
@@ -395,6 +437,7 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                         Looked {
                             store_healthy,
                             failed: lookup_failed,
+                            cold,
                         },
                         this.span,
                     );

@@ -209,6 +209,109 @@ redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #batch - 1)
 return {deleted, redis.call('ZCARD', KEYS[1]), batch}
 "#;
 
+/// The key of `key`'s lease shared between instances.
+pub(super) fn lease_key(key: &Key) -> String {
+    format!("tower-caching:lease:{}", key.as_str())
+}
+
+/// Extends a lease its holder still holds. `KEYS[1]` lease, `ARGV[1]` token, `ARGV[2]` TTL
+/// in ms.
+const LEASE_RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+/// Gives a lease up if its holder still holds it. `KEYS[1]` lease, `ARGV[1]` token.
+const LEASE_RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+"#;
+
+/// Stores a loaded value and gives its lease up, only if the lease is still the holder's
+/// and the key still absent (a write landed meanwhile is newer). `KEYS[1]` lease, `KEYS[2]`
+/// the key, `KEYS[3..]` tag indexes; `ARGV[1]` token, `ARGV[2]` value, `ARGV[3]` TTL in ms
+/// or empty. Replies 1 if stored.
+const LEASE_PUT: &str = concat!(
+    file_function!(),
+    r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+for i = 3, #KEYS do
+  file(KEYS[i], KEYS[2], ARGV[3])
+end
+if ARGV[3] == '' then
+  redis.call('SET', KEYS[2], ARGV[2])
+else
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+"#
+);
+
+/// The lease commands, for a single node.
+pub(super) fn lease_acquire_command(key: &Key, token: &str, ttl: Duration) -> redis::Cmd {
+    let mut command = redis::cmd("SET");
+    command
+        .arg(lease_key(key))
+        .arg(token)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl_millis(ttl));
+    command
+}
+
+pub(super) fn lease_renew_command(key: &Key, token: &str, ttl: Duration) -> redis::Cmd {
+    let mut command = redis::cmd("EVAL");
+    command
+        .arg(LEASE_RENEW)
+        .arg(1)
+        .arg(lease_key(key))
+        .arg(token)
+        .arg(ttl_millis(ttl));
+    command
+}
+
+pub(super) fn lease_release_command(key: &Key, token: &str) -> redis::Cmd {
+    let mut command = redis::cmd("EVAL");
+    command
+        .arg(LEASE_RELEASE)
+        .arg(1)
+        .arg(lease_key(key))
+        .arg(token);
+    command
+}
+
+pub(super) fn lease_put_command(
+    key: &Key,
+    token: &str,
+    value: &StoreValue,
+    ttl: Option<Duration>,
+    tags: &[Tag],
+) -> redis::Cmd {
+    let mut command = redis::cmd("EVAL");
+    command
+        .arg(LEASE_PUT)
+        .arg(2 + tags.len())
+        .arg(lease_key(key))
+        .arg(key.as_str());
+    for tag in tags {
+        command.arg(tag.index_key().as_str());
+    }
+    command
+        .arg(token)
+        .arg(value.bytes().as_ref())
+        .arg(script_ttl(ttl));
+    command
+}
+
 /// A TTL in milliseconds as Redis takes it: at least one (`PX 0` is an error).
 fn ttl_millis(ttl: Duration) -> u64 {
     millis(crate::frame::clamp_ttl(ttl)).max(1)

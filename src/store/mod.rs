@@ -42,6 +42,7 @@ pub(crate) mod breaker;
 mod cluster;
 #[cfg(feature = "redis")]
 pub(crate) mod commands;
+pub(crate) mod lease;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -52,6 +53,7 @@ pub use self::breaker::{BreakerGet, CircuitBreaker, CircuitBreakerBuilder};
 #[cfg(feature = "cluster")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
 pub use self::cluster::{RedisClusterConfig, RedisClusterStore};
+pub use self::lease::SharedLeases;
 pub use self::memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -327,6 +329,19 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// stores). When `false`, the cache does not build one. Default `false`.
     fn keeps_decoded(&self) -> bool {
         false
+    }
+
+    /// The leases this store shares between the instances that use it, for read layers
+    /// that load a cold key once across instances
+    /// ([`share_loads_across_instances`](crate::CacheLayer::share_loads_across_instances)).
+    /// Default `None`: each instance loads on its own (in-process stores, Redis Cluster).
+    ///
+    /// ```
+    /// use tower_caching::store::{MemoryStore, Store};
+    /// assert!(MemoryStore::new().shared_leases().is_none());
+    /// ```
+    fn shared_leases(&self) -> Option<SharedLeases> {
+        None
     }
 }
 

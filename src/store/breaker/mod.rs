@@ -647,4 +647,7 @@ impl<S: Store> Store for CircuitBreaker<S> {
     fn keeps_decoded(&self) -> bool {
         self.inner.keeps_decoded()
     }
+    fn shared_leases(&self) -> Option<super::SharedLeases> {
+        self.inner.shared_leases()
+    }
 }

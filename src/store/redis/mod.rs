@@ -14,7 +14,11 @@ pub(super) use self::config::{Variables, as_url};
 pub use self::connection::RedisConnection;
 pub use self::sentinel::SentinelConfig;
 use self::sentinel::SentinelConnection;
-use super::commands::{Commands, GetFuture, SCAN_BATCH, set_command, tagged_set_command};
+use super::commands::{
+    Commands, GetFuture, SCAN_BATCH, lease_acquire_command, lease_put_command,
+    lease_release_command, lease_renew_command, set_command, tagged_set_command,
+};
+use super::lease::{LeaseBackend, LeaseFuture, SharedLeases};
 use super::{Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern, Tag};
 
@@ -404,6 +408,57 @@ impl Store for RedisStore {
 
     async fn invalidate_tag(&self, tag: &Tag) -> Result<u64, StoreError> {
         self.commands.invalidate_tag_on_one_node(tag).await.1
+    }
+
+    fn shared_leases(&self) -> Option<SharedLeases> {
+        Some(SharedLeases(std::sync::Arc::new(self.clone())))
+    }
+}
+
+impl LeaseBackend for RedisStore {
+    fn acquire<'a>(&'a self, key: &'a Key, token: &'a str, ttl: Duration) -> LeaseFuture<'a, bool> {
+        Box::pin(async move {
+            let taken: Option<String> = self
+                .commands
+                .run("lease", &lease_acquire_command(key, token, ttl))
+                .await?;
+            Ok(taken.is_some())
+        })
+    }
+
+    fn renew<'a>(&'a self, key: &'a Key, token: &'a str, ttl: Duration) -> LeaseFuture<'a, bool> {
+        Box::pin(async move {
+            let held: u64 = self
+                .commands
+                .run("lease", &lease_renew_command(key, token, ttl))
+                .await?;
+            Ok(held == 1)
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a Key, token: &'a str) -> LeaseFuture<'a, ()> {
+        Box::pin(async move {
+            self.commands
+                .run("lease", &lease_release_command(key, token))
+                .await
+        })
+    }
+
+    fn put_fenced<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a str,
+        value: StoreValue,
+        ttl: Option<Duration>,
+        tags: &'a [Tag],
+    ) -> LeaseFuture<'a, bool> {
+        Box::pin(async move {
+            let stored: u64 = self
+                .commands
+                .run("set", &lease_put_command(key, token, &value, ttl, tags))
+                .await?;
+            Ok(stored == 1)
+        })
     }
 }
 

@@ -730,4 +730,7 @@ impl Store for TieredStore {
     fn keeps_decoded(&self) -> bool {
         true
     }
+    fn shared_leases(&self) -> Option<super::SharedLeases> {
+        self.l2.shared_leases()
+    }
 }

@@ -311,6 +311,37 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
         self
     }
 
+    /// Stampede protection across instances: concurrent misses of a cold key on every
+    /// instance sharing the store make **one** loader call in all. The instance whose miss
+    /// takes the key's lease in the store (`SET NX PX`, renewed while the load runs) loads
+    /// and stores; the others wait for the value to land and serve it (they look every few
+    /// milliseconds, backing off to 50 ms). A holder that dies is taken over once its lease
+    /// expires (`lease` after its last renewal), one whose load fails or panics gives the
+    /// lease up at once, and a holder whose lease was taken over, or whose key was written
+    /// meanwhile, does not store (the store checks the lease's token and that the key is
+    /// still absent, in one script), so a late holder never overwrites newer data. A waiter
+    /// waits at most four leases, then loads on its own.
+    ///
+    /// Only cold misses share their load, and only on stores that share leases
+    /// ([`Store::shared_leases`](crate::store::Store::shared_leases): `RedisStore`, and a
+    /// `CircuitBreaker` or `TieredStore` over one). A stale value's reload, a refresh, and
+    /// every load on other stores run on each instance as before. A lease should outlast
+    /// a typical load; it is at least 30 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_caching::{Cache, CacheLayer};
+    ///
+    /// // On a MemoryStore it changes nothing; on a shared RedisStore, one load in all.
+    /// let layer = CacheLayer::cache_aside(Cache::<String>::in_memory())
+    ///     .share_loads_across_instances(Duration::from_secs(5));
+    /// # let _ = layer;
+    /// ```
+    pub fn share_loads_across_instances(mut self, lease: Duration) -> Self {
+        self.strategy.policy.shared_lease = Some(lease.max(Duration::from_millis(30)));
+        self
+    }
+
     /// Soft timeout (with [`fail_safe`](CacheLayer::fail_safe)): when the reload of a stale
     /// entry takes longer than `timeout`, the stale value is served at once while the reload
     /// finishes in the background and refreshes the entry.
