@@ -298,6 +298,19 @@ async fn a_killed_holder_is_replaced_by_exactly_one_load() {
     }
 }
 
+/// Waits until a loader counted in `calls` began its `n`th load: the first instance holds
+/// the lease from then on.
+async fn loading(calls: &AtomicU64, n: u64) {
+    let started = Instant::now();
+    while calls.load(Ordering::SeqCst) < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the load never began"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Two instances in this process, each on its own connection and flight table.
 async fn two_instances(
     url: &str,
@@ -351,7 +364,7 @@ async fn a_write_during_the_load_is_not_overwritten_by_the_holder() {
         Ok("read before the write".to_string())
     });
     let read = tokio::spawn(service.oneshot("e1".to_string()));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    loading(&a_calls, 1).await;
     // Another instance writes the key while A's holder loads.
     let key = KeyBuilder::new().entry("e1");
     b.set(&key, &"written".to_string(), None).await.unwrap();
@@ -369,7 +382,7 @@ async fn a_failed_or_panicking_holder_gives_the_lease_up_at_once() {
     // A long lease: a waiter that had to wait for it to expire would take 10 s.
     let lease = Duration::from_secs(10);
     let [(a, a_calls), (b, b_calls)] = two_instances(&server.url(), lease).await;
-    for failure in ["error", "panic"] {
+    for (round, failure) in [(0, "error"), (1, "panic")] {
         let id = format!("e-{failure}");
         let failing = layered(&a, &a_calls, lease, move |_| async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -382,7 +395,7 @@ async fn a_failed_or_panicking_holder_gives_the_lease_up_at_once() {
             Ok(format!("loaded by B, call {call}"))
         });
         let first = tokio::spawn(failing.oneshot(id.clone()));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        loading(&a_calls, round + 1).await;
         let started = Instant::now();
         let second = tokio::spawn(working.oneshot(id.clone()));
         assert!(first.await.unwrap().is_err());
@@ -407,7 +420,7 @@ async fn a_waiter_is_answered_by_the_holders_value_without_loading() {
     });
     let other = layered(&b, &b_calls, lease, |_| async { Ok("from B".to_string()) });
     let first = tokio::spawn(slow.oneshot("e1".to_string()));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    loading(&a_calls, 1).await;
     let waited = Instant::now();
     let second = other.oneshot("e1".to_string()).await.unwrap();
     let waited = waited.elapsed();
@@ -426,4 +439,107 @@ async fn a_waiter_is_answered_by_the_holders_value_without_loading() {
     // Reloads are each instance's own: a cached key takes no lease (the layers read it).
     let again = layered(&b, &b_calls, lease, |_| async { Ok("from B".to_string()) });
     assert_eq!(again.oneshot("e1".to_string()).await.unwrap(), "from A");
+    assert_eq!(b_calls.load(Ordering::SeqCst), 0);
+
+    // Waiters are woken by a subscription per store, which ends with the store.
+    let subscribers = async || {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut raw(&server.url()).await)
+            .await
+            .unwrap();
+        list.lines().filter(|line| !line.is_empty()).count()
+    };
+    assert_eq!(
+        subscribers().await,
+        2,
+        "each instance subscribes once, at its first wait"
+    );
+    drop((a, b));
+    let started = Instant::now();
+    while subscribers().await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the subscriber outlived its store"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A cache-aside service on any store, sharing its loads, whose loader answers `answer`
+/// after `took`, counted in `calls`.
+fn on_store<S: tower_caching::store::Store>(
+    store: S,
+    calls: Arc<AtomicU64>,
+    took: Duration,
+    answer: &'static str,
+) -> impl Service<String, Response = String, Error = LoadError<std::io::Error>, Future: Send> + Clone
+{
+    let loader = tower::service_fn(move |_: String| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(took).await;
+            Ok::<_, std::io::Error>(answer.to_string())
+        }
+    });
+    CacheLayer::cache_aside(Cache::<String, S>::new(store))
+        .key(|id: &String| KeyBuilder::new().entry(id))
+        .share_loads_across_instances(Duration::from_secs(2))
+        .layer(loader)
+}
+
+/// The lease is the Redis store's, reached through a circuit breaker and through two tiers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_are_shared_through_a_circuit_breaker_and_two_tiers() {
+    use tower_caching::store::{CircuitBreaker, MemoryStore, TieredStore};
+    let server = RedisServer::spawn();
+    let config = RedisConfig::new(server.url()).command_timeout(Duration::from_secs(2));
+    let breaker =
+        CircuitBreaker::builder(RedisStore::connect(config.clone()).await.unwrap()).build();
+    let l2 = RedisStore::connect(config.clone()).await.unwrap();
+    let tiered =
+        TieredStore::new(MemoryStore::new(), l2, &config, Duration::from_secs(30)).unwrap();
+    let (a_calls, b_calls) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let a = on_store(
+        breaker,
+        a_calls.clone(),
+        Duration::from_millis(300),
+        "from A",
+    );
+    let b = on_store(tiered, b_calls.clone(), Duration::ZERO, "from B");
+    let first = tokio::spawn(a.oneshot("e1".to_string()));
+    loading(&a_calls, 1).await;
+    assert_eq!(b.oneshot("e1".to_string()).await.unwrap(), "from A");
+    assert_eq!(first.await.unwrap().unwrap(), "from A");
+    assert_eq!(
+        (
+            a_calls.load(Ordering::SeqCst),
+            b_calls.load(Ordering::SeqCst)
+        ),
+        (1, 0)
+    );
+}
+
+/// Without a shared store there is nothing to share: each in-process cache loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_memory_store_each_instance_loads_on_its_own() {
+    use tower_caching::store::MemoryStore;
+    let (a_calls, b_calls) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let a = on_store(
+        MemoryStore::new(),
+        a_calls.clone(),
+        Duration::from_millis(100),
+        "from A",
+    );
+    let b = on_store(
+        MemoryStore::new(),
+        b_calls.clone(),
+        Duration::ZERO,
+        "from B",
+    );
+    let first = tokio::spawn(a.oneshot("e1".to_string()));
+    assert_eq!(b.oneshot("e1".to_string()).await.unwrap(), "from B");
+    assert_eq!(first.await.unwrap().unwrap(), "from A");
 }

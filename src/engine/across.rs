@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use super::ReadContext;
 use crate::frame::now_ms;
 use crate::key::{Key, Tag};
+use crate::store::lease::Acquired;
 use crate::store::{SharedLeases, StoreError, StoreValue};
 
-/// How long a waiter waits between looks at the store: doubling from the first, up to the
-/// last, so that a fast load is seen at once and a slow one costs few round trips.
+/// How long a waiter waits between looks at the store, unless told sooner that the lease
+/// ended: doubling from the first, up to the last, so that a fast load is seen at once even
+/// without the message, and a slow one costs few round trips.
 const FIRST_PAUSE: Duration = Duration::from_millis(2);
 const LAST_PAUSE: Duration = Duration::from_millis(50);
 
@@ -90,22 +92,30 @@ pub(super) async fn take_or_wait<X: ReadContext>(
     let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
     let deadline = Instant::now() + ttl.saturating_mul(4);
     let mut pause = FIRST_PAUSE;
+    // Watched before the first attempt: a lease that ends after it ends the pause at once.
+    let watch = leases.0.watch(key);
+    let mut landed = false;
     loop {
-        match leases.0.acquire(key, &token, ttl).await {
-            Ok(true) => {
-                return Shared::Holder(Held {
-                    leases,
-                    key: key.clone(),
-                    token,
-                    ttl,
-                    given_up: false,
-                });
+        if !landed {
+            match leases.0.acquire(key, &token, ttl).await {
+                Ok(Acquired::Held) => {
+                    return Shared::Holder(Held {
+                        leases,
+                        key: key.clone(),
+                        token,
+                        ttl,
+                        given_up: false,
+                    });
+                }
+                Ok(Acquired::Landed) => landed = true,
+                Ok(Acquired::Busy) => {}
+                Err(_) => return Shared::Alone,
             }
-            Ok(false) => {}
-            Err(_) => return Shared::Alone,
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(LAST_PAUSE);
+        if !landed {
+            watch.wait(pause).await;
+            pause = (pause * 2).min(LAST_PAUSE);
+        }
         match context.cache().lookup(key).await {
             Ok(Some(hit))
                 if hit
@@ -115,6 +125,9 @@ pub(super) async fn take_or_wait<X: ReadContext>(
             {
                 return Shared::Landed(hit.value);
             }
+            // The key holds something, but no fresh value (a stale one, or it was deleted
+            // since): nothing to share, load as without a lease.
+            Ok(_) if landed => return Shared::Alone,
             Ok(_) => {}
             Err(_) => return Shared::Alone,
         }

@@ -223,17 +223,19 @@ end
 return 0
 "#;
 
-/// Gives a lease up if its holder still holds it. `KEYS[1]` lease, `ARGV[1]` token.
+/// Gives a lease up if its holder still holds it, and tells the waiters. `KEYS[1]` lease,
+/// `ARGV[1]` token, `ARGV[2]` the key, `ARGV[3]` the waiters' channel.
 const LEASE_RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[3], ARGV[2])
 end
 "#;
 
 /// Stores a loaded value and gives its lease up, only if the lease is still the holder's
-/// and the key still absent (a write landed meanwhile is newer). `KEYS[1]` lease, `KEYS[2]`
-/// the key, `KEYS[3..]` tag indexes; `ARGV[1]` token, `ARGV[2]` value, `ARGV[3]` TTL in ms
-/// or empty. Replies 1 if stored.
+/// and the key still absent (a write landed meanwhile is newer), and tells the waiters.
+/// `KEYS[1]` lease, `KEYS[2]` the key, `KEYS[3..]` tag indexes; `ARGV[1]` token, `ARGV[2]`
+/// value, `ARGV[3]` TTL in ms or empty, `ARGV[4]` the waiters' channel. Replies 1 if stored.
 const LEASE_PUT: &str = concat!(
     file_function!(),
     r#"
@@ -241,29 +243,45 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
 redis.call('DEL', KEYS[1])
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return 0
+local stored = 0
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  for i = 3, #KEYS do
+    file(KEYS[i], KEYS[2], ARGV[3])
+  end
+  if ARGV[3] == '' then
+    redis.call('SET', KEYS[2], ARGV[2])
+  else
+    redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  end
+  stored = 1
 end
-for i = 3, #KEYS do
-  file(KEYS[i], KEYS[2], ARGV[3])
-end
-if ARGV[3] == '' then
-  redis.call('SET', KEYS[2], ARGV[2])
-else
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-end
-return 1
+redis.call('PUBLISH', ARGV[4], KEYS[2])
+return stored
 "#
 );
 
+/// Takes a lease, unless another holder has it (replies 0) or the key holds a value by now
+/// (replies 2: a holder stored it since the caller's miss, and loading again would be a
+/// second load). `KEYS[1]` lease, `KEYS[2]` the key; `ARGV[1]` token, `ARGV[2]` TTL in ms.
+const LEASE_ACQUIRE: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 2
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"#;
+
 /// The lease commands, for a single node.
 pub(super) fn lease_acquire_command(key: &Key, token: &str, ttl: Duration) -> redis::Cmd {
-    let mut command = redis::cmd("SET");
+    let mut command = redis::cmd("EVAL");
     command
+        .arg(LEASE_ACQUIRE)
+        .arg(2)
         .arg(lease_key(key))
+        .arg(key.as_str())
         .arg(token)
-        .arg("NX")
-        .arg("PX")
         .arg(ttl_millis(ttl));
     command
 }
@@ -279,13 +297,15 @@ pub(super) fn lease_renew_command(key: &Key, token: &str, ttl: Duration) -> redi
     command
 }
 
-pub(super) fn lease_release_command(key: &Key, token: &str) -> redis::Cmd {
+pub(super) fn lease_release_command(key: &Key, token: &str, channel: &str) -> redis::Cmd {
     let mut command = redis::cmd("EVAL");
     command
         .arg(LEASE_RELEASE)
         .arg(1)
         .arg(lease_key(key))
-        .arg(token);
+        .arg(token)
+        .arg(key.as_str())
+        .arg(channel);
     command
 }
 
@@ -295,6 +315,7 @@ pub(super) fn lease_put_command(
     value: &StoreValue,
     ttl: Option<Duration>,
     tags: &[Tag],
+    channel: &str,
 ) -> redis::Cmd {
     let mut command = redis::cmd("EVAL");
     command
@@ -308,7 +329,8 @@ pub(super) fn lease_put_command(
     command
         .arg(token)
         .arg(value.bytes().as_ref())
-        .arg(script_ttl(ttl));
+        .arg(script_ttl(ttl))
+        .arg(channel);
     command
 }
 

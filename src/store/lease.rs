@@ -16,10 +16,40 @@ use crate::key::{Key, Tag};
 pub(crate) type LeaseFuture<'a, T> =
     Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
+/// What an attempt to take a lease came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(feature = "redis"),
+    allow(dead_code, reason = "only Redis stores share leases")
+)]
+pub(crate) enum Acquired {
+    /// Taken: load.
+    Held,
+    /// Another instance holds it.
+    Busy,
+    /// The key holds a value (stored since the miss): read it.
+    Landed,
+}
+
+/// A waiter's interest in one key's lease, until dropped.
+pub(crate) trait Watch: Send + Sync {
+    /// Until the key's lease ends (its value landed, or it was given up), or at most `pause`.
+    fn wait(&self, pause: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
 /// What a store that shares leases between instances does (a Redis store).
 pub(crate) trait LeaseBackend: Send + Sync + 'static {
-    /// Takes the lease of `key` for `ttl` under `token`, unless another holder has it.
-    fn acquire<'a>(&'a self, key: &'a Key, token: &'a str, ttl: Duration) -> LeaseFuture<'a, bool>;
+    /// Starts watching `key`'s lease: a lease that ends from now on ends the next wait.
+    fn watch(&self, key: &Key) -> Box<dyn Watch>;
+
+    /// Takes the lease of `key` for `ttl` under `token`, unless another holder has it or the
+    /// key holds a value by now.
+    fn acquire<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a str,
+        ttl: Duration,
+    ) -> LeaseFuture<'a, Acquired>;
 
     /// Extends the lease for `ttl` if `token` still holds it; whether it does.
     fn renew<'a>(&'a self, key: &'a Key, token: &'a str, ttl: Duration) -> LeaseFuture<'a, bool>;

@@ -5,6 +5,7 @@ use redis::aio::ConnectionManager;
 
 mod config;
 mod connection;
+mod landings;
 mod sentinel;
 
 use self::config::redact_url;
@@ -12,13 +13,14 @@ pub use self::config::{ConfigError, RedisConfig};
 #[cfg(feature = "cluster")]
 pub(super) use self::config::{Variables, as_url};
 pub use self::connection::RedisConnection;
+use self::landings::{CHANNEL, Landings, Source};
 pub use self::sentinel::SentinelConfig;
 use self::sentinel::SentinelConnection;
 use super::commands::{
     Commands, GetFuture, SCAN_BATCH, lease_acquire_command, lease_put_command,
     lease_release_command, lease_renew_command, set_command, tagged_set_command,
 };
-use super::lease::{LeaseBackend, LeaseFuture, SharedLeases};
+use super::lease::{Acquired, LeaseBackend, LeaseFuture, SharedLeases, Watch};
 use super::{Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern, Tag};
 
@@ -45,6 +47,8 @@ use crate::key::{Key, Pattern, Tag};
 #[derive(Clone)]
 pub struct RedisStore {
     commands: Commands<RedisConnection>,
+    /// Wakes this instance's waiters for keys whose lease another instance holds.
+    landings: std::sync::Arc<self::landings::Landings>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -74,6 +78,7 @@ impl RedisStore {
     /// ```
     pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
         let client = config.client()?;
+        let client_for_landings = client.clone();
         let connect = ConnectionManager::new_with_config(client, config.manager_config());
         let connection = match tokio::time::timeout(config.connect_timeout, connect).await {
             Ok(Ok(connection)) => connection,
@@ -96,6 +101,7 @@ impl RedisStore {
         };
         Ok(RedisStore {
             commands: Commands::new(RedisConnection::direct(connection), config.command_timeout),
+            landings: Landings::new(Source::Fixed(Box::new(client_for_landings))),
         })
     }
 
@@ -143,6 +149,7 @@ impl RedisStore {
         let connection = SentinelConnection::connect(config).await?;
         Ok(RedisStore {
             commands: Commands::new(RedisConnection::sentinel(connection), command_timeout),
+            landings: Landings::new(Source::Primary),
         })
     }
 
@@ -169,6 +176,7 @@ impl RedisStore {
         let connection = SentinelConnection::connect_lazy(config)?;
         Ok(RedisStore {
             commands: Commands::new(RedisConnection::sentinel(connection), command_timeout),
+            landings: Landings::new(Source::Primary),
         })
     }
 
@@ -193,6 +201,7 @@ impl RedisStore {
     pub fn with_connection(connection: ConnectionManager, command_timeout: Duration) -> Self {
         RedisStore {
             commands: Commands::new(RedisConnection::direct(connection), command_timeout),
+            landings: Landings::new(Source::None),
         }
     }
 
@@ -256,6 +265,7 @@ impl RedisStore {
     /// ```
     pub fn connect_lazy(config: RedisConfig) -> Result<Self, StoreError> {
         let client = config.client()?;
+        let client_for_landings = client.clone();
         let connection = ConnectionManager::new_lazy_with_config(client, config.manager_config())
             .map_err(|e| StoreError::Connect {
             message: "cannot create the redis connection manager".into(),
@@ -263,6 +273,7 @@ impl RedisStore {
         })?;
         Ok(RedisStore {
             commands: Commands::new(RedisConnection::direct(connection), config.command_timeout),
+            landings: Landings::new(Source::Fixed(Box::new(client_for_landings))),
         })
     }
 }
@@ -416,13 +427,29 @@ impl Store for RedisStore {
 }
 
 impl LeaseBackend for RedisStore {
-    fn acquire<'a>(&'a self, key: &'a Key, token: &'a str, ttl: Duration) -> LeaseFuture<'a, bool> {
+    fn watch(&self, key: &Key) -> Box<dyn Watch> {
+        Box::new(
+            self.landings
+                .interest(key.as_str(), &self.commands.connection),
+        )
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a str,
+        ttl: Duration,
+    ) -> LeaseFuture<'a, Acquired> {
         Box::pin(async move {
-            let taken: Option<String> = self
+            let reply: u8 = self
                 .commands
                 .run("lease", &lease_acquire_command(key, token, ttl))
                 .await?;
-            Ok(taken.is_some())
+            Ok(match reply {
+                1 => Acquired::Held,
+                2 => Acquired::Landed,
+                _ => Acquired::Busy,
+            })
         })
     }
 
@@ -439,7 +466,7 @@ impl LeaseBackend for RedisStore {
     fn release<'a>(&'a self, key: &'a Key, token: &'a str) -> LeaseFuture<'a, ()> {
         Box::pin(async move {
             self.commands
-                .run("lease", &lease_release_command(key, token))
+                .run("lease", &lease_release_command(key, token, CHANNEL))
                 .await
         })
     }
@@ -455,7 +482,10 @@ impl LeaseBackend for RedisStore {
         Box::pin(async move {
             let stored: u64 = self
                 .commands
-                .run("set", &lease_put_command(key, token, &value, ttl, tags))
+                .run(
+                    "set",
+                    &lease_put_command(key, token, &value, ttl, tags, CHANNEL),
+                )
                 .await?;
             Ok(stored == 1)
         })

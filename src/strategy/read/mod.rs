@@ -320,7 +320,9 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
     /// lease up at once, and a holder whose lease was taken over, or whose key was written
     /// meanwhile, does not store (the store checks the lease's token and that the key is
     /// still absent, in one script), so a late holder never overwrites newer data. A waiter
-    /// waits at most four leases, then loads on its own.
+    /// waits at most four leases, then loads on its own. A load whose value is not cached
+    /// (a not-found without [`negative_ttl`](CacheLayer::negative_ttl)) gives the lease up
+    /// with nothing to share: the next waiting instance loads.
     ///
     /// Only cold misses share their load, and only on stores that share leases
     /// ([`Store::shared_leases`](crate::store::Store::shared_leases): `RedisStore`, and a
