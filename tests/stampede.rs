@@ -434,7 +434,7 @@ async fn a_waiter_is_answered_by_the_holders_value_without_loading() {
         (1, 0)
     );
     println!(
-        "stampede: a waiter on another instance answered {waited:?} after its miss (the load had 250 ms to go)"
+        "stampede: a waiter on another instance answered {waited:?} after its miss (the load, begun just before, takes 300 ms)"
     );
     // Reloads are each instance's own: a cached key takes no lease (the layers read it).
     let again = layered(&b, &b_calls, lease, |_| async { Ok("from B".to_string()) });
