@@ -312,10 +312,7 @@ async fn loading(calls: &AtomicU64, n: u64) {
 }
 
 /// Two instances in this process, each on its own connection and flight table.
-async fn two_instances(
-    url: &str,
-    lease: Duration,
-) -> [(Cache<String, RedisStore>, Arc<AtomicU64>); 2] {
+async fn two_instances(url: &str) -> [(Cache<String, RedisStore>, Arc<AtomicU64>); 2] {
     let make = async || {
         let store =
             RedisStore::connect(RedisConfig::new(url).command_timeout(Duration::from_secs(2)))
@@ -326,7 +323,6 @@ async fn two_instances(
             Arc::new(AtomicU64::new(0)),
         )
     };
-    let _ = lease;
     [make().await, make().await]
 }
 
@@ -358,7 +354,7 @@ where
 async fn a_write_during_the_load_is_not_overwritten_by_the_holder() {
     let server = RedisServer::spawn();
     let lease = Duration::from_secs(2);
-    let [(a, a_calls), (b, _)] = two_instances(&server.url(), lease).await;
+    let [(a, a_calls), (b, _)] = two_instances(&server.url()).await;
     let service = layered(&a, &a_calls, lease, |_| async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         Ok("read before the write".to_string())
@@ -381,7 +377,7 @@ async fn a_failed_or_panicking_holder_gives_the_lease_up_at_once() {
     let server = RedisServer::spawn();
     // A long lease: a waiter that had to wait for it to expire would take 10 s.
     let lease = Duration::from_secs(10);
-    let [(a, a_calls), (b, b_calls)] = two_instances(&server.url(), lease).await;
+    let [(a, a_calls), (b, b_calls)] = two_instances(&server.url()).await;
     for (round, failure) in [(0, "error"), (1, "panic")] {
         let id = format!("e-{failure}");
         let failing = layered(&a, &a_calls, lease, move |_| async move {
@@ -413,7 +409,7 @@ async fn a_failed_or_panicking_holder_gives_the_lease_up_at_once() {
 async fn a_waiter_is_answered_by_the_holders_value_without_loading() {
     let server = RedisServer::spawn();
     let lease = Duration::from_secs(2);
-    let [(a, a_calls), (b, b_calls)] = two_instances(&server.url(), lease).await;
+    let [(a, a_calls), (b, b_calls)] = two_instances(&server.url()).await;
     let slow = layered(&a, &a_calls, lease, |_| async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         Ok("from A".to_string())

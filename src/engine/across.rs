@@ -94,24 +94,21 @@ pub(super) async fn take_or_wait<X: ReadContext>(
     let mut pause = FIRST_PAUSE;
     // Watched before the first attempt: a lease that ends after it ends the pause at once.
     let watch = leases.0.watch(key);
-    let mut landed = false;
     loop {
-        if !landed {
-            match leases.0.acquire(key, &token, ttl).await {
-                Ok(Acquired::Held) => {
-                    return Shared::Holder(Held {
-                        leases,
-                        key: key.clone(),
-                        token,
-                        ttl,
-                        given_up: false,
-                    });
-                }
-                Ok(Acquired::Landed) => landed = true,
-                Ok(Acquired::Busy) => {}
-                Err(_) => return Shared::Alone,
+        let landed = match leases.0.acquire(key, &token, ttl).await {
+            Ok(Acquired::Held) => {
+                return Shared::Holder(Held {
+                    leases,
+                    key: key.clone(),
+                    token,
+                    ttl,
+                    given_up: false,
+                });
             }
-        }
+            Ok(Acquired::Landed) => true,
+            Ok(Acquired::Busy) => false,
+            Err(_) => return Shared::Alone,
+        };
         if !landed {
             watch.wait(pause).await;
             pause = (pause * 2).min(LAST_PAUSE);
