@@ -246,7 +246,9 @@ impl<X: ReadContext> Flight<X> {
         let began = Instant::now();
         let policy = *self.context.policy();
         let mut held = None;
-        if let (Some(ttl), true) = (policy.shared_lease, self.cold && self.store_healthy)
+        if let Some(ttl) = policy.shared_lease
+            && self.cold
+            && self.store_healthy
             && let Some(leases) = self.context.cache().store().shared_leases()
         {
             match across::take_or_wait(&self.context, leases, &self.key, ttl).await {
@@ -332,7 +334,8 @@ impl<X: ReadContext> Flight<X> {
                 let stored = cache.encode_with(value, header)?;
                 let tags = cache.tags_of(key, value);
                 match held {
-                    // Not stored: the lease was taken over, or the key written meanwhile.
+                    // Left unstored when the lease was taken over or the key written
+                    // meanwhile: what is there is newer, nothing to undo.
                     Some(lease) => lease.put(stored, keep, &tags).await.map(|_| ())?,
                     None => cache.put(key, stored, keep, &tags).await?,
                 }
