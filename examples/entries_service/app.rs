@@ -611,6 +611,8 @@ fn services<S: Store>(
         })
         .ttl(Jitter::new(ttl::ENTRY, 0.1))
         .not_found(Option::is_none)
+        // On Redis, every instance's misses of a cold entry make one database query in all.
+        .share_loads_across_instances(Duration::from_secs(5))
         .layer(database.clone());
     let create_entry = CacheLayer::write_through(created.clone())
         .key({
