@@ -78,9 +78,10 @@ impl DirectWrites {
 
     /// Whether the entry numbered `ours` is one whose `XADD` failed, which Redis ran after
     /// all: it is never written, and is not the newest of its key in its batch either
-    /// (every write of the key acknowledged since is newer). Asked once per entry.
+    /// (every write of the key acknowledged since is newer). Remembered, not forgotten once
+    /// asked: if the entry's `XACK` fails, it is delivered again and must be skipped again.
     pub(super) fn disowned(&self, ours: Option<u64>) -> bool {
-        ours.is_some_and(|ours| self.state().disowned.remove(&ours))
+        ours.is_some_and(|ours| self.state().disowned.contains(&ours))
     }
 
     /// The worker's write of `key` (a [`Verdict::Write`]) ended.
@@ -227,6 +228,11 @@ mod tests {
         // Redis ran 2's `XADD` after all, after 3's.
         assert!(direct.disowned(Some(2)));
         assert!(!direct.disowned(Some(3)));
+        // Its `XACK` failed: delivered again, it is skipped again.
+        assert!(
+            direct.disowned(Some(2)),
+            "a redelivered late entry would be written"
+        );
         // The same when the direct write failed: its caller was told so.
         drop(direct.ticket(key(), 4));
         assert_eq!(direct.verdict(&key(), Some(5)), Verdict::Write);
