@@ -539,3 +539,56 @@ async fn on_a_memory_store_each_instance_loads_on_its_own() {
     assert_eq!(b.oneshot("e1".to_string()).await.unwrap(), "from B");
     assert_eq!(first.await.unwrap().unwrap(), "from A");
 }
+
+/// A delete on another instance while the holder loads (write-around: the database was
+/// written, the cached copy dropped) voids the lease: the holder, which read the row before
+/// that write, does not cache it; the next read loads anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_during_the_load_keeps_the_holders_older_value_out() {
+    use tower_caching::key::Tag;
+    let server = RedisServer::spawn();
+    let lease = Duration::from_secs(2);
+    let [(a, a_calls), (b, _)] = two_instances(&server.url()).await;
+    let tagged = a
+        .clone()
+        .tag_with(|_: &tower_caching::Key, _: &String| vec![Tag::new("ana").unwrap()]);
+    for (round, how) in ["delete", "delete_many", "invalidate_tag"]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("e-{how}");
+        let service = layered(&tagged, &a_calls, lease, |_| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok("read before the write".to_string())
+        });
+        let read = tokio::spawn(service.oneshot(id.clone()));
+        loading(&a_calls, round as u64 + 1).await;
+        let key = KeyBuilder::new().entry(&id);
+        match how {
+            "delete" => {
+                b.delete(&key).await.unwrap();
+            }
+            "delete_many" => {
+                b.delete_many(std::slice::from_ref(&key)).await.unwrap();
+            }
+            _ => {
+                // Filed under the tag (as a tagged write files it); the tag's invalidation
+                // drops it.
+                redis::cmd("ZADD")
+                    .arg("tower-caching:tag:ana")
+                    .arg("+inf")
+                    .arg(key.as_str())
+                    .query_async::<()>(&mut raw(&server.url()).await)
+                    .await
+                    .unwrap();
+                b.invalidate_tag(&Tag::new("ana").unwrap()).await.unwrap();
+            }
+        }
+        assert_eq!(read.await.unwrap().unwrap(), "read before the write");
+        assert_eq!(
+            a.get(&key).await.unwrap(),
+            None,
+            "{how}: the holder cached a value read before the write"
+        );
+    }
+}

@@ -196,7 +196,9 @@ end
 /// Removes one batch of the keys filed under a tag, on a single node: reads the first
 /// `ARGV[1]` members of the index, deletes their keys and unfiles them, at once — so a
 /// failure leaves the batch both stored and filed, and nothing can be filed in between.
-/// `KEYS[1]` index. Replies `{deleted, left, members}`. The keys it deletes are not
+/// The keys' shared leases are voided with them (a load that read the old value must not
+/// store it). `KEYS[1]` index, `ARGV[1]` batch size, `ARGV[2]` the lease keys' prefix.
+/// Replies `{deleted, left, members}`. The keys it deletes are not
 /// declared (they are only known inside the script): a single node allows that; a cluster,
 /// where they may live on other nodes, does not, and uses [`Commands::invalidate_tag`].
 const TAG_INVALIDATE: &str = r#"
@@ -205,13 +207,21 @@ if #batch == 0 then
   return {0, 0, {}}
 end
 local deleted = redis.call('UNLINK', unpack(batch))
+local leases = {}
+for i = 1, #batch do
+  leases[i] = ARGV[2] .. batch[i]
+end
+redis.call('UNLINK', unpack(leases))
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #batch - 1)
 return {deleted, redis.call('ZCARD', KEYS[1]), batch}
 "#;
 
+/// What the key of a lease shared between instances starts with.
+const LEASE_PREFIX: &str = "tower-caching:lease:";
+
 /// The key of `key`'s lease shared between instances.
 pub(super) fn lease_key(key: &Key) -> String {
-    format!("tower-caching:lease:{}", key.as_str())
+    format!("{LEASE_PREFIX}{}", key.as_str())
 }
 
 /// Extends a lease its holder still holds. `KEYS[1]` lease, `ARGV[1]` token, `ARGV[2]` TTL
@@ -499,6 +509,8 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
         self.run::<()>("set", &set_command(key, &value, ttl)).await
     }
 
+    /// `UNLINK key`, where no lease lives beside it (a cluster).
+    #[cfg(feature = "cluster")]
     pub(super) async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
         Ok(self
             .run::<u64>("delete", &multi_key("UNLINK", std::slice::from_ref(key)))
@@ -506,6 +518,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
             > 0)
     }
 
+    #[cfg(feature = "cluster")]
     pub(super) async fn delete_many(&self, keys: &[Key]) -> Result<u64, StoreError> {
         if keys.is_empty() {
             return Ok(0);
@@ -563,7 +576,8 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
             .arg(TAG_INVALIDATE)
             .arg(1)
             .arg(index.as_str())
-            .arg(SCAN_BATCH);
+            .arg(SCAN_BATCH)
+            .arg(LEASE_PREFIX);
         // Bounded, in case writers file keys faster than this removes them.
         for _ in 0..10_000 {
             let (gone, left, members): (u64, u64, Vec<String>) =

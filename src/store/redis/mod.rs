@@ -17,7 +17,7 @@ use self::landings::{CHANNEL, Landings, Source};
 pub use self::sentinel::SentinelConfig;
 use self::sentinel::SentinelConnection;
 use super::commands::{
-    Commands, GetFuture, SCAN_BATCH, lease_acquire_command, lease_put_command,
+    Commands, GetFuture, SCAN_BATCH, lease_acquire_command, lease_key, lease_put_command,
     lease_release_command, lease_renew_command, set_command, tagged_set_command,
 };
 use super::lease::{Acquired, LeaseBackend, LeaseFuture, SharedLeases, Watch};
@@ -363,12 +363,30 @@ impl Store for RedisStore {
             .await
     }
 
+    // A delete voids the keys' shared leases too, in the same round trip: a load on another
+    // instance that read the old value (before the write this delete follows) must not
+    // store it.
     async fn delete(&self, key: &Key) -> Result<bool, StoreError> {
-        self.commands.delete(key).await
+        self.delete_many(std::slice::from_ref(key))
+            .await
+            .map(|deleted| deleted > 0)
     }
 
     async fn delete_many(&self, keys: &[Key]) -> Result<u64, StoreError> {
-        self.commands.delete_many(keys).await
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut unlink = redis::pipe();
+        unlink.cmd("UNLINK");
+        for key in keys {
+            unlink.arg(key.as_str());
+        }
+        unlink.cmd("UNLINK").ignore();
+        for key in keys {
+            unlink.arg(lease_key(key));
+        }
+        let (deleted,): (u64,) = self.commands.run_pipeline("delete", &unlink).await?;
+        Ok(deleted)
     }
 
     async fn delete_pattern(&self, pattern: &Pattern) -> Result<u64, StoreError> {

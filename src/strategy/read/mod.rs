@@ -319,8 +319,10 @@ impl<M, V, St, C, P, N, K, T> CacheLayer<Read<M, V, St, C, P, N>, K, T> {
     /// expires (`lease` after its last renewal), one whose load fails or panics gives the
     /// lease up at once, and a holder whose lease was taken over, or whose key was written
     /// meanwhile, does not store (the store checks the lease's token and that the key is
-    /// still absent, in one script), so a late holder never overwrites newer data. A waiter
-    /// waits at most four leases, then loads on its own. A load whose value is not cached
+    /// still absent, in one script), so a late holder never overwrites newer data. A delete
+    /// of the key on any instance (`delete`, `delete_many`, a tag's invalidation; not a
+    /// pattern delete) voids its lease, so a holder that read the row before the write that
+    /// delete follows does not cache it. A waiter waits at most four leases, then loads on its own. A load whose value is not cached
     /// (a not-found without [`negative_ttl`](CacheLayer::negative_ttl)) gives the lease up
     /// with nothing to share: the next waiting instance loads.
     ///
