@@ -439,9 +439,11 @@ impl TieredStore {
         before: (u64, u64),
     ) {
         let invalidations = &self.shared.invalidations;
-        let unchanged = invalidations.seen(key.as_str()) == before;
         self.invalidating([key]);
         let own = invalidations.seen(key.as_str());
+        // Only this write's own count since `before`: read in one step with it, so that an
+        // invalidation landing between a check and the count cannot pass unseen.
+        let unchanged = own == (before.0, before.1.wrapping_add(1));
         let fill = unchanged && self.shared.fills_on_write() && self.shared.serves_l1(key);
         if fill {
             let l1_ttl = ttl.map_or(self.shared.l1_ttl, |ttl| ttl.min(self.shared.l1_ttl));
