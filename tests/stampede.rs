@@ -592,3 +592,57 @@ async fn a_delete_during_the_load_keeps_the_holders_older_value_out() {
         );
     }
 }
+
+/// Behind a circuit breaker, the holder's fenced put is a write like any other: one that
+/// times out (it may still land later) owes its key a repair, so that the value it may leave
+/// behind is deleted once the store answers, and reads miss until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_put_that_times_out_owes_its_key_a_repair() {
+    use tower_caching::store::CircuitBreaker;
+    let server = RedisServer::spawn();
+    let config = RedisConfig::new(server.url()).command_timeout(Duration::from_millis(100));
+    let breaker = CircuitBreaker::builder(RedisStore::connect(config).await.unwrap()).build();
+    let url = server.url();
+    // The loader stalls Redis for 600 ms as it answers: the fenced put that follows times out.
+    let loader = tower::service_fn(move |_: String| {
+        let url = url.clone();
+        async move {
+            let _: () = redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(600)
+                .arg("ALL")
+                .query_async(&mut raw(&url).await)
+                .await
+                .unwrap();
+            Ok::<_, std::io::Error>("loaded".to_string())
+        }
+    });
+    let service = CacheLayer::cache_aside(Cache::<String, _>::new(breaker.clone()))
+        .key(|id: &String| KeyBuilder::new().entry(id))
+        .share_loads_across_instances(Duration::from_secs(2))
+        .layer(loader);
+    let began = Instant::now();
+    assert_eq!(service.oneshot("e1".to_string()).await.unwrap(), "loaded");
+    assert!(
+        began.elapsed() < Duration::from_millis(550),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(
+        breaker.repairs_owed(),
+        1,
+        "the timed-out put owes no repair"
+    );
+    // The pause ends: the put lands late, and the repair after it takes it out again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while breaker.repairs_owed() > 0 {
+        assert!(Instant::now() < deadline, "the repair never landed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left: Option<Vec<u8>> = redis::cmd("GET")
+        .arg("entry:e1")
+        .query_async(&mut raw(&server.url()).await)
+        .await
+        .unwrap();
+    assert_eq!(left, None, "the late put outlived its repair");
+}

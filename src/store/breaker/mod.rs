@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use pin_project::pin_project;
 
+use super::lease::{Acquired, LeaseBackend, LeaseFuture, Watch};
 use super::{Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern, Tag};
 use crate::metrics::{KeyDigest, Observer};
@@ -648,6 +649,59 @@ impl<S: Store> Store for CircuitBreaker<S> {
         self.inner.keeps_decoded()
     }
     fn shared_leases(&self) -> Option<super::SharedLeases> {
-        self.inner.shared_leases()
+        let leases = self.inner.shared_leases()?;
+        Some(super::SharedLeases(Arc::new(GuardedLeases {
+            breaker: self.clone(),
+            leases,
+        })))
+    }
+}
+
+/// The inner store's leases behind the circuit, like its other commands: refused while it is
+/// open (the cold miss then loads alone, without paying a timeout), their outcomes counted,
+/// and a fenced put that fails — it may still land later — owes its key a repair, as a
+/// failed set does; one that succeeds settles what the key owed before it.
+struct GuardedLeases<S> {
+    breaker: CircuitBreaker<S>,
+    leases: super::SharedLeases,
+}
+
+impl<S: Store> LeaseBackend for GuardedLeases<S> {
+    fn watch(&self, key: &Key) -> Box<dyn Watch> {
+        self.leases.0.watch(key)
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a str,
+        ttl: Duration,
+    ) -> LeaseFuture<'a, Acquired> {
+        Box::pin(
+            self.breaker
+                .admitted(self.leases.0.acquire(key, token, ttl)),
+        )
+    }
+
+    fn renew<'a>(&'a self, key: &'a Key, token: &'a str, ttl: Duration) -> LeaseFuture<'a, bool> {
+        Box::pin(self.breaker.admitted(self.leases.0.renew(key, token, ttl)))
+    }
+
+    fn release<'a>(&'a self, key: &'a Key, token: &'a str) -> LeaseFuture<'a, ()> {
+        Box::pin(self.breaker.admitted(self.leases.0.release(key, token)))
+    }
+
+    fn put_fenced<'a>(
+        &'a self,
+        key: &'a Key,
+        token: &'a str,
+        value: StoreValue,
+        ttl: Option<Duration>,
+        tags: &'a [Tag],
+    ) -> LeaseFuture<'a, bool> {
+        Box::pin(self.breaker.write(
+            std::slice::from_ref(key),
+            self.leases.0.put_fenced(key, token, value, ttl, tags),
+        ))
     }
 }
