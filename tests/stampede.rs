@@ -646,3 +646,44 @@ async fn a_fenced_put_that_times_out_owes_its_key_a_repair() {
         .unwrap();
     assert_eq!(left, None, "the late put outlived its repair");
 }
+
+/// While the circuit is open, a key that owes a repair misses without asking Redis, and its
+/// cold miss does not take a lease either: it loads alone, and no lease command is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_refuses_the_lease_of_a_key_owing_a_repair() {
+    use support::monitor::Monitor;
+    use tower_caching::store::CircuitBreaker;
+    let server = RedisServer::spawn();
+    let config = RedisConfig::new(server.url()).command_timeout(Duration::from_millis(100));
+    let breaker = CircuitBreaker::builder(RedisStore::connect(config).await.unwrap())
+        .failures(1)
+        .open_for(Duration::from_secs(30))
+        .build();
+    let cache = Cache::<String, _>::new(breaker.clone());
+    // A set that times out under a stall owes its key a repair, and opens the circuit.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(300)
+        .arg("ALL")
+        .query_async(&mut raw(&server.url()).await)
+        .await
+        .unwrap();
+    let key = KeyBuilder::new().entry("e1");
+    assert!(cache.set(&key, &"old".to_string(), None).await.is_err());
+    assert_eq!(breaker.repairs_owed(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let loader =
+        tower::service_fn(|_: String| async { Ok::<_, std::io::Error>("loaded".to_string()) });
+    let service = CacheLayer::cache_aside(cache)
+        .key(|id: &String| KeyBuilder::new().entry(id))
+        .share_loads_across_instances(Duration::from_secs(2))
+        .layer(loader);
+    let monitor = Monitor::start(&server);
+    let (answer, commands) = monitor.during(service.oneshot("e1".to_string())).await;
+    assert_eq!(answer.unwrap(), "loaded");
+    assert!(
+        !commands.iter().any(|c| c.contains("tower-caching:lease:")),
+        "a lease command passed the open circuit: {commands:?}"
+    );
+}
