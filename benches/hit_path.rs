@@ -11,6 +11,11 @@
 //! `concurrency/{raw_redis,layer_redis}/N`: throughput of hits with N requests in flight on
 //! one connection.
 //!
+//! `interleaved/N`: the same two, alternating within every sample (raw batch, layer batch,
+//! in turn), so that the machine's drift between two groups run in sequence does not enter
+//! the ratio; criterion reports the layer's throughput, and the bench prints the layer / raw
+//! throughput ratio of each sample as min / median / max.
+//!
 //! Run: `cargo bench --bench hit_path` (see BENCHMARKS.md).
 
 #[path = "../tests/support/mod.rs"]
@@ -210,6 +215,75 @@ fn hit_path(c: &mut Criterion) {
                 })
             },
         );
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("interleaved");
+    for in_flight in [1usize, 16, 64, 256] {
+        let batch = 2048;
+        group.throughput(Throughput::Elements(batch as u64));
+        // (layer, raw) time of each sample, for the ratio printed after the group.
+        let samples = std::cell::RefCell::new(Vec::new());
+        group.bench_with_input(
+            BenchmarkId::from_parameter(in_flight),
+            &in_flight,
+            |b, &n| {
+                b.to_async(&rt).iter_custom(|iterations| {
+                    let (raw, layered, samples) = (raw.clone(), layered.clone(), &samples);
+                    async move {
+                        let (mut layer_took, mut raw_took) = (Duration::ZERO, Duration::ZERO);
+                        for _ in 0..iterations {
+                            let started = Instant::now();
+                            run_in_flight(n, batch, || {
+                                let mut connection = raw.clone();
+                                async move {
+                                    let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                                        .arg("raw:entry:0b9d6b0e")
+                                        .query_async(&mut connection)
+                                        .await
+                                        .unwrap();
+                                    black_box(
+                                        serde_json::from_slice::<Entry>(&bytes.unwrap()).unwrap(),
+                                    );
+                                }
+                            })
+                            .await;
+                            raw_took += started.elapsed();
+                            let started = Instant::now();
+                            run_in_flight(n, batch, || {
+                                let service = layered.clone();
+                                async move {
+                                    black_box(service.oneshot(ID.to_string()).await.unwrap());
+                                }
+                            })
+                            .await;
+                            layer_took += started.elapsed();
+                        }
+                        samples.borrow_mut().push((layer_took, raw_took));
+                        layer_took
+                    }
+                })
+            },
+        );
+        let samples = samples.into_inner();
+        let (layer_total, raw_total) = samples.iter().fold((0.0, 0.0), |(l, r), (layer, raw)| {
+            (l + layer.as_secs_f64(), r + raw.as_secs_f64())
+        });
+        let mut ratios: Vec<f64> = samples
+            .iter()
+            .map(|(layer, raw)| raw.as_secs_f64() / layer.as_secs_f64())
+            .collect();
+        if !ratios.is_empty() {
+            ratios.sort_by(f64::total_cmp);
+            println!(
+                "interleaved/{in_flight}: layer / raw hits per second {:.3} over all samples; per sample min {:.3} median {:.3} max {:.3} ({} samples)",
+                raw_total / layer_total,
+                ratios[0],
+                ratios[ratios.len() / 2],
+                ratios[ratios.len() - 1],
+                ratios.len()
+            );
+        }
     }
     group.finish();
 }

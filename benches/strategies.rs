@@ -5,6 +5,9 @@
 //!   a miss, store) has no coalescing. Loader calls are printed.
 //! - `writes/{write_behind,write_through}`: acknowledgement latency with a 1 ms writer; the
 //!   p99 over 2000 writes is printed.
+//! - `write_behind_keys/{10,1000000}`: acknowledgements per second, 64 writers at once,
+//!   spread over 10 or 1,000,000 distinct keys (no coalescing then), with a writer that
+//!   costs nothing: what the queue itself costs per distinct key.
 //!
 //! Run: `cargo bench --bench strategies`.
 
@@ -169,9 +172,55 @@ fn writes(c: &mut Criterion) {
     );
 }
 
+fn write_behind_keys(c: &mut Criterion) {
+    let rt = runtime();
+    let writer = tower::service_fn(|_: (u64, u64)| async { Ok::<_, Infallible>((0u64, 0u64)) });
+    let keys = KeyBuilder::new();
+    let mut group = c.benchmark_group("write_behind_keys");
+    let batch = 4096u64;
+    group.throughput(criterion::Throughput::Elements(batch));
+    for distinct in [10u64, 1_000_000] {
+        let cache: Cache<u64> = Cache::in_memory();
+        let service = {
+            let keys = keys.clone();
+            rt.block_on(async {
+                CacheLayer::write_behind(cache.clone())
+                    .key(move |w: &(u64, u64)| keys.metrics(&w.0.to_string()))
+                    .value(|w: &(u64, u64)| Some(w.1))
+                    .acknowledge(|w: &(u64, u64)| *w)
+                    .batch_interval(Duration::from_millis(10))
+                    .layer(writer)
+            })
+        };
+        group.bench_function(criterion::BenchmarkId::from_parameter(distinct), |b| {
+            b.to_async(&rt).iter(|| {
+                let service = service.clone();
+                async move {
+                    let writers: Vec<_> = (0..64)
+                        .map(|_| {
+                            let mut service = service.clone();
+                            tokio::spawn(async move {
+                                for i in 0..batch / 64 {
+                                    let key = fastrand::u64(0..distinct);
+                                    service.ready().await.unwrap().call((key, i)).await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for writer in writers {
+                        writer.await.unwrap();
+                    }
+                }
+            })
+        });
+        rt.block_on(cache.close()).unwrap();
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = miss_storm, writes
+    targets = miss_storm, writes, write_behind_keys
 }
 criterion_main!(benches);

@@ -69,18 +69,46 @@ enum State<X: ReadContext, L: Load<X>> {
         looks: u8,
         started: Option<Instant>,
     },
+    // Boxed: a miss allocates anyway (its load's task), and a hit then carries a future a
+    // third the size, moved a few times between `call` and the first poll.
     Wait {
-        #[pin]
-        load: SharedLoad<X::Value, L::Error>,
-        /// The leader's channel for a private result.
-        private: Option<oneshot::Receiver<L::Private>>,
-        /// A waiter's own loader, for when the load it joined cannot serve it.
-        loader: Option<L>,
-        stale: Option<Hit<X::Value>>,
-        #[pin]
-        soft_timeout: Option<tokio::time::Sleep>,
+        wait: Pin<Box<Wait<X, L>>>,
     },
     Done,
+}
+
+/// A miss waiting for the key's load.
+#[pin_project(project = WaitProj)]
+struct Wait<X: ReadContext, L: Load<X>> {
+    #[pin]
+    load: SharedLoad<X::Value, L::Error>,
+    /// The leader's channel for a private result.
+    private: Option<oneshot::Receiver<L::Private>>,
+    /// A waiter's own loader, for when the load it joined cannot serve it.
+    loader: Option<L>,
+    stale: Option<Hit<X::Value>>,
+    #[pin]
+    soft_timeout: Option<tokio::time::Sleep>,
+}
+
+impl<X: ReadContext, L: Load<X>> State<X, L> {
+    fn wait(
+        load: SharedLoad<X::Value, L::Error>,
+        private: Option<oneshot::Receiver<L::Private>>,
+        loader: Option<L>,
+        stale: Option<Hit<X::Value>>,
+        soft_timeout: Option<tokio::time::Sleep>,
+    ) -> Self {
+        State::Wait {
+            wait: Box::pin(Wait {
+                load,
+                private,
+                loader,
+                stale,
+                soft_timeout,
+            }),
+        }
+    }
 }
 
 impl<X: ReadContext, L: Load<X>> ReadFuture<X, L> {
@@ -473,21 +501,17 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                         .soft_timeout
                         .filter(|_| stale.is_some())
                         .map(tokio::time::sleep);
-                    this.state.set(State::Wait {
+                    this.state
+                        .set(State::wait(load, private, loader, stale, soft_timeout));
+                }
+                StateProj::Wait { wait } => {
+                    let WaitProj {
                         load,
                         private,
                         loader,
                         stale,
                         soft_timeout,
-                    });
-                }
-                StateProj::Wait {
-                    load,
-                    private,
-                    loader,
-                    stale,
-                    soft_timeout,
-                } => {
+                    } = wait.as_mut().project();
                     if let Poll::Ready(landed) = load.poll(cx) {
                         let mut serve_stale = || {
                             let stale = stale.take()?;
@@ -539,13 +563,8 @@ impl<X: ReadContext, L: Load<X>> Future for ReadFuture<X, L> {
                                         unreachable!("begun without a lookup count")
                                     }
                                 };
-                                this.state.set(State::Wait {
-                                    load,
-                                    private,
-                                    loader,
-                                    stale,
-                                    soft_timeout: None,
-                                });
+                                this.state
+                                    .set(State::wait(load, private, loader, stale, None));
                                 continue;
                             }
                         };

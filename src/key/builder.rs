@@ -226,18 +226,43 @@ pub(crate) fn digest(bytes: &[u8]) -> String {
     hash[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Percent-escapes everything in a user-supplied key part that Redis or the key layout
-/// gives a meaning to (`#` too: it marks the digest of an over-long part).
-pub(crate) fn escape_part(part: &str) -> std::borrow::Cow<'_, str> {
-    fn needs_escape(c: char) -> bool {
-        matches!(
+/// Whether a key part's `c` is escaped: everything Redis or the key layout gives a meaning
+/// to (`#` too: it marks the digest of an over-long part).
+fn needs_escape(c: char) -> bool {
+    matches!(
+        c,
+        '%' | ':' | '*' | '?' | '[' | ']' | '\\' | '{' | '}' | '#'
+    ) || c.is_whitespace()
+        || c.is_control()
+}
+/// `needs_escape` of each ASCII character.
+const ASCII_ESCAPED: [bool; 128] = {
+    let mut table = [false; 128];
+    let mut byte = 0;
+    while byte < 128 {
+        let c = byte as u8 as char;
+        table[byte] = matches!(
             c,
             '%' | ':' | '*' | '?' | '[' | ']' | '\\' | '{' | '}' | '#'
-        ) || c.is_whitespace()
-            || c.is_control()
+        ) || c.is_ascii_whitespace()
+            // The one ASCII char `char::is_whitespace` counts that this does not.
+            || c == '\x0B'
+            || c.is_ascii_control();
+        byte += 1;
     }
-    // Most parts (ids, names) need no escape: no allocation for them.
-    if !part.chars().any(needs_escape) {
+    table
+};
+
+/// Percent-escapes what [`needs_escape`] in a user-supplied key part.
+pub(crate) fn escape_part(part: &str) -> std::borrow::Cow<'_, str> {
+    // Most parts (ids, names) need no escape: no allocation for them, and for ASCII ones
+    // one table lookup a byte rather than a char decode and three tests.
+    let plain = if part.is_ascii() {
+        !part.bytes().any(|byte| ASCII_ESCAPED[usize::from(byte)])
+    } else {
+        !part.chars().any(needs_escape)
+    };
+    if plain {
         return std::borrow::Cow::Borrowed(part);
     }
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -286,5 +311,19 @@ mod tests {
         let key = keys.entry("tab\there\nnew{line}\u{7f}");
         assert!(Key::new(key.as_str()).is_ok());
         assert!(!key.as_str().contains(['{', '}', '\n', '\t']));
+    }
+
+    #[test]
+    fn the_ascii_table_agrees_with_the_char_rule() {
+        for byte in 0..128u8 {
+            let c = char::from(byte);
+            assert_eq!(ASCII_ESCAPED[usize::from(byte)], needs_escape(c), "{c:?}");
+            let part = format!("a{c}b");
+            assert_eq!(
+                matches!(escape_part(&part), std::borrow::Cow::Owned(_)),
+                needs_escape(c),
+                "{c:?}"
+            );
+        }
     }
 }

@@ -99,6 +99,11 @@ fn validate(key: &str) -> Result<(), KeyError> {
             max: Key::MAX_LEN,
         });
     }
+    // A control character is a byte below 0x20, 0x7F, or (C1) 0xC2 then 0x80-0x9F: keys
+    // without such bytes, nearly all, skip the char decode.
+    if !key.bytes().any(|b| b < 0x20 || b == 0x7F || b == 0xC2) {
+        return Ok(());
+    }
     if let Some(index) = key
         .char_indices()
         .find(|(_, c)| c.is_control())
@@ -263,3 +268,28 @@ mod pattern;
 pub use self::builder::KeyBuilder;
 pub use self::extract::{CacheKey, DefaultKey, IntoKey, KeyExtractor};
 pub use self::pattern::Pattern;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_scan_finds_every_control_character() {
+        for c in (0..=0x10FFFFu32)
+            .filter_map(char::from_u32)
+            .step_by(7)
+            .chain([
+                '\u{0}', '\u{1f}', '\u{7f}', '\u{80}', '\u{85}', '\u{9f}', '\u{a0}', 'é', 'Â',
+            ])
+        {
+            let key = format!("k{c}k");
+            let expected = c
+                .is_control()
+                .then_some(KeyError::ControlCharacter { index: 1 });
+            assert_eq!(validate(&key).err(), expected, "{c:?}");
+        }
+        for c in (0..0xA0u32).filter_map(char::from_u32) {
+            assert_eq!(validate(&format!("k{c}")).is_err(), c.is_control(), "{c:?}");
+        }
+    }
+}

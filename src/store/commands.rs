@@ -428,11 +428,19 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
                 source: "the last read of this key timed out; its value is being inspected".into(),
             })));
         }
-        let commands = self.clone();
+        // One clone of the connection, moved into the future (`run` would clone it again).
+        let mut commands = self.clone();
         let mut command = redis::cmd("GET");
         command.arg(key.as_str());
         Box::pin(async move {
-            let value: Option<Vec<u8>> = match commands.run("get", &command).await {
+            let timeout = commands.timeout;
+            let reply = bounded(
+                "get",
+                timeout,
+                command.query_async(&mut commands.connection),
+            )
+            .await;
+            let value: Option<Vec<u8>> = match reply {
                 Ok(value) => value,
                 Err(error) => {
                     if let StoreError::Timeout { .. } = error {

@@ -207,12 +207,16 @@ where
         let mut state = self.lock();
         let State { slots, order, .. } = &mut *state;
         let mut batch = Vec::new();
-        order.retain(|_, key| {
+        // Walked in write order only until the batch is full, not to the end: with many
+        // distinct keys queued, a whole walk per batch cost more than the writes.
+        let mut leaving = Vec::new();
+        for (&seq, key) in order.iter() {
             if batch.len() >= self.settings.max_batch {
-                return true;
+                break;
             }
             let Some(slot) = slots.get_mut(key) else {
-                return false;
+                leaving.push(seq);
+                continue;
             };
             let ready = slot.in_flight.is_none()
                 && slot
@@ -220,13 +224,16 @@ where
                     .as_ref()
                     .is_some_and(|write| write.not_before <= now);
             if !ready {
-                return true;
+                continue;
             }
             let write = slot.pending.take().expect("checked above");
             batch.push((key.clone(), write.request.clone()));
             slot.in_flight = Some(write);
-            false
-        });
+            leaving.push(seq);
+        }
+        for seq in leaving {
+            order.remove(&seq);
+        }
         batch
     }
 
