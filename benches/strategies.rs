@@ -5,9 +5,10 @@
 //!   a miss, store) has no coalescing. Loader calls are printed.
 //! - `writes/{write_behind,write_through}`: acknowledgement latency with a 1 ms writer; the
 //!   p99 over 2000 writes is printed.
-//! - `write_behind_keys/{10,1000000}`: acknowledgements per second, 64 writers at once,
-//!   spread over 10 or 1,000,000 distinct keys (no coalescing then), with a writer that
-//!   costs nothing: what the queue itself costs per distinct key.
+//! - `write_behind_keys/{per_write,per_batch}/{10,1000000}`: acknowledgements per second,
+//!   64 producers at once, spread over 10 or 1,000,000 distinct keys (no coalescing then),
+//!   into a database of 4 connections and 1 ms a statement: a writer called once per write
+//!   (batches of 100, the default), or once per batch of up to 1000 (`writes_batches`).
 //!
 //! Run: `cargo bench --bench strategies`.
 
@@ -174,25 +175,53 @@ fn writes(c: &mut Criterion) {
 
 fn write_behind_keys(c: &mut Criterion) {
     let rt = runtime();
-    let writer = tower::service_fn(|_: (u64, u64)| async { Ok::<_, Infallible>((0u64, 0u64)) });
+    // A database of 4 connections, 1 ms a statement, whatever its rows.
+    let connections = Arc::new(tokio::sync::Semaphore::new(4));
+    let statement = move || {
+        let connections = connections.clone();
+        async move {
+            let _connection = connections.acquire().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Ok::<_, Infallible>(())
+        }
+    };
+    let per_write = {
+        let statement = statement.clone();
+        tower::service_fn(move |_: (u64, u64)| statement())
+    };
+    let per_batch = tower::service_fn(move |_: Vec<(u64, u64)>| statement());
     let keys = KeyBuilder::new();
     let mut group = c.benchmark_group("write_behind_keys");
     let batch = 4096u64;
     group.throughput(criterion::Throughput::Elements(batch));
-    for distinct in [10u64, 1_000_000] {
+    for (name, distinct, batched) in [
+        ("per_write/10", 10u64, false),
+        ("per_write/1000000", 1_000_000, false),
+        ("per_batch/10", 10, true),
+        ("per_batch/1000000", 1_000_000, true),
+    ] {
         let cache: Cache<u64> = Cache::in_memory();
-        let service = {
+        let layer = {
             let keys = keys.clone();
-            rt.block_on(async {
-                CacheLayer::write_behind(cache.clone())
-                    .key(move |w: &(u64, u64)| keys.metrics(&w.0.to_string()))
-                    .value(|w: &(u64, u64)| Some(w.1))
-                    .acknowledge(|w: &(u64, u64)| *w)
-                    .batch_interval(Duration::from_millis(10))
-                    .layer(writer)
-            })
+            CacheLayer::write_behind(cache.clone())
+                .key(move |w: &(u64, u64)| keys.metrics(&w.0.to_string()))
+                .value(|w: &(u64, u64)| Some(w.1))
+                .batch_interval(Duration::from_millis(10))
         };
-        group.bench_function(criterion::BenchmarkId::from_parameter(distinct), |b| {
+        let service = rt.block_on(async {
+            if batched {
+                // One statement for up to 1000 rows.
+                tower::util::BoxCloneSyncService::new(
+                    layer
+                        .max_batch(1000)
+                        .writes_batches()
+                        .layer(per_batch.clone()),
+                )
+            } else {
+                tower::util::BoxCloneSyncService::new(layer.layer(per_write.clone()))
+            }
+        });
+        group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| {
                 let service = service.clone();
                 async move {
@@ -213,6 +242,7 @@ fn write_behind_keys(c: &mut Criterion) {
                 }
             })
         });
+        drop(service);
         rt.block_on(cache.close()).unwrap();
     }
     group.finish();

@@ -32,7 +32,9 @@ pub mod write_through;
 
 pub use self::read::{CacheAside, ReadThrough};
 pub use self::write_around::{Invalidation, InvalidationPolicy, KeyOnly, WriteAround};
-pub use self::write_behind::{DeadLetter, InMemoryQueue, WriteBehind};
+pub use self::write_behind::{
+    BatchOfOne, DeadLetter, InMemoryQueue, PerBatch, PerWrite, WriteBehind, WriterMode,
+};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::write_behind::{StreamQueue, StreamStore};

@@ -89,11 +89,13 @@ mod queue;
 mod service;
 #[cfg(feature = "redis")]
 mod stream;
+mod writer;
 
 pub use self::service::{WriteBehindFuture, WriteBehindService};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::stream::{StreamQueue, StreamStore};
+pub use self::writer::{BatchOfOne, PerBatch, PerWrite, WriterMode};
 
 /// The write-behind strategy for requests `Req`, queueing in `Q`. See the
 /// [module docs](self).
@@ -106,6 +108,7 @@ pub struct WriteBehind<
     A = DefaultAck,
     D = LogDeadLetter,
     Q = InMemoryQueue,
+    W = PerWrite,
 > {
     pub(crate) cache: Cache<V, St, C>,
     pub(crate) value: F,
@@ -113,7 +116,7 @@ pub struct WriteBehind<
     pub(crate) dead_letter: Arc<D>,
     pub(crate) settings: Settings,
     pub(crate) queue: Q,
-    _request: PhantomData<fn(Req)>,
+    _request: PhantomData<fn(Req) -> W>,
 }
 
 /// The default write-behind queue: in process, fast, lost with the process. See
@@ -162,8 +165,8 @@ impl Settings {
     }
 }
 
-impl<Req, V, St, C, F: Clone, A: Clone, D, Q: Clone> Clone
-    for WriteBehind<Req, V, St, C, F, A, D, Q>
+impl<Req, V, St, C, F: Clone, A: Clone, D, Q: Clone, W> Clone
+    for WriteBehind<Req, V, St, C, F, A, D, Q, W>
 {
     fn clone(&self) -> Self {
         WriteBehind {
@@ -178,8 +181,8 @@ impl<Req, V, St, C, F: Clone, A: Clone, D, Q: Clone> Clone
     }
 }
 
-impl<Req, V, St: fmt::Debug, C: fmt::Debug, F, A, D, Q: fmt::Debug> fmt::Debug
-    for WriteBehind<Req, V, St, C, F, A, D, Q>
+impl<Req, V, St: fmt::Debug, C: fmt::Debug, F, A, D, Q: fmt::Debug, W> fmt::Debug
+    for WriteBehind<Req, V, St, C, F, A, D, Q, W>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WriteBehind")
@@ -445,7 +448,9 @@ impl<Req, V, St, C> CacheLayer<WriteBehind<Req, V, St, C>> {
     }
 }
 
-impl<Req, V, St, C, F, A, D, Q, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A, D, Q>, K, T> {
+impl<Req, V, St, C, F, A, D, Q, W, K, T>
+    CacheLayer<WriteBehind<Req, V, St, C, F, A, D, Q, W>, K, T>
+{
     /// Takes the value to cache from the request with `f` (`None` invalidates the key).
     ///
     /// ```
@@ -460,7 +465,7 @@ impl<Req, V, St, C, F, A, D, Q, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A
     /// let service = tower_layer::Layer::layer(&layer, writer);
     /// # let _ = service;
     /// ```
-    pub fn value<F2>(self, f: F2) -> CacheLayer<WriteBehind<Req, V, St, C, F2, A, D, Q>, K, T> {
+    pub fn value<F2>(self, f: F2) -> CacheLayer<WriteBehind<Req, V, St, C, F2, A, D, Q, W>, K, T> {
         self.map_strategy(|s| WriteBehind {
             cache: s.cache,
             value: f,
@@ -486,7 +491,7 @@ impl<Req, V, St, C, F, A, D, Q, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A
     pub fn acknowledge<A2>(
         self,
         f: A2,
-    ) -> CacheLayer<WriteBehind<Req, V, St, C, F, A2, D, Q>, K, T> {
+    ) -> CacheLayer<WriteBehind<Req, V, St, C, F, A2, D, Q, W>, K, T> {
         self.map_strategy(|s| WriteBehind {
             cache: s.cache,
             value: s.value,
@@ -513,7 +518,7 @@ impl<Req, V, St, C, F, A, D, Q, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A
     pub fn on_dead_letter<D2>(
         self,
         hook: D2,
-    ) -> CacheLayer<WriteBehind<Req, V, St, C, F, A, D2, Q>, K, T> {
+    ) -> CacheLayer<WriteBehind<Req, V, St, C, F, A, D2, Q, W>, K, T> {
         self.map_strategy(|s| WriteBehind {
             cache: s.cache,
             value: s.value,
@@ -548,7 +553,7 @@ impl<Req, V, St, C, F, A, D, Q, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A
     pub fn durable<Q2>(
         self,
         queue: Q2,
-    ) -> CacheLayer<WriteBehind<Req, V, St, C, F, A, D, Q2>, K, T> {
+    ) -> CacheLayer<WriteBehind<Req, V, St, C, F, A, D, Q2, W>, K, T> {
         self.map_strategy(|s| WriteBehind {
             cache: s.cache,
             value: s.value,
@@ -556,6 +561,55 @@ impl<Req, V, St, C, F, A, D, Q, K, T> CacheLayer<WriteBehind<Req, V, St, C, F, A
             dead_letter: s.dead_letter,
             settings: s.settings,
             queue,
+            _request: PhantomData,
+        })
+    }
+
+    /// Makes the writer a batch writer: a `Service<Vec<Req>>` called once per batch with
+    /// all of its writes, in queue order, instead of once per write (see [`PerBatch`] for
+    /// what its outcome means). With many distinct keys, one statement a batch instead of
+    /// one a key. A write that skips the queue is a batch of one ([`BatchOfOne`]).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use tower::ServiceExt;
+    /// use tower_caching::{key::Key, Cache, CacheLayer};
+    /// use tower_layer::Layer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<u64> = Cache::in_memory();
+    /// let calls = Arc::new(Mutex::new(Vec::new()));
+    /// let batch_writer = tower::service_fn({
+    ///     let calls = calls.clone();
+    ///     move |rows: Vec<(u32, u64)>| {
+    ///         calls.lock().unwrap().push(rows.len()); // INSERT .. VALUES (..), (..), ..
+    ///         async { Ok::<_, std::convert::Infallible>(()) }
+    ///     }
+    /// });
+    /// let service = CacheLayer::write_behind(cache.clone())
+    ///     .key(|row: &(u32, u64)| Key::new(format!("counter:{}", row.0)).ok())
+    ///     .value(|row: &(u32, u64)| Some(row.1))
+    ///     .writes_batches()
+    ///     .layer(batch_writer);
+    /// for id in 0..3 {
+    ///     service.clone().oneshot((id, 1)).await?;
+    /// }
+    /// assert_eq!(cache.flush_pending_writes().await?, 3);
+    /// assert_eq!(*calls.lock().unwrap(), [3]); // one call for the three keys
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn writes_batches(
+        self,
+    ) -> CacheLayer<WriteBehind<Req, V, St, C, F, A, D, Q, PerBatch>, K, T> {
+        self.map_strategy(|s| WriteBehind {
+            cache: s.cache,
+            value: s.value,
+            ack: s.ack,
+            dead_letter: s.dead_letter,
+            settings: s.settings,
+            queue: s.queue,
             _request: PhantomData,
         })
     }

@@ -7,14 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tower_service::Service;
 
-use super::{
-    DeadLetter, DeadLetterHook, Enqueue, Settings, WriteQueue, hand_dead_letter, write_once,
-};
+use super::writer::sealed::Writer;
+use super::{DeadLetter, DeadLetterHook, Enqueue, Settings, WriteQueue, hand_dead_letter};
 use crate::BoxError;
 use crate::cache::{CacheError, PendingWrites};
 use crate::key::Key;
@@ -23,10 +21,10 @@ use crate::store::StoreValue;
 
 /// The queued writes of one write-behind layer, shared by its services, its worker and the
 /// cache's registry.
-pub(crate) struct Queue<Svc, Req, D> {
+pub(crate) struct Queue<Req, D> {
     state: Mutex<State<Req>>,
     room: Arc<Semaphore>,
-    writer: Svc,
+    writer: Arc<dyn Writer<Req>>,
     dead_letter: Arc<D>,
     settings: Settings,
     wake: Notify,
@@ -74,16 +72,13 @@ enum Outcome<Req> {
     Dead(DeadLetter<Req>),
 }
 
-impl<Svc, Req, D> Queue<Svc, Req, D>
+impl<Req, D> Queue<Req, D>
 where
-    Svc: Service<Req> + Clone + Send + Sync + 'static,
-    Svc::Future: Send,
-    Svc::Error: Into<BoxError>,
     Req: Clone + Send + Sync + 'static,
     D: DeadLetterHook<Req>,
 {
     pub(crate) fn new(
-        writer: Svc,
+        writer: Arc<dyn Writer<Req>>,
         dead_letter: Arc<D>,
         settings: Settings,
         observer: Observer,
@@ -239,19 +234,13 @@ where
 
     /// Runs one batch.
     async fn write_batch(&self) -> Batch {
-        let batch = self.take_batch();
-        let taken = batch.len();
+        let (keys, requests): (Vec<Key>, Vec<Req>) = self.take_batch().into_iter().unzip();
+        let taken = keys.len();
         let started = Instant::now();
-        let mut writes: FuturesUnordered<_> = batch
-            .into_iter()
-            .map(|(key, request)| {
-                let writer = self.writer.clone();
-                async move { (key, write_once(writer, request).await) }
-            })
-            .collect();
+        let mut writes = self.writer.write_all(requests);
         let mut written = 0;
-        while let Some((key, result)) = writes.next().await {
-            match self.complete(&key, result) {
+        while let Some((index, result)) = writes.next().await {
+            match self.complete(&keys[index], result) {
                 Outcome::Written => written += 1,
                 Outcome::Dead(letter) => {
                     self.observer.dead_letter();
@@ -267,7 +256,7 @@ where
         Batch { taken, written }
     }
 
-    fn complete(&self, key: &Key, result: Result<Svc::Response, BoxError>) -> Outcome<Req> {
+    fn complete(&self, key: &Key, result: Result<(), BoxError>) -> Outcome<Req> {
         let mut state = self.lock();
         let State { slots, order, .. } = &mut *state;
         let Some(slot) = slots.get_mut(key) else {
@@ -363,11 +352,8 @@ where
     }
 }
 
-impl<Svc, Req, D> PendingWrites for Queue<Svc, Req, D>
+impl<Req, D> PendingWrites for Queue<Req, D>
 where
-    Svc: Service<Req> + Clone + Send + Sync + 'static,
-    Svc::Future: Send,
-    Svc::Error: Into<BoxError>,
     Req: Clone + Send + Sync + 'static,
     D: DeadLetterHook<Req>,
 {
@@ -397,11 +383,8 @@ where
     }
 }
 
-impl<Svc, Req, D> WriteQueue<Req> for Queue<Svc, Req, D>
+impl<Req, D> WriteQueue<Req> for Queue<Req, D>
 where
-    Svc: Service<Req> + Clone + Send + Sync + 'static,
-    Svc::Future: Send,
-    Svc::Error: Into<BoxError>,
     Req: Clone + Send + Sync + 'static,
     D: DeadLetterHook<Req>,
 {

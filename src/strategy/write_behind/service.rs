@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::queue::Queue;
 use super::{
     Acknowledge, DeadLetterHook, Enqueue, InMemoryQueue, RequestToValue, Unqueued, WriteBehind,
-    WriteQueue,
+    WriteQueue, WriterMode,
 };
 use crate::BoxError;
 use crate::cache::{Cacheable, PendingWrites};
@@ -199,8 +199,8 @@ impl<Svc, Req, S, K, T> WriteBehindService<Svc, Req, S, K, T> {
     }
 }
 
-impl<Svc, Req, V, St, C, F, A, D, Q, K, T>
-    WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D, Q>, K, T>
+impl<Svc, Req, V, St, C, F, A, D, Q, W, K, T>
+    WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D, Q, W>, K, T>
 where
     V: Cacheable,
     St: Store,
@@ -264,12 +264,10 @@ impl<Svc: fmt::Debug, Req, S: fmt::Debug, K, T> fmt::Debug
     }
 }
 
-impl<Svc, Req, V, St, C, F, A, D, K, T> Layer<Svc>
-    for CacheLayer<WriteBehind<Req, V, St, C, F, A, D, InMemoryQueue>, K, T>
+impl<Svc, Req, V, St, C, F, A, D, W, K, T> Layer<Svc>
+    for CacheLayer<WriteBehind<Req, V, St, C, F, A, D, InMemoryQueue, W>, K, T>
 where
-    Svc: Service<Req> + Clone + Send + Sync + 'static,
-    Svc::Future: Send,
-    Svc::Error: Into<BoxError>,
+    W: WriterMode<Req, Svc>,
     Req: Clone + Send + Sync + 'static,
     V: Cacheable,
     St: Store,
@@ -280,7 +278,13 @@ where
     K: Clone,
     T: Clone,
 {
-    type Service = WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D>, K, T>;
+    type Service = WriteBehindService<
+        W::Direct,
+        Req,
+        WriteBehind<Req, V, St, C, F, A, D, InMemoryQueue, W>,
+        K,
+        T,
+    >;
 
     /// Makes the service and its queue, shared by the service's clones; nothing runs until
     /// the first request. The queue is flushed by
@@ -288,17 +292,17 @@ where
     /// [`Cache::close`](crate::Cache::close) once it holds a write.
     fn layer(&self, inner: Svc) -> Self::Service {
         let queue = Queue::new(
-            inner.clone(),
+            W::queue_writer(&inner),
             self.strategy.dead_letter.clone(),
             self.strategy.settings,
             self.strategy.cache.observer().clone(),
         );
-        WriteBehindService::new(inner, self.clone(), queue)
+        WriteBehindService::new(W::direct(inner), self.clone(), queue)
     }
 }
 
-impl<Svc, Req, V, St, C, F, A, D, Q, K, T> Service<Req>
-    for WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D, Q>, K, T>
+impl<Svc, Req, V, St, C, F, A, D, Q, W, K, T> Service<Req>
+    for WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D, Q, W>, K, T>
 where
     Svc: Service<Req> + Clone + Send + Sync + 'static,
     Svc::Future: Send,

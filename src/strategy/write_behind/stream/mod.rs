@@ -5,11 +5,9 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use tower_layer::Layer;
-use tower_service::Service;
 
 use super::service::WriteBehindService;
-use super::{DeadLetterHook, WriteBehind};
-use crate::BoxError;
+use super::{DeadLetterHook, WriteBehind, WriterMode};
 use crate::cache::Cacheable;
 use crate::codec::Codec;
 use crate::key::Key;
@@ -371,12 +369,10 @@ mod write;
 
 pub(crate) use self::worker::StreamWorker;
 
-impl<Svc, Req, V, St, C, F, A, D, K, T, Conn> Layer<Svc>
-    for CacheLayer<WriteBehind<Req, V, St, C, F, A, D, StreamQueue<Conn>>, K, T>
+impl<Svc, Req, V, St, C, F, A, D, W, K, T, Conn> Layer<Svc>
+    for CacheLayer<WriteBehind<Req, V, St, C, F, A, D, StreamQueue<Conn>, W>, K, T>
 where
-    Svc: Service<Req> + Clone + Send + Sync + 'static,
-    Svc::Future: Send,
-    Svc::Error: Into<BoxError>,
+    W: WriterMode<Req, Svc>,
     Req: Clone + Send + Sync + 'static,
     V: Cacheable,
     St: Store,
@@ -388,8 +384,13 @@ where
     T: Clone,
     Conn: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    type Service =
-        WriteBehindService<Svc, Req, WriteBehind<Req, V, St, C, F, A, D, StreamQueue<Conn>>, K, T>;
+    type Service = WriteBehindService<
+        W::Direct,
+        Req,
+        WriteBehind<Req, V, St, C, F, A, D, StreamQueue<Conn>, W>,
+        K,
+        T,
+    >;
 
     /// Makes the service and its worker; nothing runs until the first request or
     /// [`WriteBehindService::start`], which a new instance calls to write what crashed ones
@@ -399,11 +400,11 @@ where
         let worker = StreamWorker::new(
             self.strategy.queue.clone(),
             cache.codec().clone(),
-            inner.clone(),
+            W::queue_writer(&inner),
             self.strategy.dead_letter.clone(),
             self.strategy.settings,
             cache.observer().clone(),
         );
-        WriteBehindService::new(inner, self.clone(), worker)
+        WriteBehindService::new(W::direct(inner), self.clone(), worker)
     }
 }

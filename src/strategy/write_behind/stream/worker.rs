@@ -11,9 +11,7 @@ use redis::aio::ConnectionLike;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tower_service::Service;
 
-use crate::BoxError;
 use crate::cache::{CacheError, PendingWrites};
 use crate::codec::Codec;
 use crate::frame::millis;
@@ -24,6 +22,7 @@ use crate::strategy::write_behind::{DeadLetterHook, Enqueue, Settings, Unqueued,
 
 use super::direct::DirectWrites;
 use super::{GROUP, StreamQueue};
+use crate::strategy::write_behind::writer::sealed::Writer;
 
 /// How long a worker's liveness lasts without a refresh: past it, other instances take
 /// over what it holds.
@@ -90,12 +89,12 @@ pub(super) struct RoundState {
 
 /// The worker of one [`StreamQueue`] in this process: queues with `XADD`, writes what it
 /// reads or claims, acknowledges what was written.
-pub(crate) struct StreamWorker<Svc, Req, Conn, Co, D> {
+pub(crate) struct StreamWorker<Req, Conn, Co, D> {
     pub(super) queue: StreamQueue<Conn>,
     pub(super) stream: String,
     pub(super) consumer: String,
     pub(super) codec: Co,
-    pub(super) writer: Svc,
+    pub(super) writer: Arc<dyn Writer<Req>>,
     pub(super) dead_letter: Arc<D>,
     pub(super) settings: Settings,
     pub(super) observer: Observer,
@@ -116,11 +115,8 @@ pub(crate) struct StreamWorker<Svc, Req, Conn, Co, D> {
     pub(super) unsure: AtomicBool,
 }
 
-impl<Svc, Req, Conn, Co, D> StreamWorker<Svc, Req, Conn, Co, D>
+impl<Req, Conn, Co, D> StreamWorker<Req, Conn, Co, D>
 where
-    Svc: Service<Req> + Clone + Send + Sync + 'static,
-    Svc::Future: Send,
-    Svc::Error: Into<BoxError>,
     Req: Clone + Send + Sync + 'static,
     Conn: ConnectionLike + Clone + Send + Sync + 'static,
     Co: Codec<Req>,
@@ -129,7 +125,7 @@ where
     pub(super) fn new(
         mut queue: StreamQueue<Conn>,
         codec: Co,
-        writer: Svc,
+        writer: Arc<dyn Writer<Req>>,
         dead_letter: Arc<D>,
         settings: Settings,
         observer: Observer,
@@ -596,11 +592,8 @@ pub(super) fn has_code(error: &StoreError, code: &str) -> bool {
     }
 }
 
-impl<Svc, Req, Conn, Co, D> PendingWrites for StreamWorker<Svc, Req, Conn, Co, D>
+impl<Req, Conn, Co, D> PendingWrites for StreamWorker<Req, Conn, Co, D>
 where
-    Svc: Service<Req> + Clone + Send + Sync + 'static,
-    Svc::Future: Send,
-    Svc::Error: Into<BoxError>,
     Req: Clone + Send + Sync + 'static,
     Conn: ConnectionLike + Clone + Send + Sync + 'static,
     Co: Codec<Req>,
@@ -624,11 +617,8 @@ where
     }
 }
 
-impl<Svc, Req, Conn, Co, D> WriteQueue<Req> for StreamWorker<Svc, Req, Conn, Co, D>
+impl<Req, Conn, Co, D> WriteQueue<Req> for StreamWorker<Req, Conn, Co, D>
 where
-    Svc: Service<Req> + Clone + Send + Sync + 'static,
-    Svc::Future: Send,
-    Svc::Error: Into<BoxError>,
     Req: Clone + Send + Sync + 'static,
     Conn: ConnectionLike + Clone + Send + Sync + 'static,
     Co: Codec<Req>,

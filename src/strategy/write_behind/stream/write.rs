@@ -5,11 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use redis::aio::ConnectionLike;
 use redis::streams::StreamId;
 use tokio::time::Instant;
-use tower_service::Service;
 
 use crate::cache::CacheError;
 use crate::codec::Codec;
@@ -18,17 +17,14 @@ use crate::key::Key;
 use crate::metrics::{KeyDigest, Operation};
 
 use crate::BoxError;
-use crate::strategy::write_behind::{DeadLetter, DeadLetterHook, hand_dead_letter, write_once};
+use crate::strategy::write_behind::{DeadLetter, DeadLetterHook, hand_dead_letter};
 
 use super::direct::{DirectWrites, Verdict};
 use super::worker::{Delivered, EntryId, Retry, StreamWorker};
 use super::{ACQUIRE, DEAD_LETTERS_KEPT, DONE, GROUP, RECORD, RELEASE};
 
-impl<Svc, Req, Conn, Co, D> StreamWorker<Svc, Req, Conn, Co, D>
+impl<Req, Conn, Co, D> StreamWorker<Req, Conn, Co, D>
 where
-    Svc: Service<Req> + Clone + Send + Sync + 'static,
-    Svc::Future: Send,
-    Svc::Error: Into<BoxError>,
     Req: Clone + Send + Sync + 'static,
     Conn: ConnectionLike + Clone + Send + Sync + 'static,
     Co: Codec<Req>,
@@ -99,23 +95,20 @@ where
         }
         self.done(&done).await;
 
-        let mut running: FuturesUnordered<_> = writes
-            .into_iter()
-            .map(|write| {
-                let writer = self.writer.clone();
-                async move {
-                    let result = write_once(writer, write.request.clone()).await.map(drop);
-                    (write, result)
-                }
-            })
-            .collect();
+        let mut running = self
+            .writer
+            .write_all(writes.iter().map(|write| write.request.clone()).collect());
         // The writers run to their end without waiting for Redis: a writer holding a
         // database connection gives it back as soon as it is done. The bookkeeping follows,
         // in one round trip for the successes.
+        let mut results: Vec<Option<Result<(), BoxError>>> = writes.iter().map(|_| None).collect();
+        while let Some((index, result)) = running.next().await {
+            results[index] = Some(result);
+        }
         let mut succeeded = Vec::new();
         let mut failed = Vec::new();
-        while let Some((write, result)) = running.next().await {
-            match result {
+        for (write, result) in writes.into_iter().zip(results) {
+            match result.unwrap_or_else(|| Err("the writer did not answer for this write".into())) {
                 Ok(()) => succeeded.push(write),
                 Err(error) => failed.push((write, error)),
             }
