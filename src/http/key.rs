@@ -110,14 +110,31 @@ impl HttpKey {
 /// The query string with its `&`-separated parameters sorted by name; the values of a
 /// repeated name keep their order (a last-wins parser answers `?a=1&a=2` unlike
 /// `?a=2&a=1`).
-pub(crate) fn canonical_query(query: Option<&str>) -> String {
-    let mut params: Vec<&str> = query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .collect();
-    params.sort_by_key(|param| param.split('=').next().unwrap_or(""));
-    params.join("&")
+pub(crate) fn canonical_query(query: Option<&str>) -> std::borrow::Cow<'_, str> {
+    let query = query.unwrap_or("");
+    fn name(param: &str) -> &str {
+        param.split('=').next().unwrap_or("")
+    }
+    // Already canonical (no empty parameter, names in order), as most queries are: as is.
+    let mut params = query.split('&');
+    let mut canonical = true;
+    if let Some(first) = params.next() {
+        let mut last = name(first);
+        canonical = !first.is_empty() || query.is_empty();
+        for param in params {
+            if !canonical {
+                break;
+            }
+            canonical = !param.is_empty() && name(param) >= last;
+            last = name(param);
+        }
+    }
+    if canonical {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    params.sort_by_key(|param| name(param));
+    std::borrow::Cow::Owned(params.join("&"))
 }
 
 /// The key of the `GET` of the same resource (HEAD is answered from it; unsafe methods
@@ -133,18 +150,28 @@ impl HttpKey {
     fn build(&self, method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> Key {
         // Every field is length-prefixed, so no path, query or header value can be crafted
         // to read as another request's fields.
+        use std::fmt::Write;
         let path = uri.path();
         let query = canonical_query(uri.query());
-        let mut part = format!("{method} {}:{path}?{}:{query}", path.len(), query.len());
+        // Written into one buffer (a `String` never fails to be written to).
+        let mut part = String::with_capacity(path.len() + query.len() + 24);
+        let _ = write!(
+            part,
+            "{method} {}:{path}?{}:{query}",
+            path.len(),
+            query.len()
+        );
         for name in &self.headers {
             let values = headers.get_all(name);
-            part.push_str(&format!("|{name}={}", values.iter().count()));
+            let _ = write!(part, "|{name}={}", values.iter().count());
             for value in values {
                 match std::str::from_utf8(value.as_bytes()) {
-                    Ok(text) => part.push_str(&format!(":t{}:{text}", text.len())),
+                    Ok(text) => {
+                        let _ = write!(part, ":t{}:{text}", text.len());
+                    }
                     Err(_) => {
                         let digest = crate::key::builder::digest(value.as_bytes());
-                        part.push_str(&format!(":b{}:{digest}", digest.len()));
+                        let _ = write!(part, ":b{}:{digest}", digest.len());
                     }
                 }
             }
@@ -368,6 +395,41 @@ impl<B> RequestKey<B> for PathKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_queries_are_sorted_by_name_and_borrowed_when_they_already_are() {
+        fn slow(query: &str) -> String {
+            let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+            params.sort_by_key(|param| param.split('=').next().unwrap_or(""));
+            params.join("&")
+        }
+        for query in [
+            "",
+            "a",
+            "a=1",
+            "a=1&b=2",
+            "b=2&a=1",
+            "a=2&a=1",
+            "&a=1",
+            "a=1&",
+            "a=1&&b=2",
+            "&",
+            "&&",
+            "b&a",
+            "a&b",
+            "a=1&b=2&a=0",
+            "x=%20&y",
+            "=v&a=1",
+            "a=1&=v",
+        ] {
+            let fast = canonical_query(Some(query));
+            assert_eq!(fast, slow(query), "{query:?}");
+            if matches!(fast, std::borrow::Cow::Borrowed(_)) {
+                assert_eq!(fast, query, "borrowed only when already canonical");
+            }
+        }
+        assert_eq!(canonical_query(None), "");
+    }
 
     #[test]
     fn path_templates_match_and_fill() {

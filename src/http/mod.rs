@@ -206,10 +206,12 @@ impl CachedResponse {
         let mut response = Response::new(body);
         *response.status_mut() =
             StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        response.headers_mut().reserve(self.headers.len() + 2);
         for (name, value) in self.headers {
+            // The value's own buffer becomes the header's: no copy.
             if let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
+                HeaderValue::from_maybe_shared(Bytes::from(value)),
             ) {
                 response.headers_mut().append(name, value);
             }

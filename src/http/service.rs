@@ -161,20 +161,29 @@ where
             });
         }
         let lookup = !cache_control_has(request.headers(), &["no-cache"]);
-        // Only what the key covers reaches the inner service on the cached path.
-        let headers = std::mem::take(request.headers_mut());
-        let mut name = None;
-        for (header_name, value) in headers {
-            if let Some(header_name) = header_name {
-                name = Some(header_name);
-            }
-            let Some(name) = &name else { continue };
-            if settings.key.covers_header(name) || settings.forward_headers.contains(name) {
-                request.headers_mut().append(name.clone(), value);
-            }
-        }
         Box::pin(serve(self.shared.clone(), inner, request, key, lookup))
     }
+}
+
+/// `request` with only the headers its key covers or the layer forwards: on the cached
+/// path, all the inner service sees. Filtered when the inner service is called, so that a
+/// hit does not rebuild headers nobody reads.
+fn covered_only<ReqBody, St, C, K: RequestKey<ReqBody>, T>(
+    settings: &Settings<St, C, K, T>,
+    mut request: Request<ReqBody>,
+) -> Request<ReqBody> {
+    let headers = std::mem::take(request.headers_mut());
+    let mut name = None;
+    for (header_name, value) in headers {
+        if let Some(header_name) = header_name {
+            name = Some(header_name);
+        }
+        let Some(name) = &name else { continue };
+        if settings.key.covers_header(name) || settings.forward_headers.contains(name) {
+            request.headers_mut().append(name.clone(), value);
+        }
+    }
+    request
 }
 
 impl<St, C, K, T> ReadContext for Arc<Settings<St, C, K, T>>
@@ -239,6 +248,7 @@ where
     {
         let HttpLoad { mut inner, request } = self;
         async move {
+            let request = covered_only(&settings, request);
             let response = match inner.call(request).await {
                 Ok(response) => response,
                 Err(error) => {
@@ -294,6 +304,7 @@ where
         Outcome::Private(own) => own?,
         // Another request's private response is not ours to serve: ask the inner service.
         Outcome::Unshared(HttpLoad { mut inner, request }) => {
+            let request = covered_only(&settings, request);
             inner.call(request).await?.map(CacheBody::stream)
         }
         Outcome::Failed(never) => match *never {},

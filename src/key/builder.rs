@@ -1,4 +1,4 @@
-use super::{Key, Pattern};
+use super::{Key, Pattern, validate};
 
 /// Builds keys from a namespace prefix and escaped user-supplied parts: `kind:part` with
 /// [`build`](KeyBuilder::build), and shorthands for the three most common kinds (`entry`,
@@ -88,9 +88,8 @@ impl KeyBuilder {
     /// assert_eq!(KeyBuilder::new().build("session", "a b").as_str(), "session:a%20b");
     /// ```
     pub fn build(&self, kind: &str, part: &str) -> Key {
-        let part = escape_part(part);
         let mut key = String::with_capacity(
-            self.prefix.as_ref().map_or(0, |p| p.len() + 1) + kind.len() + 1 + part.len(),
+            self.prefix.as_ref().map_or(0, |p| p.len() + 1) + kind.len() + 1 + part.len() + 8,
         );
         if let Some(prefix) = &self.prefix {
             key.push_str(prefix);
@@ -98,8 +97,13 @@ impl KeyBuilder {
         }
         key.push_str(kind);
         key.push(':');
-        key.push_str(&part);
-        Key::new(key).unwrap_or_else(|_| self.build_hashed(kind, &part))
+        // Escaped straight into the key: one allocation, not two.
+        let part_at = key.len();
+        escape_into(&mut key, part);
+        match validate(&key) {
+            Ok(()) => Key(key),
+            Err(_) => self.build_hashed(kind, &key[part_at..]),
+        }
     }
 
     /// The part a key of `kind` was [built](KeyBuilder::build) from, for a key this builder
@@ -265,21 +269,35 @@ pub(crate) fn escape_part(part: &str) -> std::borrow::Cow<'_, str> {
     if plain {
         return std::borrow::Cow::Borrowed(part);
     }
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut escaped = String::with_capacity(part.len() + 8);
-    for c in part.chars() {
-        if needs_escape(c) {
-            let mut buf = [0u8; 4];
-            for byte in c.encode_utf8(&mut buf).bytes() {
-                escaped.push('%');
-                escaped.push(char::from(HEX[usize::from(byte >> 4)]));
-                escaped.push(char::from(HEX[usize::from(byte & 0xF)]));
-            }
-        } else {
-            escaped.push(c);
-        }
-    }
+    escape_into(&mut escaped, part);
     std::borrow::Cow::Owned(escaped)
+}
+
+/// Appends `part` to `out`, percent-escaped as [`escape_part`] does: runs of plain
+/// characters copied whole, ASCII ones told by table.
+pub(crate) fn escape_into(out: &mut String, part: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut plain_from = 0;
+    for (at, c) in part.char_indices() {
+        let escaped = if c.is_ascii() {
+            ASCII_ESCAPED[c as usize]
+        } else {
+            needs_escape(c)
+        };
+        if !escaped {
+            continue;
+        }
+        out.push_str(&part[plain_from..at]);
+        let mut buf = [0u8; 4];
+        for byte in c.encode_utf8(&mut buf).bytes() {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xF)]));
+        }
+        plain_from = at + c.len_utf8();
+    }
+    out.push_str(&part[plain_from..]);
 }
 
 #[cfg(test)]
@@ -324,6 +342,33 @@ mod tests {
                 needs_escape(c),
                 "{c:?}"
             );
+        }
+    }
+
+    #[test]
+    fn escaping_in_place_matches_the_char_rule() {
+        for part in [
+            "",
+            "plain",
+            "GET 8:/entries/0b9d6b0e?9:view=full",
+            "a b\tc\u{85}d\u{a0}é%:*?[]\\{}#",
+            "ünïcødé and ascii: mixed",
+            "\u{7f}\u{0}\u{9f}",
+        ] {
+            let mut expected = String::new();
+            for c in part.chars() {
+                if needs_escape(c) {
+                    let mut buf = [0u8; 4];
+                    for byte in c.encode_utf8(&mut buf).bytes() {
+                        expected.push_str(&format!("%{byte:02X}"));
+                    }
+                } else {
+                    expected.push(c);
+                }
+            }
+            assert_eq!(escape_part(part), expected, "{part:?}");
+            let key = KeyBuilder::new().prefix("p").build("kind", part);
+            assert_eq!(key.as_str(), format!("p:kind:{expected}"));
         }
     }
 }

@@ -89,7 +89,7 @@ impl Key {
     }
 }
 
-fn validate(key: &str) -> Result<(), KeyError> {
+pub(super) fn validate(key: &str) -> Result<(), KeyError> {
     if key.is_empty() {
         return Err(KeyError::Empty);
     }
