@@ -510,8 +510,8 @@ where
                 let rest = CacheBody::resume(frames, None);
                 return private(Response::from_parts(parts, rest), false);
             }
-            let mut cached = CachedResponse::from_parts(200, pairs(&parts.headers), data.freeze());
-            cached.trailers = trailers.as_ref().map(pairs).unwrap_or_default();
+            let cached = CachedResponse::from_parts(200, pairs(&parts.headers), data.freeze())
+                .with_trailers(trailers.as_ref().map(pairs).unwrap_or_default());
             Ok(Loaded::Shared {
                 value: cached,
                 admission: Some(Some(settings.ttl)),
@@ -587,7 +587,7 @@ fn replay_response<B>(
     outcome: &'static str,
     age: Option<u64>,
 ) -> Response<CacheBody<B>> {
-    let trailers = header_map(&cached.trailers);
+    let trailers = header_map(cached.trailers());
     let response = cached.into_response();
     let (mut parts, body) = response.into_parts();
     parts

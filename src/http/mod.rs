@@ -49,6 +49,8 @@
 //! # }
 //! ```
 
+use std::sync::Arc;
+
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -82,21 +84,120 @@ pub use self::service::{HttpCache, ResponseFuture};
 /// assert_eq!(response.status(), 200);
 /// assert_eq!(response.body().as_ref(), b"hi");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CachedResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: StoredBody,
-    /// gRPC responses end with trailers (`grpc-status`); HTTP ones kept here have none.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) trailers: Vec<(String, String)>,
+    /// What is stored, shared by every clone: a hit clones a `CachedResponse` out of the
+    /// store, and then answers from this without copying it.
+    stored: Arc<Stored>,
     /// What a shared-cache (RFC 9111) layer computed when it stored the response.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) freshness: Option<freshness::Freshness>,
     /// Whether this value came from a `304` just now (it is told apart from a whole new
     /// response in `x-cache`; never stored).
-    #[serde(skip)]
     pub(crate) revalidated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stored {
+    status: u16,
+    headers: Vec<(String, String)>,
+    /// `headers` as a response carries them (those that parse), built once.
+    header_map: http::HeaderMap,
+    body: Bytes,
+    /// gRPC responses end with trailers (`grpc-status`); HTTP ones kept here have none.
+    trailers: Vec<(String, String)>,
+}
+
+impl Stored {
+    fn new(status: u16, headers: Vec<(String, String)>, body: Bytes) -> Self {
+        let mut header_map = http::HeaderMap::with_capacity(headers.len() + 2);
+        for (name, value) in &headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                header_map.append(name, value);
+            }
+        }
+        Stored {
+            status,
+            headers,
+            header_map,
+            body,
+            trailers: Vec::new(),
+        }
+    }
+}
+
+/// The stored form, as it was when `CachedResponse` was a plain struct: entries written
+/// before read the same.
+#[derive(Serialize)]
+struct WireRef<'a> {
+    status: u16,
+    headers: &'a [(String, String)],
+    body: StoredBodyRef<'a>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    trailers: &'a [(String, String)],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    freshness: &'a Option<freshness::Freshness>,
+}
+
+#[derive(Deserialize)]
+struct Wire {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: StoredBody,
+    #[serde(default)]
+    trailers: Vec<(String, String)>,
+    #[serde(default)]
+    freshness: Option<freshness::Freshness>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
+enum StoredBodyRef<'a> {
+    Text(&'a str),
+    Base64(String),
+}
+
+impl Serialize for CachedResponse {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let stored = &*self.stored;
+        let body = match std::str::from_utf8(&stored.body) {
+            Ok(text) => StoredBodyRef::Text(text),
+            Err(_) => StoredBodyRef::Base64(
+                base64::engine::general_purpose::STANDARD.encode(&stored.body),
+            ),
+        };
+        WireRef {
+            status: stored.status,
+            headers: &stored.headers,
+            body,
+            trailers: &stored.trailers,
+            freshness: &self.freshness,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for CachedResponse {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = Wire::deserialize(deserializer)?;
+        let body = match wire.body {
+            StoredBody::Text(text) => Bytes::from(text),
+            // A body that no longer decodes (the entry was tampered with) reads as empty.
+            StoredBody::Base64(encoded) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map(Bytes::from)
+                .unwrap_or_default(),
+        };
+        let mut stored = Stored::new(wire.status, wire.headers, body);
+        stored.trailers = wire.trailers;
+        Ok(CachedResponse {
+            stored: Arc::new(stored),
+            freshness: wire.freshness,
+            revalidated: false,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,19 +242,22 @@ impl CachedResponse {
     /// assert_eq!(response.body().as_ref(), b"hi");
     /// ```
     pub fn from_parts(status: u16, headers: Vec<(String, String)>, body: impl Into<Bytes>) -> Self {
-        let body: Bytes = body.into();
-        let body = match std::str::from_utf8(&body) {
-            Ok(text) => StoredBody::Text(text.to_owned()),
-            Err(_) => StoredBody::Base64(base64::engine::general_purpose::STANDARD.encode(&body)),
-        };
         CachedResponse {
-            status,
-            headers,
-            body,
-            trailers: Vec::new(),
+            stored: Arc::new(Stored::new(status, headers, body.into())),
             freshness: None,
             revalidated: false,
         }
+    }
+
+    /// This response with `trailers` (a gRPC response's).
+    pub(crate) fn with_trailers(mut self, trailers: Vec<(String, String)>) -> Self {
+        Arc::make_mut(&mut self.stored).trailers = trailers;
+        self
+    }
+
+    /// The trailers (a gRPC response's; none for HTTP).
+    pub(crate) fn trailers(&self) -> &[(String, String)] {
+        &self.stored.trailers
     }
 
     pub(crate) fn new(parts: &http::response::Parts, body: Bytes) -> Self {
@@ -181,7 +285,7 @@ impl CachedResponse {
 
     /// The status code. See [`from_parts`](CachedResponse::from_parts) for an example.
     pub fn status(&self) -> u16 {
-        self.status
+        self.stored.status
     }
 
     /// The response, with a body of bytes. Headers or a status that no longer parse (the
@@ -196,26 +300,11 @@ impl CachedResponse {
     /// assert!(response.headers().is_empty());
     /// ```
     pub fn into_response(self) -> Response<Bytes> {
-        let body = match self.body {
-            StoredBody::Text(text) => Bytes::from(text),
-            StoredBody::Base64(encoded) => base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .map(Bytes::from)
-                .unwrap_or_default(),
-        };
-        let mut response = Response::new(body);
+        // Shared, not copied: the body's bytes and the header values are reference-counted.
+        let mut response = Response::new(self.stored.body.clone());
         *response.status_mut() =
-            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        response.headers_mut().reserve(self.headers.len() + 2);
-        for (name, value) in self.headers {
-            // The value's own buffer becomes the header's: no copy.
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_maybe_shared(Bytes::from(value)),
-            ) {
-                response.headers_mut().append(name, value);
-            }
-        }
+            StatusCode::from_u16(self.stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        *response.headers_mut() = self.stored.header_map.clone();
         response
     }
 }
@@ -340,5 +429,67 @@ impl<B, K> crate::strategy::InvalidationPolicy<http::Request<B>, K> for PathInva
             }
         }
         invalidation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored form is the one entries written before `CachedResponse` shared its parts
+    /// have: they still read, and new ones are written the same.
+    #[test]
+    fn the_stored_form_is_unchanged() {
+        let text = CachedResponse::from_parts(
+            200,
+            vec![("content-type".into(), "text/plain".into())],
+            "hi",
+        );
+        let json =
+            r#"{"status":200,"headers":[["content-type","text/plain"]],"body":{"text":"hi"}}"#;
+        assert_eq!(serde_json::to_string(&text).unwrap(), json);
+        assert_eq!(serde_json::from_str::<CachedResponse>(json).unwrap(), text);
+
+        let binary = CachedResponse::from_parts(203, Vec::new(), vec![0xFFu8, 0, 1])
+            .with_trailers(vec![("grpc-status".into(), "0".into())]);
+        let json = r#"{"status":203,"headers":[],"body":{"base64":"/wAB"},"trailers":[["grpc-status","0"]]}"#;
+        assert_eq!(serde_json::to_string(&binary).unwrap(), json);
+        let read: CachedResponse = serde_json::from_str(json).unwrap();
+        assert_eq!(read, binary);
+        assert_eq!(
+            read.trailers(),
+            [("grpc-status".to_string(), "0".to_string())]
+        );
+        assert_eq!(read.into_response().body().as_ref(), [0xFF, 0, 1]);
+
+        // A body that no longer decodes reads as empty, as before.
+        let tampered = r#"{"status":200,"headers":[],"body":{"base64":"%%%"}}"#;
+        let read: CachedResponse = serde_json::from_str(tampered).unwrap();
+        assert!(read.into_response().body().is_empty());
+    }
+
+    #[test]
+    fn clones_share_what_is_stored() {
+        let cached = CachedResponse::from_parts(
+            200,
+            vec![
+                ("etag".into(), "\"v1\"".into()),
+                ("bad name".into(), "x".into()),
+            ],
+            "body",
+        );
+        let first = cached.clone().into_response();
+        let second = cached.into_response();
+        assert_eq!(
+            first.body().as_ptr(),
+            second.body().as_ptr(),
+            "one body, shared"
+        );
+        assert_eq!(first.headers(), second.headers());
+        assert_eq!(
+            first.headers().len(),
+            1,
+            "a header that does not parse is dropped"
+        );
     }
 }
