@@ -173,20 +173,7 @@ fn hit_path(c: &mut Criterion) {
                     async move {
                         let started = Instant::now();
                         for _ in 0..iterations {
-                            run_in_flight(n, batch, || {
-                                let mut connection = raw.clone();
-                                async move {
-                                    let bytes: Option<Vec<u8>> = redis::cmd("GET")
-                                        .arg("raw:entry:0b9d6b0e")
-                                        .query_async(&mut connection)
-                                        .await
-                                        .unwrap();
-                                    black_box(
-                                        serde_json::from_slice::<Entry>(&bytes.unwrap()).unwrap(),
-                                    );
-                                }
-                            })
-                            .await;
+                            run_in_flight(n, batch, || raw_hit(raw.clone())).await;
                         }
                         started.elapsed()
                     }
@@ -202,13 +189,7 @@ fn hit_path(c: &mut Criterion) {
                     async move {
                         let started = Instant::now();
                         for _ in 0..iterations {
-                            run_in_flight(n, batch, || {
-                                let service = layered.clone();
-                                async move {
-                                    black_box(service.oneshot(ID.to_string()).await.unwrap());
-                                }
-                            })
-                            .await;
+                            run_in_flight(n, batch, || layer_hit(layered.clone())).await;
                         }
                         started.elapsed()
                     }
@@ -234,29 +215,10 @@ fn hit_path(c: &mut Criterion) {
                         let (mut layer_took, mut raw_took) = (Duration::ZERO, Duration::ZERO);
                         for _ in 0..iterations {
                             let started = Instant::now();
-                            run_in_flight(n, batch, || {
-                                let mut connection = raw.clone();
-                                async move {
-                                    let bytes: Option<Vec<u8>> = redis::cmd("GET")
-                                        .arg("raw:entry:0b9d6b0e")
-                                        .query_async(&mut connection)
-                                        .await
-                                        .unwrap();
-                                    black_box(
-                                        serde_json::from_slice::<Entry>(&bytes.unwrap()).unwrap(),
-                                    );
-                                }
-                            })
-                            .await;
+                            run_in_flight(n, batch, || raw_hit(raw.clone())).await;
                             raw_took += started.elapsed();
                             let started = Instant::now();
-                            run_in_flight(n, batch, || {
-                                let service = layered.clone();
-                                async move {
-                                    black_box(service.oneshot(ID.to_string()).await.unwrap());
-                                }
-                            })
-                            .await;
+                            run_in_flight(n, batch, || layer_hit(layered.clone())).await;
                             layer_took += started.elapsed();
                         }
                         samples.borrow_mut().push((layer_took, raw_took));
@@ -286,6 +248,25 @@ fn hit_path(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+/// One hit by hand: redis-rs `GET` and `serde_json` decode.
+async fn raw_hit(mut connection: redis::aio::ConnectionManager) {
+    let bytes: Option<Vec<u8>> = redis::cmd("GET")
+        .arg("raw:entry:0b9d6b0e")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    black_box(serde_json::from_slice::<Entry>(&bytes.unwrap()).unwrap());
+}
+
+/// One hit through the layer.
+async fn layer_hit<S>(service: S)
+where
+    S: tower::Service<String, Response = Entry>,
+    S::Error: std::fmt::Debug,
+{
+    black_box(service.oneshot(ID.to_string()).await.unwrap());
 }
 
 /// Runs `total` calls of `call`, keeping `in_flight` of them running at once.
