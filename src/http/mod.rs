@@ -250,12 +250,14 @@ impl CachedResponse {
     }
 
     /// This response with `trailers` (a gRPC response's).
+    #[cfg(any(feature = "grpc", test))]
     pub(crate) fn with_trailers(mut self, trailers: Vec<(String, String)>) -> Self {
         Arc::make_mut(&mut self.stored).trailers = trailers;
         self
     }
 
     /// The trailers (a gRPC response's; none for HTTP).
+    #[cfg(any(feature = "grpc", test))]
     pub(crate) fn trailers(&self) -> &[(String, String)] {
         &self.stored.trailers
     }
