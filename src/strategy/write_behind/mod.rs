@@ -7,6 +7,9 @@
 //!   its value in the cache; the writer runs every
 //!   [`batch_interval`](crate::CacheLayer::batch_interval) (10 s by default) or as soon as
 //!   [`max_batch`](crate::CacheLayer::max_batch) writes wait.
+//! - **One call per write, or per batch**: the writer is called once per write, a batch's
+//!   calls at once; with [`writes_batches`](crate::CacheLayer::writes_batches) it is a
+//!   `Service<Vec<Req>>` called once per batch (see [`PerBatch`]).
 //! - **Coalescing, in order**: writes to one key coalesce — the writer sees the last one —
 //!   and never overlap: a key's next write starts after its previous one finished, so the
 //!   writer always ends with the last value.
