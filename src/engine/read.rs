@@ -69,8 +69,8 @@ enum State<X: ReadContext, L: Load<X>> {
         looks: u8,
         started: Option<Instant>,
     },
-    // Boxed: a miss allocates anyway (its load's task), and a hit then carries a future a
-    // third the size, moved a few times between `call` and the first poll.
+    // Boxed: a miss allocates anyway (its load's task), and a hit then carries a future
+    // half the size, moved a few times between `call` and the first poll.
     Wait {
         wait: Pin<Box<Wait<X, L>>>,
     },
