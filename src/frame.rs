@@ -208,9 +208,14 @@ pub(crate) fn expand(payload: &[u8], max: usize) -> Result<Vec<u8>, FrameError> 
 
 /// Splits a framed value into its header and payload.
 pub(crate) fn split(bytes: &[u8]) -> Result<(Header, &[u8]), FrameError> {
-    if bytes.len() < HEADER_LEN {
+    Ok((header(bytes)?, &bytes[HEADER_LEN..]))
+}
+
+/// The header of a framed value: its first [`HEADER_LEN`] bytes, checked.
+pub(crate) fn header(bytes: &[u8]) -> Result<Header, FrameError> {
+    let Some(bytes) = bytes.first_chunk::<HEADER_LEN>() else {
         return Err(FrameError::Corrupt("shorter than the frame header"));
-    }
+    };
     if bytes[0] != MAGIC {
         return Err(FrameError::Corrupt(
             "not written by tower-caching (bad magic byte)",
@@ -230,16 +235,13 @@ pub(crate) fn split(bytes: &[u8]) -> Result<(Header, &[u8]), FrameError> {
     let fresh_until = word(11);
     let mut load_ms = [0u8; 4];
     load_ms.copy_from_slice(&bytes[19..23]);
-    Ok((
-        Header {
-            stored_at_ms: word(3),
-            fresh_until_ms: (fresh_until != 0).then_some(fresh_until),
-            load_ms: u32::from_le_bytes(load_ms),
-            kind,
-            compressed,
-        },
-        &bytes[HEADER_LEN..],
-    ))
+    Ok(Header {
+        stored_at_ms: word(3),
+        fresh_until_ms: (fresh_until != 0).then_some(fresh_until),
+        load_ms: u32::from_le_bytes(load_ms),
+        kind,
+        compressed,
+    })
 }
 
 #[cfg(test)]

@@ -1,4 +1,3 @@
-use std::marker::PhantomData;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -159,12 +158,7 @@ impl<S: Store, C> CacheBuilder<S, C> {
             hot: self.hot_keys.map(Hot::new),
         });
         crate::warm::spawn_snapshots(&shared);
-        Cache {
-            shared,
-            tags: None,
-            kind: crate::frame::Kind::Value,
-            _value: PhantomData,
-        }
+        Cache::on(shared)
     }
 }
 

@@ -37,7 +37,8 @@ pub(crate) fn decode<V: Cacheable, C: Codec<V>>(
             max,
         });
     }
-    let (header, payload) = frame::split(stored.bytes()).map_err(CacheError::from)?;
+    // The header alone first: a store that kept the decoded form may not keep the bytes.
+    let header = frame::header(stored.header_bytes()).map_err(CacheError::from)?;
     if header.kind != kind {
         return Err(CacheError::Clash {
             found: header.kind.describe(),
@@ -50,6 +51,7 @@ pub(crate) fn decode<V: Cacheable, C: Codec<V>>(
             header,
         });
     }
+    let (header, payload) = frame::split(stored.bytes()).map_err(CacheError::from)?;
     let expanded;
     let payload = if header.compressed {
         expanded = frame::expand(payload, max)?;

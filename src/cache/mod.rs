@@ -38,6 +38,7 @@
 //! # }
 //! ```
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -45,12 +46,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::codec::{Codec, Json};
 use crate::engine::flight::Flights;
 use crate::frame::{self, Header, Kind};
 use crate::key::{Key, Pattern, Tag};
 use crate::metrics::{Observer, Operation, Strategy};
-use crate::store::{MemoryStore, Store, StoreError, StoreValue};
+use crate::store::{MemoryStore, Reframe, Store, StoreError, StoreValue};
 
 mod builder;
 mod error;
@@ -107,7 +110,43 @@ pub struct Cache<V, S = MemoryStore, C = Json> {
     tags: Option<TagPolicy<V>>,
     /// What the frames this handle writes say stored them, and what it expects to read.
     kind: Kind,
+    /// Frames this handle's values again, for a store that keeps only their decoded form.
+    reframe: Arc<dyn Reframe>,
     _value: PhantomData<fn() -> V>,
+}
+
+/// Frames a value of `V` as [`Cache::encode_with`] does.
+struct Reframer<V, C> {
+    codec: C,
+    compress_above: Option<usize>,
+    _value: PhantomData<fn(V)>,
+}
+
+impl<V: Cacheable, C: Codec<V>> Reframe for Reframer<V, C> {
+    fn reframe(&self, decoded: &(dyn Any + Send + Sync), header: Header) -> Bytes {
+        decoded
+            .downcast_ref::<V>()
+            .and_then(|value| frame::encode(&self.codec, header, value, self.compress_above).ok())
+            .map_or_else(Bytes::new, |encoded| encoded.bytes)
+    }
+}
+
+impl<V: Cacheable, S, C: Codec<V>> Cache<V, S, C> {
+    /// A handle on `shared` for values of `V`, with no tag policy.
+    fn on(shared: Arc<Shared<S, C>>) -> Self {
+        let reframe = Arc::new(Reframer::<V, C> {
+            codec: shared.codec.clone(),
+            compress_above: shared.compress_above,
+            _value: PhantomData,
+        });
+        Cache {
+            shared,
+            tags: None,
+            kind: Kind::Value,
+            reframe,
+            _value: PhantomData,
+        }
+    }
 }
 
 /// The tags an entry is filed under, from its key and value.
@@ -141,6 +180,7 @@ impl<V, S, C> Clone for Cache<V, S, C> {
             shared: self.shared.clone(),
             tags: self.tags.clone(),
             kind: self.kind,
+            reframe: self.reframe.clone(),
             _value: PhantomData,
         }
     }
@@ -200,12 +240,7 @@ impl<V: Cacheable, S: Store, C> Cache<V, S, C> {
     where
         C: Codec<V2>,
     {
-        Cache {
-            shared: self.shared.clone(),
-            tags: None,
-            kind: Kind::Value,
-            _value: PhantomData,
-        }
+        Cache::on(self.shared.clone())
     }
 
     /// Files every entry this cache stores — through [`Cache::set`] or any layer built on
@@ -396,7 +431,9 @@ impl<V: Cacheable, S: Store, C> Cache<V, S, C> {
         let stored = StoreValue::new(encoded.bytes);
         Ok(if self.shared.store.keeps_decoded() {
             // The encoding's length, compressed or not, is the guide to the decoded size.
-            stored.with_decoded_of_size(Arc::new(value.clone()), encoded.plain_len)
+            stored
+                .with_decoded_of_size(Arc::new(value.clone()), encoded.plain_len)
+                .reframed_by(self.reframe.clone())
         } else {
             stored
         })

@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::future::{Ready, ready};
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -8,23 +9,31 @@ use moka::Expiry;
 use moka::ops::compute::Op;
 use moka::sync::Cache as Moka;
 
-use super::{Store, StoreError, StoreValue};
+use super::{Kept, Store, StoreError, StoreValue};
 use crate::key::{Key, Pattern, Tag};
 
-/// What an entry costs beyond its key, bytes and decoded value: moka's node, its deques and
-/// timer wheel, the slot, and the allocator's rounding — measured over a million entries
+/// What an entry costs beyond its key and decoded value: moka's node, its deques and
+/// timer wheel, the slot, and the allocator's rounding — measured over 300,000 entries
 /// (`tests/memory_weight.rs`, glibc on x86-64), so that a byte bound is a true one.
-const ENTRY_OVERHEAD: usize = 540;
+const ENTRY_OVERHEAD: usize = 470;
+
+/// What keeping the frame beside the decoded form adds, besides its length: its allocation
+/// and the shared handle `bytes` gives it.
+const FRAME_OVERHEAD: usize = 64;
 
 /// The in-process store on [moka]: bounded, with a TTL per entry. The embedded default.
 ///
 /// It keeps the decoded value a [`Cache`](crate::Cache) attaches to each [`StoreValue`], so
-/// an in-memory hit hands back a clone of the typed value without decoding.
+/// an in-memory hit hands back a clone of the typed value without decoding — and keeps only
+/// that: the frame is made again from it, the first time someone asks a value for its
+/// [`bytes`](StoreValue::bytes) (a raw [`Store::get`], a view of another type). So an entry
+/// costs about a tenth more than the typed value kept in moka by hand
+/// (`tests/memory_weight.rs`). Bytes stored without a decoded form are kept as they are.
 ///
 /// By default it holds up to 256 MiB of entries, counted by what they really cost: key,
-/// bytes, decoded form and a fixed overhead per entry (true within 20 % of resident memory,
-/// `tests/memory_weight.rs`); past that the least valuable entries are evicted (TinyLFU).
-/// Clones share the same entries.
+/// decoded form, bytes when kept, and a fixed overhead per entry (true within 20 % of
+/// resident memory, `tests/memory_weight.rs`); past that the least valuable entries are
+/// evicted (TinyLFU). Clones share the same entries.
 ///
 /// ```
 /// use tower_caching::store::MemoryStore;
@@ -41,12 +50,40 @@ pub struct MemoryStore {
     tags: Arc<TagIndex>,
 }
 
+/// An entry: what moka keeps inline in its node, so kept small — the value as [`Kept`]
+/// (the decoded form alone when it can be framed again), the TTL in milliseconds, and the
+/// tag filing behind a pointer (most entries have none).
 #[derive(Clone)]
 struct Slot {
-    value: StoreValue,
-    ttl: Option<Duration>,
+    value: Kept,
+    ttl_ms: Option<NonZeroU64>,
     /// The tags this entry is filed under, with the filing's generation.
-    tags: Option<(Arc<[Tag]>, u64)>,
+    tags: Option<Arc<Filing>>,
+}
+
+struct Filing {
+    tags: Box<[Tag]>,
+    generation: u64,
+}
+
+impl Slot {
+    fn into_value(self) -> StoreValue {
+        StoreValue::from_kept(self.value)
+    }
+
+    fn ttl(&self) -> Option<Duration> {
+        self.ttl_ms.map(|ms| Duration::from_millis(ms.get()))
+    }
+
+    /// What the byte bound counts for this entry besides its key.
+    fn weight(&self) -> usize {
+        match &self.value {
+            Kept::Frame(bytes, decoded) => {
+                FRAME_OVERHEAD + bytes.len() + decoded.as_ref().map_or(0, |(_, size)| *size)
+            }
+            Kept::Decoded { size, .. } => *size as usize,
+        }
+    }
 }
 
 /// Which keys each tag holds. A filing is dropped when its entry leaves the store (moka's
@@ -77,13 +114,13 @@ impl TagIndex {
     }
 
     fn unfile(&self, key: &Key, slot: &Slot) {
-        let Some((tags, generation)) = &slot.tags else {
+        let Some(filing) = &slot.tags else {
             return;
         };
         let mut index = self.lock();
-        for tag in tags.iter() {
+        for tag in filing.tags.iter() {
             if let Some(keys) = index.get_mut(tag) {
-                if keys.get(key) == Some(generation) {
+                if keys.get(key) == Some(&filing.generation) {
                     keys.remove(key);
                 }
                 if keys.is_empty() {
@@ -107,7 +144,7 @@ struct SlotExpiry;
 
 impl Expiry<Key, Slot> for SlotExpiry {
     fn expire_after_create(&self, _: &Key, slot: &Slot, _: Instant) -> Option<Duration> {
-        slot.ttl
+        slot.ttl()
     }
 
     fn expire_after_update(
@@ -117,7 +154,7 @@ impl Expiry<Key, Slot> for SlotExpiry {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        slot.ttl
+        slot.ttl()
     }
 }
 
@@ -167,7 +204,7 @@ impl MemoryStore {
 
     /// The value under `key`, synchronously: for stores layered on this one.
     pub(crate) fn get_now(&self, key: &Key) -> Option<StoreValue> {
-        self.entries.get(key).map(|slot| slot.value)
+        self.entries.get(key).map(Slot::into_value)
     }
 
     /// Attaches `decoded` to the entry under `key` if it still holds `bytes` (the same
@@ -185,17 +222,17 @@ impl MemoryStore {
                 return Op::Nop;
             };
             let slot = entry.value();
-            let same = slot.value.bytes().as_ptr() == bytes.as_ptr()
-                && slot.value.len() == bytes.len()
-                && slot.value.decoded().is_none();
-            if same {
-                Op::Put(Slot {
-                    value: slot.value.clone().with_decoded_of_size(decoded, size),
-                    ttl: slot.ttl,
-                    tags: slot.tags.clone(),
-                })
-            } else {
-                Op::Nop
+            match &slot.value {
+                Kept::Frame(kept, None)
+                    if kept.as_ptr() == bytes.as_ptr() && kept.len() == bytes.len() =>
+                {
+                    Op::Put(Slot {
+                        value: Kept::Frame(kept.clone(), Some((decoded, size))),
+                        ttl_ms: slot.ttl_ms,
+                        tags: slot.tags.clone(),
+                    })
+                }
+                _ => Op::Nop,
             }
         });
     }
@@ -225,10 +262,21 @@ impl MemoryStore {
         key: &Key,
         value: StoreValue,
         ttl: Option<Duration>,
-        tags: Option<(Arc<[Tag]>, u64)>,
+        tags: Option<Arc<Filing>>,
     ) {
-        let ttl = ttl.map(|ttl| crate::frame::clamp_ttl(ttl).max(Duration::from_millis(1)));
-        self.entries.insert(key.clone(), Slot { value, ttl, tags });
+        let ttl_ms = ttl.map(|ttl| {
+            let ms = crate::frame::clamp_ttl(ttl).as_millis();
+            NonZeroU64::new(u64::try_from(ms).unwrap_or(u64::MAX)).unwrap_or(NonZeroU64::MIN)
+        });
+        let value = value.into_kept();
+        self.entries.insert(
+            key.clone(),
+            Slot {
+                value,
+                ttl_ms,
+                tags,
+            },
+        );
     }
 }
 
@@ -266,8 +314,8 @@ enum Bound {
 }
 
 impl MemoryStoreBuilder {
-    /// Bounds the store by the bytes of its keys and values (counted twice: the decoded
-    /// form kept beside the bytes is about as large).
+    /// Bounds the store by the memory its entries take, estimated per entry as described on
+    /// [`MemoryStore`].
     ///
     /// ```
     /// # use tower_caching::store::MemoryStore;
@@ -303,10 +351,7 @@ impl MemoryStoreBuilder {
             Bound::Bytes(bytes) => builder
                 .max_capacity(bytes)
                 .weigher(|key: &Key, slot: &Slot| {
-                    let weight = ENTRY_OVERHEAD
-                        + key.as_str().len()
-                        + slot.value.len()
-                        + slot.value.decoded_size();
+                    let weight = ENTRY_OVERHEAD + key.as_str().len() + slot.weight();
                     u32::try_from(weight).unwrap_or(u32::MAX)
                 })
                 .build(),
@@ -324,10 +369,7 @@ impl Store for MemoryStore {
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<StoreValue>>, StoreError> {
-        Ok(keys
-            .iter()
-            .map(|key| self.entries.get(key).map(|slot| slot.value))
-            .collect())
+        Ok(keys.iter().map(|key| self.get_now(key)).collect())
     }
 
     async fn set(
@@ -389,7 +431,11 @@ impl Store for MemoryStore {
         tags: &[Tag],
     ) -> Result<(), StoreError> {
         let generation = self.tags.file(key, tags);
-        self.insert_tagged(key, value, ttl, Some((tags.into(), generation)));
+        let filing = Filing {
+            tags: tags.into(),
+            generation,
+        };
+        self.insert_tagged(key, value, ttl, Some(Arc::new(filing)));
         Ok(())
     }
 
@@ -403,7 +449,7 @@ impl Store for MemoryStore {
                         .value()
                         .tags
                         .as_ref()
-                        .is_some_and(|(_, g)| *g == generation)
+                        .is_some_and(|filing| filing.generation == generation)
                 });
                 if filed { Op::Remove } else { Op::Nop }
             });
@@ -464,5 +510,113 @@ mod tests {
             store.exists(&key).await.unwrap(),
             "untagged successor was removed"
         );
+    }
+}
+
+#[cfg(test)]
+mod kept_decoded {
+    use super::*;
+    use crate::Cache;
+    use crate::frame;
+
+    fn key(name: &str) -> Key {
+        Key::new(name).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_cached_value_is_kept_decoded_and_framed_again_when_its_bytes_are_asked_for() {
+        let store = MemoryStore::new();
+        let cache: Cache<Vec<String>> = Cache::new(store.clone());
+        let value = vec!["a".to_string(), "b".to_string()];
+        cache
+            .set(&key("k"), &value, Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let slot = store.entries.get(&key("k")).unwrap();
+        assert!(
+            matches!(slot.value, Kept::Decoded { .. }),
+            "the frame was kept beside the decoded value"
+        );
+
+        let stored = store.get(&key("k")).await.unwrap().unwrap();
+        let length = stored.len();
+        let bytes = stored.bytes().clone();
+        assert_eq!(bytes.len(), length, "the frame's length changed");
+        let (header, payload) = frame::split(&bytes).unwrap();
+        assert_eq!(payload, br#"["a","b"]"#);
+        assert!(header.fresh_until_ms.is_some(), "the header lost its TTL");
+        assert_eq!(
+            frame::header(stored.header_bytes()).unwrap(),
+            header,
+            "framed again under another header"
+        );
+
+        // The bytes alone are a value any other cache reads: as Redis would hold them.
+        let elsewhere = MemoryStore::new();
+        elsewhere
+            .set(&key("k"), StoreValue::new(bytes), None)
+            .await
+            .unwrap();
+        let read: Cache<Vec<String>> = Cache::new(elsewhere);
+        assert_eq!(read.get(&key("k")).await.unwrap(), Some(value));
+    }
+
+    #[tokio::test]
+    async fn a_view_of_another_type_decodes_the_framed_again_bytes() {
+        let store = MemoryStore::new();
+        let counts: Cache<u64> = Cache::new(store.clone());
+        counts.set(&key("n"), &7, None).await.unwrap();
+        let optional: Cache<Option<u64>> = counts.typed();
+        assert_eq!(optional.get(&key("n")).await.unwrap(), Some(Some(7)));
+        assert_eq!(counts.get(&key("n")).await.unwrap(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_compressed_value_is_framed_again_compressed() {
+        let store = MemoryStore::new();
+        let cache: Cache<String> = Cache::new(store.clone());
+        let long = "tower ".repeat(2_000);
+        cache.set(&key("long"), &long, None).await.unwrap();
+        let stored = store.get(&key("long")).await.unwrap().unwrap();
+        let (header, payload) = frame::split(stored.bytes()).unwrap();
+        assert!(header.compressed, "framed again without compression");
+        assert!(stored.len() < long.len() / 4);
+        let expanded = frame::expand(payload, usize::MAX).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<String>(&expanded).unwrap(),
+            long,
+            "the expansion is not the value"
+        );
+        assert_eq!(cache.get(&key("long")).await.unwrap(), Some(long));
+    }
+
+    #[tokio::test]
+    async fn a_value_moved_between_stores_stays_decoded_and_readable() {
+        let from = MemoryStore::new();
+        let cache: Cache<String> = Cache::new(from.clone());
+        cache.set(&key("k"), &"v".to_string(), None).await.unwrap();
+        let to = MemoryStore::new();
+        let value = from.get(&key("k")).await.unwrap().unwrap();
+        to.set(&key("k"), value, None).await.unwrap();
+        assert!(matches!(
+            to.entries.get(&key("k")).unwrap().value,
+            Kept::Decoded { .. }
+        ));
+        let moved = to.get(&key("k")).await.unwrap().unwrap();
+        assert_eq!(frame::split(moved.bytes()).unwrap().1, br#""v""#);
+        let read: Cache<String> = Cache::new(to);
+        assert_eq!(read.get(&key("k")).await.unwrap().as_deref(), Some("v"));
+    }
+
+    #[tokio::test]
+    async fn raw_bytes_are_kept_as_they_are() {
+        let store = MemoryStore::new();
+        store
+            .set(&key("raw"), StoreValue::from_static(b"not a frame"), None)
+            .await
+            .unwrap();
+        let stored = store.get(&key("raw")).await.unwrap().unwrap();
+        assert_eq!(stored.bytes().as_ref(), b"not a frame");
+        assert!(stored.decoded().is_none());
     }
 }

@@ -30,11 +30,12 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::frame;
 use crate::key::{Key, Pattern, Tag};
 
 pub(crate) mod breaker;
@@ -75,18 +76,60 @@ pub use self::tiered::{Coherence, DEFAULT_CHANNEL, TieredGet, TieredStore, Track
 /// ```
 #[derive(Clone)]
 pub struct StoreValue {
-    bytes: Bytes,
+    frame: Frame,
     decoded: Option<Arc<dyn Any + Send + Sync>>,
     /// About how many bytes the decoded form takes, when the bytes are not a guide to it
     /// (they are compressed): what a byte-bounded store counts for it.
     decoded_size: Option<usize>,
+    /// How to frame the decoded form again: what lets an in-process store keep the decoded
+    /// form alone, without the bytes beside it.
+    reframe: Option<Arc<dyn Reframe>>,
     /// Called with the decoded form once a cache decodes these bytes: how a two-tier store
     /// gets the typed value of an L2 hit into L1.
     on_decoded: Option<DecodedHook>,
 }
 
+/// The bytes of a [`StoreValue`].
+#[derive(Clone)]
+enum Frame {
+    Kept(Bytes),
+    /// Not kept (the store kept the decoded form only): framed again, from the decoded form,
+    /// the first time they are asked for.
+    Deferred {
+        header: [u8; frame::HEADER_LEN],
+        len: usize,
+        bytes: OnceLock<Bytes>,
+    },
+}
+
+/// Frames a decoded form again, as the cache that decoded (or encoded) it would: the same
+/// header, codec and compression.
+pub(crate) trait Reframe: Send + Sync {
+    /// The frame of `decoded` under `header`; empty if `decoded` is not this cache's type or
+    /// does not encode (it encoded once, so neither happens to a value a cache attached).
+    fn reframe(&self, decoded: &(dyn Any + Send + Sync), header: frame::Header) -> Bytes;
+}
+
 /// Called with the decoded form and its size (see [`StoreValue::decoded_size`]).
 type DecodedHook = Arc<dyn Fn(Arc<dyn Any + Send + Sync>, usize) + Send + Sync>;
+
+/// What an in-process store keeps of a value that carries its decoded form: the decoded form
+/// alone when the value can be framed again, the frame beside it otherwise.
+#[derive(Clone)]
+pub(crate) enum Kept {
+    /// The frame, with the decoded form and its size when one is attached.
+    Frame(Bytes, Option<(Arc<dyn Any + Send + Sync>, usize)>),
+    /// The decoded form only; the frame is made again when someone asks for the bytes.
+    Decoded {
+        decoded: Arc<dyn Any + Send + Sync>,
+        reframe: Arc<dyn Reframe>,
+        header: [u8; frame::HEADER_LEN],
+        /// The frame's length, and the decoded form's size (see
+        /// [`StoreValue::decoded_size`]).
+        len: u32,
+        size: u32,
+    },
+}
 
 impl StoreValue {
     /// A value of `bytes` only.
@@ -99,9 +142,10 @@ impl StoreValue {
     /// ```
     pub fn new(bytes: Bytes) -> Self {
         StoreValue {
-            bytes,
+            frame: Frame::Kept(bytes),
             decoded: None,
             decoded_size: None,
+            reframe: None,
             on_decoded: None,
         }
     }
@@ -142,11 +186,93 @@ impl StoreValue {
         self
     }
 
+    /// Says how to frame the decoded form again, so that an in-process store may keep it
+    /// without the bytes.
+    pub(crate) fn reframed_by(mut self, reframe: Arc<dyn Reframe>) -> Self {
+        self.reframe = Some(reframe);
+        self
+    }
+
+    /// What an in-process store keeps of this value.
+    pub(crate) fn into_kept(self) -> Kept {
+        let size = self.decoded_size();
+        let len = self.len();
+        let header = match &self.frame {
+            Frame::Kept(bytes) => bytes.first_chunk::<{ frame::HEADER_LEN }>().copied(),
+            Frame::Deferred { header, .. } => Some(*header),
+        };
+        match (self.decoded, self.reframe, header) {
+            (Some(decoded), Some(reframe), Some(header))
+                if u32::try_from(len).is_ok() && u32::try_from(size).is_ok() =>
+            {
+                Kept::Decoded {
+                    len: len as u32,
+                    size: size as u32,
+                    decoded,
+                    reframe,
+                    header,
+                }
+            }
+            (decoded, _, _) => {
+                let bytes = match self.frame {
+                    Frame::Kept(bytes) => bytes,
+                    // Not reached: a deferred frame comes from `Kept::Decoded`, with both.
+                    Frame::Deferred { bytes, .. } => bytes.into_inner().unwrap_or_default(),
+                };
+                Kept::Frame(bytes, decoded.map(|decoded| (decoded, size)))
+            }
+        }
+    }
+
+    /// The value an in-process store kept.
+    pub(crate) fn from_kept(kept: Kept) -> Self {
+        match kept {
+            Kept::Frame(bytes, decoded) => {
+                let (decoded, decoded_size) = match decoded {
+                    Some((decoded, size)) => (Some(decoded), Some(size)),
+                    None => (None, None),
+                };
+                StoreValue {
+                    frame: Frame::Kept(bytes),
+                    decoded,
+                    decoded_size,
+                    reframe: None,
+                    on_decoded: None,
+                }
+            }
+            Kept::Decoded {
+                decoded,
+                reframe,
+                header,
+                len,
+                size,
+            } => StoreValue {
+                frame: Frame::Deferred {
+                    header,
+                    len: len as usize,
+                    bytes: OnceLock::new(),
+                },
+                decoded: Some(decoded),
+                decoded_size: Some(size as usize),
+                reframe: Some(reframe),
+                on_decoded: None,
+            },
+        }
+    }
+
+    /// The frame header: the first bytes, without framing a deferred value again.
+    pub(crate) fn header_bytes(&self) -> &[u8] {
+        match &self.frame {
+            Frame::Kept(bytes) => bytes,
+            Frame::Deferred { header, .. } => header,
+        }
+    }
+
     /// About how many bytes the decoded form takes, if there is one: the length of the
     /// bytes, or of their expansion when they are compressed.
     pub(crate) fn decoded_size(&self) -> usize {
         match &self.decoded {
-            Some(_) => self.decoded_size.unwrap_or(self.bytes.len()),
+            Some(_) => self.decoded_size.unwrap_or(self.len()),
             None => 0,
         }
     }
@@ -181,7 +307,17 @@ impl StoreValue {
     /// assert_eq!(StoreValue::from_static(b"ab").bytes().as_ref(), b"ab");
     /// ```
     pub fn bytes(&self) -> &Bytes {
-        &self.bytes
+        match &self.frame {
+            Frame::Kept(bytes) => bytes,
+            Frame::Deferred { header, bytes, .. } => bytes.get_or_init(|| self.reframe(header)),
+        }
+    }
+
+    fn reframe(&self, header: &[u8; frame::HEADER_LEN]) -> Bytes {
+        match (&self.reframe, &self.decoded, frame::header(header)) {
+            (Some(reframe), Some(decoded), Ok(header)) => reframe.reframe(decoded.as_ref(), header),
+            _ => Bytes::new(),
+        }
     }
 
     /// The bytes, consuming the value.
@@ -192,7 +328,10 @@ impl StoreValue {
     /// assert_eq!(&bytes[..], &[1, 2]);
     /// ```
     pub fn into_bytes(self) -> Bytes {
-        self.bytes
+        match self.frame {
+            Frame::Kept(bytes) => bytes,
+            Frame::Deferred { .. } => self.bytes().clone(),
+        }
     }
 
     /// The decoded form, when the store kept one. See
@@ -208,7 +347,10 @@ impl StoreValue {
     /// assert_eq!(StoreValue::from_static(b"abc").len(), 3);
     /// ```
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        match &self.frame {
+            Frame::Kept(bytes) => bytes.len(),
+            Frame::Deferred { len, .. } => *len,
+        }
     }
 
     /// Whether the bytes are empty.
@@ -218,7 +360,7 @@ impl StoreValue {
     /// assert!(StoreValue::from(Vec::new()).is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.len() == 0
     }
 }
 
@@ -237,7 +379,7 @@ impl From<Vec<u8>> for StoreValue {
 impl fmt::Debug for StoreValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreValue")
-            .field("len", &self.bytes.len())
+            .field("len", &self.len())
             .field("decoded", &self.decoded.is_some())
             .finish()
     }

@@ -558,7 +558,7 @@ impl Subscriber {
 /// ends sooner (from its frame header), so L1 never serves it past that. `None` when it is
 /// no longer fresh: stale values (kept for fail-safe) stay in L2 only.
 fn l1_ttl_of(value: &StoreValue, l1_ttl: Duration) -> Option<Duration> {
-    let Ok((header, _)) = crate::frame::split(value.bytes()) else {
+    let Ok(header) = crate::frame::header(value.header_bytes()) else {
         return Some(l1_ttl);
     };
     match header.fresh_until_ms {
