@@ -16,6 +16,9 @@
 //! the ratio; criterion reports the layer's throughput, and the bench prints the layer / raw
 //! throughput ratio of each sample as min / median / max.
 //!
+//! `batched/N`: the same, with the layer on a `RedisStore` that batches its lookups
+//! (`RedisStore::batch_lookups`), against the same raw redis-rs `GET`s.
+//!
 //! Run: `cargo bench --bench hit_path` (see BENCHMARKS.md).
 
 #[path = "../tests/support/mod.rs"]
@@ -81,6 +84,7 @@ fn hit_path(c: &mut Criterion) {
     let url = support::shared_redis();
     let keys = KeyBuilder::new();
     let by_id = move |id: &String| keys.entry(id);
+    let keys = KeyBuilder::new();
 
     let moka: moka::future::Cache<String, Entry> = moka::future::Cache::new(10_000);
     rt.block_on(moka.insert(key_of(ID), entry()));
@@ -199,7 +203,32 @@ fn hit_path(c: &mut Criterion) {
     }
     group.finish();
 
-    let mut group = c.benchmark_group("interleaved");
+    interleaved(c, &rt, "interleaved", &raw, &layered);
+    let batched_store = rt
+        .block_on(RedisStore::connect(
+            RedisConfig::new(url).command_timeout(Duration::from_secs(1)),
+        ))
+        .unwrap()
+        .batch_lookups();
+    let batched = CacheLayer::cache_aside(Cache::<Entry, _>::new(batched_store))
+        .key(move |id: &String| keys.entry(id))
+        .layer(loader());
+    interleaved(c, &rt, "batched", &raw, &batched);
+}
+
+/// Layer and raw hits at each depth, alternating within every sample; prints the layer /
+/// raw ratio of the samples.
+fn interleaved<S>(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    raw: &redis::aio::ConnectionManager,
+    layered: &S,
+) where
+    S: tower::Service<String, Response = Entry> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let mut group = c.benchmark_group(name);
     for in_flight in [1usize, 16, 64, 256] {
         let batch = 2048;
         group.throughput(Throughput::Elements(batch as u64));
@@ -209,7 +238,7 @@ fn hit_path(c: &mut Criterion) {
             BenchmarkId::from_parameter(in_flight),
             &in_flight,
             |b, &n| {
-                b.to_async(&rt).iter_custom(|iterations| {
+                b.to_async(rt).iter_custom(|iterations| {
                     let (raw, layered, samples) = (raw.clone(), layered.clone(), &samples);
                     async move {
                         let (mut layer_took, mut raw_took) = (Duration::ZERO, Duration::ZERO);
@@ -238,7 +267,7 @@ fn hit_path(c: &mut Criterion) {
         if !ratios.is_empty() {
             ratios.sort_by(f64::total_cmp);
             println!(
-                "interleaved/{in_flight}: layer / raw hits per second {:.3} over all samples; per sample min {:.3} median {:.3} max {:.3} ({} samples)",
+                "{name}/{in_flight}: layer / raw hits per second {:.3} over all samples; per sample min {:.3} median {:.3} max {:.3} ({} samples)",
                 raw_total / layer_total,
                 ratios[0],
                 ratios[ratios.len() / 2],

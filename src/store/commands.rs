@@ -420,13 +420,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
     }
 
     pub(super) fn get(&self, key: &Key) -> GetFuture {
-        if self.inspections.cover(key) {
-            // Not sent: its value may be what stalled the last read of it. Rejected, not a
-            // failure of the store: a read loads, and its set replaces the value.
-            return Box::pin(std::future::ready(Err(StoreError::Rejected {
-                operation: "get",
-                source: "the last read of this key timed out; its value is being inspected".into(),
-            })));
+        self.get_holding(key, ())
+    }
+
+    /// `GET key`, holding `held` until the reply (or the future's drop): how a batching
+    /// store knows when a command of its own is done.
+    pub(super) fn get_holding<H: Send + 'static>(&self, key: &Key, held: H) -> GetFuture {
+        if let Some(rejected) = self.reject_inspected(key) {
+            return Box::pin(std::future::ready(Err(rejected)));
         }
         // One clone of the connection, moved into the future (`run` would clone it again).
         let mut commands = self.clone();
@@ -440,11 +441,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
                 command.query_async(&mut commands.connection),
             )
             .await;
+            drop(held);
             let value: Option<Vec<u8>> = match reply {
                 Ok(value) => value,
                 Err(error) => {
-                    if let StoreError::Timeout { .. } = error {
-                        commands.inspect_after_timeout(&command);
+                    if let StoreError::Timeout { .. } = error
+                        && let Some(redis::Arg::Simple(key)) = command.args_iter().nth(1)
+                    {
+                        commands.inspect_after_timeout(key);
                     }
                     return Err(error);
                 }
@@ -453,15 +457,22 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Commands<C> {
         })
     }
 
+    /// The error a read of `key` gets while the value under it is inspected: not sent, as
+    /// its value may be what stalled the last read of it. Rejected, not a failure of the
+    /// store: a read loads, and its set replaces the value.
+    pub(super) fn reject_inspected(&self, key: &Key) -> Option<StoreError> {
+        self.inspections.cover(key).then(|| StoreError::Rejected {
+            operation: "get",
+            source: "the last read of this key timed out; its value is being inspected".into(),
+        })
+    }
+
     /// After a `GET` timed out: whether its value was what took so long. A string over
     /// [`OVERSIZED`] bytes is removed, so that the next read misses and its load replaces
     /// it, instead of every read pulling it until the timeout (and stalling the connection
     /// for everyone meanwhile); until the look is done, reads of the key are rejected
     /// without asking (a miss for the layers). At most [`INSPECTIONS`] run at once.
-    fn inspect_after_timeout(&self, get: &redis::Cmd) {
-        let Some(redis::Arg::Simple(key)) = get.args_iter().nth(1) else {
-            return;
-        };
+    pub(super) fn inspect_after_timeout(&self, key: &[u8]) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
+mod batch;
 mod config;
 mod connection;
 mod landings;
@@ -47,9 +48,18 @@ use crate::key::{Key, Pattern, Tag};
 #[derive(Clone)]
 pub struct RedisStore {
     commands: Commands<RedisConnection>,
+    /// Sends concurrent lookups together, when asked to ([`RedisStore::batch_lookups`]).
+    batcher: Option<std::sync::Arc<self::batch::Batcher>>,
     /// Wakes this instance's waiters for keys whose lease another instance holds.
     landings: std::sync::Arc<self::landings::Landings>,
 }
+
+/// How many lookup commands (`GET` or `MGET`) a [`RedisStore::batch_lookups`] store has out
+/// at once before further lookups wait to leave together.
+const LOOKUPS_OUT: usize = 4;
+
+/// The most keys one batched `MGET` asks for ([`RedisStore::batch_lookups`]).
+const LOOKUP_BATCH: usize = 512;
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -101,6 +111,7 @@ impl RedisStore {
         };
         Ok(RedisStore {
             commands: Commands::new(RedisConnection::direct(connection), config.command_timeout),
+            batcher: None,
             landings: Landings::new(Source::Fixed(Box::new(client_for_landings))),
         })
     }
@@ -149,6 +160,7 @@ impl RedisStore {
         let connection = SentinelConnection::connect(config).await?;
         Ok(RedisStore {
             commands: Commands::new(RedisConnection::sentinel(connection), command_timeout),
+            batcher: None,
             landings: Landings::new(Source::Primary),
         })
     }
@@ -176,6 +188,7 @@ impl RedisStore {
         let connection = SentinelConnection::connect_lazy(config)?;
         Ok(RedisStore {
             commands: Commands::new(RedisConnection::sentinel(connection), command_timeout),
+            batcher: None,
             landings: Landings::new(Source::Primary),
         })
     }
@@ -201,6 +214,7 @@ impl RedisStore {
     pub fn with_connection(connection: ConnectionManager, command_timeout: Duration) -> Self {
         RedisStore {
             commands: Commands::new(RedisConnection::direct(connection), command_timeout),
+            batcher: None,
             landings: Landings::new(Source::None),
         }
     }
@@ -273,12 +287,47 @@ impl RedisStore {
         })?;
         Ok(RedisStore {
             commands: Commands::new(RedisConnection::direct(connection), config.command_timeout),
+            batcher: None,
             landings: Landings::new(Source::Fixed(Box::new(client_for_landings))),
         })
     }
 }
 
 impl RedisStore {
+    /// Sends lookups that run at once together: while 4 lookup commands of this store are
+    /// out, further lookups wait and leave together as one `MGET` (of up to 512 keys) when
+    /// one of those comes back. One lookup at a time is a `GET`
+    /// as before, sent at once; hundreds at once cost the client and Redis a command per
+    /// batch instead of one each (`benches/hit_path.rs`, `batched/N`). Clones share the
+    /// batching; call it before cloning the store into layers.
+    ///
+    /// A waiting lookup is bounded by the command timeout like any other; one that is
+    /// dropped or times out before its batch leaves is not sent. A batch that fails or times
+    /// out fails each of its lookups (a miss for the layers), and after a timeout each of its
+    /// keys is inspected for an oversized value as a timed-out `GET`'s is. A key holding
+    /// something other than a string is rejected by a `GET` and absent to an `MGET`: a miss
+    /// for the layers either way.
+    ///
+    /// ```no_run
+    /// use tower_caching::store::{RedisConfig, RedisStore};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisStore::connect(RedisConfig::new("127.0.0.1:6379"))
+    ///     .await?
+    ///     .batch_lookups();
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn batch_lookups(mut self) -> Self {
+        let batching = self::batch::Batching {
+            in_flight: LOOKUPS_OUT,
+            max_keys: LOOKUP_BATCH,
+        };
+        self.batcher = Some(self::batch::Batcher::new(batching, self.commands.clone()));
+        self
+    }
+
     /// The connection and its command timeout, for the durable write-behind queue.
     pub(crate) fn commands(&self) -> &Commands<RedisConnection> {
         &self.commands
@@ -331,7 +380,10 @@ impl Store for RedisStore {
     type GetFuture = GetFuture;
 
     fn get(&self, key: &Key) -> Self::GetFuture {
-        self.commands.get(key)
+        match &self.batcher {
+            Some(batcher) => batcher.get(key),
+            None => self.commands.get(key),
+        }
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<StoreValue>>, StoreError> {
