@@ -20,28 +20,12 @@ async fn batched(server: &RedisServer, timeout: Duration) -> RedisStore {
         .batch_lookups()
 }
 
-/// `calls` of a command since the last `CONFIG RESETSTAT`.
 async fn calls(server: &RedisServer, command: &str) -> u64 {
-    let mut raw = support::raw_connection(&server.url()).await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
+    support::command_calls(&server.url(), command).await
 }
 
 async fn reset_stats(server: &RedisServer) {
-    let mut raw = support::raw_connection(&server.url()).await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    support::reset_command_stats(&server.url()).await
 }
 
 fn key(i: usize) -> Key {

@@ -974,3 +974,53 @@ async fn entries_delivered_by_a_read_that_timed_out_are_written_at_the_next_roun
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A batch costs Redis a fixed number of commands however many writes it holds: one script
+/// takes every lease (and acknowledges what the batch supersedes), one records every
+/// version and acknowledges every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_takes_its_leases_and_records_its_writes_in_one_script_each() {
+    let server = RedisServer::spawn();
+    let queue = redis_queue(&server, "scripts").await;
+    let stream = queue.stream_key();
+    let db = Db::default();
+    let (cache, service) = layered_every(&db, queue, Duration::from_millis(300));
+    support::reset_command_stats(&server.url()).await;
+    // The database holds the first batch's writes, so the rest gather in the stream and
+    // leave in full batches: 100 keys, each written twice (the second write supersedes the
+    // first in its batch, or replaces it in the next).
+    db.hold();
+    for seq in 1..=2 {
+        for i in 0..100 {
+            service
+                .clone()
+                .oneshot(Write {
+                    ispb: format!("s{i}"),
+                    seq,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    db.release();
+    tokio::time::timeout(Duration::from_secs(20), cache.flush_pending_writes())
+        .await
+        .expect("the flush did not finish")
+        .unwrap();
+    assert!((0..100).all(|i| db.metrics(&format!("s{i}")) == Some(2)));
+    let evals = support::command_calls(&server.url(), "eval").await;
+    let rounds = support::command_calls(&server.url(), "xreadgroup").await;
+    // At most two scripts a round, not two a write; and, the writes gathered, few rounds.
+    assert!(
+        evals <= 2 * rounds && evals <= 20,
+        "{evals} scripts for 200 writes in {rounds} rounds"
+    );
+    // Every entry, written or superseded, acknowledged and deleted.
+    let mut raw = support::raw_connection(&server.url()).await;
+    let left: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "entries left in the stream");
+}

@@ -374,6 +374,34 @@ pub async fn raw_connection(url: &str) -> redis::aio::MultiplexedConnection {
         .expect("raw redis connection")
 }
 
+/// How many times the server at `url` ran `command` since it started or since
+/// [`reset_command_stats`] (`INFO commandstats`).
+#[allow(dead_code)]
+pub async fn command_calls(url: &str, command: &str) -> u64 {
+    let mut raw = raw_connection(url).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw)
+        .await
+        .expect("INFO commandstats");
+    let prefix = format!("cmdstat_{}:calls=", command.to_ascii_lowercase());
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a count of calls"))
+}
+
+/// Zeroes the server's command counts (`CONFIG RESETSTAT`).
+#[allow(dead_code)]
+pub async fn reset_command_stats(url: &str) {
+    let mut raw = raw_connection(url).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut raw)
+        .await
+        .expect("CONFIG RESETSTAT");
+}
+
 /// A Redis Cluster of `redis-server --cluster-enabled yes` processes on loopback, with slots
 /// spread over the primaries by `redis-cli --cluster create`.
 pub struct RedisCluster {

@@ -23,40 +23,68 @@ const GROUP: &str = "writers";
 /// How many dead letters the dead-letter stream keeps, about.
 const DEAD_LETTERS_KEPT: usize = 10_000;
 
-/// Takes a key's write lease — unless the key's recorded version is already this entry's
-/// or newer (`0`: a replay, nothing to write), or another live consumer holds the lease
-/// (`-1`: busy, try later; a holder whose liveness lapsed has departed). `1`: the lease is
-/// ours. `KEYS[1]` lease, `KEYS[2]` version; `ARGV` consumer, lease in ms, the entry id's
-/// two halves, the liveness keys' prefix (the queue's slot).
+/// Acknowledges and deletes the superseded entries of a batch, then takes the write lease of
+/// each key the batch writes — unless the key's recorded version is already that entry's
+/// or newer (`0`: a replay, acknowledged and deleted here, nothing to write), or another
+/// live consumer holds the lease (`-1`: busy, try later; a holder whose liveness lapsed
+/// has departed). `1`: the lease is ours. One script for the whole batch: one round trip.
+/// `KEYS[1]` stream, then each write's lease and version keys; `ARGV` group, consumer,
+/// lease in ms, the liveness keys' prefix (the queue's slot), the number of superseded
+/// entries, their ids, then each write's entry id.
 const ACQUIRE: &str = r#"
-local recorded = redis.call('GET', KEYS[2])
-if recorded then
-  local ms, seq = string.match(recorded, '^(%d+)-(%d+)$')
-  if ms then
-    ms = tonumber(ms)
-    local entry_ms = tonumber(ARGV[3])
-    if ms > entry_ms or (ms == entry_ms and tonumber(seq) >= tonumber(ARGV[4])) then
-      return 0
+local group, consumer, lease_ms, alive = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local superseded = tonumber(ARGV[5])
+for i = 6, 5 + superseded do
+  redis.call('XACK', KEYS[1], group, ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+local replies = {}
+for w = 1, (#KEYS - 1) / 2 do
+  local lease, version = KEYS[2 * w], KEYS[2 * w + 1]
+  local id = ARGV[5 + superseded + w]
+  local entry_ms, entry_seq = string.match(id, '^(%d+)-(%d+)$')
+  entry_ms, entry_seq = tonumber(entry_ms), tonumber(entry_seq)
+  local reply = nil
+  local recorded = redis.call('GET', version)
+  if recorded then
+    local ms, seq = string.match(recorded, '^(%d+)-(%d+)$')
+    if ms then
+      ms = tonumber(ms)
+      if ms > entry_ms or (ms == entry_ms and tonumber(seq) >= entry_seq) then
+        redis.call('XACK', KEYS[1], group, id)
+        redis.call('XDEL', KEYS[1], id)
+        reply = 0
+      end
     end
   end
+  if not reply then
+    local holder = redis.call('GET', lease)
+    if holder and holder ~= consumer and redis.call('EXISTS', alive .. holder) == 1 then
+      reply = -1
+    else
+      redis.call('SET', lease, consumer, 'PX', lease_ms)
+      reply = 1
+    end
+  end
+  replies[w] = reply
 end
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] and redis.call('EXISTS', ARGV[5] .. holder) == 1 then
-  return -1
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+return replies
 "#;
 
-/// After a successful write: records its version for the key, acknowledges and deletes
-/// the entry, and gives the lease back. `KEYS[1]` stream, `KEYS[2]` version, `KEYS[3]`
-/// lease; `ARGV` group, entry id, retention in ms, consumer.
+/// After successful writes: records each one's version for its key, acknowledges and
+/// deletes its entry, and gives its lease back; one script for the batch. `KEYS[1]` stream,
+/// then each write's version and lease keys; `ARGV` group, retention in ms, consumer, then
+/// each write's entry id.
 const RECORD: &str = r#"
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-if redis.call('GET', KEYS[3]) == ARGV[4] then
-  redis.call('DEL', KEYS[3])
+local group, retention, consumer = ARGV[1], ARGV[2], ARGV[3]
+for w = 1, (#KEYS - 1) / 2 do
+  local version, lease, id = KEYS[2 * w], KEYS[2 * w + 1], ARGV[3 + w]
+  redis.call('SET', version, id, 'PX', retention)
+  redis.call('XACK', KEYS[1], group, id)
+  redis.call('XDEL', KEYS[1], id)
+  if redis.call('GET', lease) == consumer then
+    redis.call('DEL', lease)
+  end
 end
 return 1
 "#;

@@ -67,33 +67,34 @@ where
                 Verdict::Defer => self.retry_later(write, self.settings.backoff_base),
             }
         }
-        let newest = chosen;
-        let lease_ms = millis(self.queue.claim_after);
-        let leases = futures_util::future::join_all(newest.iter().map(|write| {
-            let mut acquire = redis::cmd("EVAL");
-            acquire
-                .arg(ACQUIRE)
-                .arg(2)
-                .arg(self.queue.lease_key(&write.key))
-                .arg(self.queue.version_key(&write.key))
-                .arg(&self.consumer)
-                .arg(lease_ms)
-                .arg(write.id.ms)
-                .arg(write.id.seq)
-                .arg(self.queue.alive_prefix());
-            async move { self.run::<i64>("write_behind_lease", &acquire).await }
-        }))
-        .await;
         let mut writes = Vec::new();
-        for (write, lease) in newest.into_iter().zip(leases) {
-            match lease {
-                Ok(1) => writes.push(write),
-                Ok(0) => done.push(write.id),
-                // Another instance writes this key now (or Redis failed): later, not an attempt.
-                _ => self.retry_later(write, self.settings.backoff_base),
+        match self.acquire(&done, &chosen).await {
+            Ok(replies) if replies.len() == chosen.len() => {
+                let mut replays = 0;
+                for (write, reply) in chosen.into_iter().zip(replies) {
+                    match reply {
+                        1 => writes.push(write),
+                        // A replay: the script acknowledged it.
+                        0 => replays += 1,
+                        // Another instance writes this key now: later, not an attempt.
+                        _ => self.retry_later(write, self.settings.backoff_base),
+                    }
+                }
+                self.release(done.len() + replays);
+            }
+            // Redis failed (or answered out of shape): nothing is written now, every write
+            // is tried again later, not as an attempt; the superseded entries stay pending,
+            // to be skipped again.
+            result => {
+                if let Err(error) = &result {
+                    tracing::warn!(%error, "write-behind leases not taken: the batch will be tried again");
+                }
+                for write in chosen {
+                    self.retry_later(write, self.settings.backoff_base);
+                }
+                self.release(done.len());
             }
         }
-        self.done(&done).await;
 
         let mut running = self
             .writer
@@ -132,28 +133,65 @@ where
         written
     }
 
+    /// Acknowledges the `superseded` entries and takes the leases of `chosen`, in one
+    /// script ([`ACQUIRE`]): a reply per write.
+    async fn acquire(
+        &self,
+        superseded: &[EntryId],
+        chosen: &[Delivered<Req>],
+    ) -> Result<Vec<i64>, crate::store::StoreError> {
+        if chosen.is_empty() && superseded.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut acquire = redis::cmd("EVAL");
+        acquire
+            .arg(ACQUIRE)
+            .arg(1 + 2 * chosen.len())
+            .arg(&self.stream);
+        for write in chosen {
+            acquire
+                .arg(self.queue.lease_key(&write.key))
+                .arg(self.queue.version_key(&write.key));
+        }
+        acquire
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(millis(self.queue.claim_after))
+            .arg(self.queue.alive_prefix())
+            .arg(superseded.len());
+        for id in superseded {
+            acquire.arg(id.to_string());
+        }
+        for write in chosen {
+            acquire.arg(write.id.to_string());
+        }
+        self.run("write_behind_lease", &acquire).await
+    }
+
     /// After successful writes: records their versions, acknowledges and deletes them, in
-    /// one pipeline.
+    /// one script.
     pub(super) async fn record(&self, writes: &[Delivered<Req>]) {
         if writes.is_empty() {
             return;
         }
-        let mut pipeline = redis::pipe();
+        let mut record = redis::cmd("EVAL");
+        record
+            .arg(RECORD)
+            .arg(1 + 2 * writes.len())
+            .arg(&self.stream);
         for write in writes {
-            let mut record = redis::cmd("EVAL");
             record
-                .arg(RECORD)
-                .arg(3)
-                .arg(&self.stream)
                 .arg(self.queue.version_key(&write.key))
-                .arg(self.queue.lease_key(&write.key))
-                .arg(GROUP)
-                .arg(write.id.to_string())
-                .arg(millis(self.queue.retention))
-                .arg(&self.consumer);
-            pipeline.add_command(record).ignore();
+                .arg(self.queue.lease_key(&write.key));
         }
-        if let Err(error) = self.run_pipeline::<()>("write_behind_ack", &pipeline).await {
+        record
+            .arg(GROUP)
+            .arg(millis(self.queue.retention))
+            .arg(&self.consumer);
+        for write in writes {
+            record.arg(write.id.to_string());
+        }
+        if let Err(error) = self.run::<()>("write_behind_ack", &record).await {
             // Still pending in Redis: read back at the next round (the failure marks the
             // worker unsure), an idempotent rewrite unless a newer write landed first.
             tracing::warn!(writes = writes.len(), %error, "written, but not acknowledged: they will be written again");
