@@ -1,10 +1,12 @@
 //! Concurrent lookups on one connection, sent as one `MGET` ([`RedisStore::batch_lookups`]).
 //!
 //! A lookup goes out at once as a `GET` while fewer than [`Batching::in_flight`] commands of
-//! the store's lookups are out; past that it waits, and the lookups that waited meanwhile
-//! leave together, as one `MGET`, when one of those commands comes back. So one lookup at a
-//! time costs what it did (a `GET`, no task, no wait), and many at once cost the client and
-//! the server one command per batch instead of one per lookup.
+//! the store's lookups are out; past that it joins the next batch, which a task sends as
+//! one `MGET` as soon as the runtime gets to it — after the task that made the lookup
+//! yields, so every lookup made in the same turn (a server's requests polled together, a
+//! `join_all`) leaves in it. So one lookup at a time costs what it did (a `GET`, no task, no
+//! wait), and many at once cost the client and the server one command per batch instead of
+//! one per lookup, for the latency of a task switch.
 //!
 //! [`RedisStore::batch_lookups`]: super::RedisStore::batch_lookups
 
@@ -37,8 +39,10 @@ pub(super) struct Batcher {
 struct State {
     /// Lookup commands out now.
     out: usize,
-    /// Lookups waiting for one of them to come back, oldest first.
+    /// Lookups waiting for the next batch, oldest first.
     waiting: Vec<Waiting>,
+    /// Whether a task is on its way to send the next batch.
+    sending: bool,
 }
 
 struct Waiting {
@@ -47,12 +51,12 @@ struct Waiting {
 }
 
 /// One of the store's lookup commands, out: dropped when its reply came (or its future was
-/// dropped), it sends what waited meanwhile — or frees its place.
+/// dropped), it frees its place.
 struct Out(Arc<Batcher>);
 
 impl Drop for Out {
     fn drop(&mut self) {
-        self.0.next();
+        self.0.state().out -= 1;
     }
 }
 
@@ -75,8 +79,10 @@ impl Batcher {
         if let Some(rejected) = commands.reject_inspected(key) {
             return Box::pin(std::future::ready(Err(rejected)));
         }
+        let runtime = tokio::runtime::Handle::try_current();
         let mut state = self.state();
-        if state.out < self.batching.in_flight {
+        // Without a runtime to send a batch on, a lookup goes alone.
+        if state.out < self.batching.in_flight || runtime.is_err() {
             state.out += 1;
             drop(state);
             return commands.get_holding(key, Out(self.clone()));
@@ -86,6 +92,12 @@ impl Batcher {
             key: key.clone(),
             reply,
         });
+        if !state.sending {
+            state.sending = true;
+            if let Ok(runtime) = runtime {
+                runtime.spawn(Sending(Some(self.clone())).send_next());
+            }
+        }
         drop(state);
         // The wait is bounded by the command timeout as a lookup of its own would be: the
         // commands out are bounded by it, and so is the `MGET` this one joins.
@@ -104,32 +116,47 @@ impl Batcher {
             }
         })
     }
+}
 
-    /// A lookup command came back (or was dropped): sends what waits, in one `MGET`, in
-    /// its place; or frees the place.
-    fn next(self: &Arc<Self>) {
-        let batch: Vec<Waiting> = {
-            let mut state = self.state();
-            // Lookups given up meanwhile (timed out, cancelled) are not fetched.
-            state.waiting.retain(|waiting| !waiting.reply.is_closed());
-            if state.waiting.is_empty() {
-                state.out -= 1;
-                return;
-            }
-            let take = state.waiting.len().min(self.batching.max_keys);
-            state.waiting.drain(..take).collect()
-        };
-        // The place passes to the batch: its `Out` sends the next one when it is back.
-        let out = Out(self.clone());
-        let batch = Batch { waiting: batch };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(batch.send(out));
-            }
-            // No runtime to send it on (dropped outside one): the waiters learn it at once
-            // (their replies drop), and so do the next ones, through `out`'s drop.
-            Err(_) => drop((batch, out)),
+/// The task on its way to send the next batch. Dropped before it ran (its runtime shut
+/// down), it says so, and the next lookup to wait schedules another.
+struct Sending(Option<Arc<Batcher>>);
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if let Some(batcher) = self.0.take() {
+            batcher.state().sending = false;
         }
+    }
+}
+
+impl Sending {
+    /// Sends what waits: one `MGET`, or one for each [`Batching::max_keys`] of it, at once.
+    async fn send_next(mut self) {
+        let Some(batcher) = self.0.take() else {
+            return;
+        };
+        let batches: Vec<Batch> = {
+            let mut state = batcher.state();
+            state.sending = false;
+            // Lookups given up meanwhile (timed out, cancelled) are not fetched.
+            let mut waiting = std::mem::take(&mut state.waiting);
+            waiting.retain(|waiting| !waiting.reply.is_closed());
+            let mut batches = Vec::new();
+            while !waiting.is_empty() {
+                let rest = waiting.split_off(waiting.len().min(batcher.batching.max_keys));
+                batches.push(Batch { waiting });
+                waiting = rest;
+            }
+            state.out += batches.len();
+            batches
+        };
+        futures_util::future::join_all(
+            batches
+                .into_iter()
+                .map(|batch| batch.send(Out(batcher.clone()))),
+        )
+        .await;
     }
 }
 
@@ -139,12 +166,7 @@ struct Batch {
 }
 
 impl Batch {
-    async fn send(mut self, out: Out) {
-        // Given up since they were taken (dropped, timed out): not fetched.
-        self.waiting.retain(|waiting| !waiting.reply.is_closed());
-        if self.waiting.is_empty() {
-            return;
-        }
+    async fn send(self, out: Out) {
         let commands = &out.0.commands;
         let mut mget = redis::cmd("MGET");
         for waiting in &self.waiting {

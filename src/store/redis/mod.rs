@@ -295,11 +295,12 @@ impl RedisStore {
 
 impl RedisStore {
     /// Sends lookups that run at once together: while 4 lookup commands of this store are
-    /// out, further lookups wait and leave together as one `MGET` (of up to 512 keys) when
-    /// one of those comes back. One lookup at a time is a `GET`
-    /// as before, sent at once; hundreds at once cost the client and Redis a command per
-    /// batch instead of one each (`benches/hit_path.rs`, `batched/N`). Clones share the
-    /// batching; call it before cloning the store into layers.
+    /// out, further lookups join the next batch, which a task sends as one `MGET` (of up to
+    /// 512 keys; more make more `MGET`s) as soon as the runtime gets to it — so every lookup
+    /// made in the same turn of the runtime leaves in it. One lookup at a time is a `GET` as
+    /// before, sent at once; hundreds at once cost the client and Redis a command per batch
+    /// instead of one each (`benches/hit_path.rs`, `batched/N`). Clones share the batching;
+    /// call it before cloning the store into layers.
     ///
     /// A waiting lookup is bounded by the command timeout like any other; one that is
     /// dropped or times out before its batch leaves is not sent. A batch that fails or times
